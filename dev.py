@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+"""Set up a local virtual environment and run the project's jobs.
+
+    python3 dev.py demo    # install, then run the main job (the service-mesh demo)
+    python3 dev.py test    # install, then run the test suite, ruff and mypy
+    python3 dev.py bench   # install the peer libraries too, then run the benchmarks
+
+Only the standard library is needed to run this file; everything else goes into
+``.venv`` next to it. Extra arguments after the job name are passed on.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PY = BIN / ("python.exe" if os.name == "nt" else "python")
+
+EXTRAS = {"demo": "all", "test": "all,test", "bench": "all,test,bench", "lint": "all,test"}
+
+
+def _run(*cmd: str | os.PathLike[str]) -> None:
+    print("+", " ".join(str(c) for c in cmd), flush=True)
+    subprocess.run([str(c) for c in cmd], cwd=ROOT, check=True)
+
+
+def ensure_env(extras: str) -> None:
+    """Create .venv once and install the package (editable) with the given extras."""
+    if not PY.exists():
+        venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
+        _run(PY, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
+    stamp = VENV / f".installed-{extras.replace(',', '-')}"
+    pyproject = ROOT / "pyproject.toml"
+    if stamp.exists() and stamp.stat().st_mtime >= pyproject.stat().st_mtime:
+        return
+    _run(PY, "-m", "pip", "install", "--quiet", "-e", f".[{extras}]")
+    stamp.touch()
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in EXTRAS:
+        print(__doc__)
+        return 2
+    job, rest = argv[0], argv[1:]
+    ensure_env(EXTRAS[job])
+    try:
+        if job == "demo":
+            _run(BIN / "service-mesh", "demo", *rest)
+        elif job == "test":
+            _run(PY, "-m", "pytest", *rest)
+            _run(PY, "-m", "ruff", "check", "src", "tests", "benchmarks")
+            _run(PY, "-m", "mypy", "src/codomyrmex/service_mesh", "tests/typing")
+        elif job == "lint":
+            _run(PY, "-m", "ruff", "check", "src", "tests", "benchmarks")
+            _run(PY, "-m", "mypy", "src/codomyrmex/service_mesh", "tests/typing")
+        elif job == "bench":
+            _run(PY, "benchmarks/run.py", *rest)
+    except subprocess.CalledProcessError as exc:
+        return exc.returncode or 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,42 @@
+"""The mesh's exception hierarchy: one base class, one subclass per way a call is refused."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .circuit_breaker import CircuitState
+
+__all__ = ["CircuitOpenError", "NoHealthyInstanceError", "ServiceMeshError"]
+
+
+class ServiceMeshError(Exception):
+    """Base class of every error the mesh raises itself (never of a wrapped call's error)."""
+
+
+class CircuitOpenError(ServiceMeshError):
+    """A circuit breaker refused the call without running it.
+
+    ``retry_after`` is the number of seconds until the breaker will admit a probe
+    (0.0 when it is half-open and its probe slots are all taken).
+    """
+
+    def __init__(self, name: str, state: CircuitState, retry_after: float) -> None:
+        super().__init__(name, state, retry_after)
+        self.name = name
+        self.state = state
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        return f"circuit {self.name!r} is {self.state.value}; retry after {self.retry_after:.3f}s"
+
+
+class NoHealthyInstanceError(ServiceMeshError):
+    """The load balancer had no healthy instance to pick for ``service_name``."""
+
+    def __init__(self, service_name: str) -> None:
+        super().__init__(service_name)
+        self.service_name = service_name
+
+    def __str__(self) -> str:
+        return f"no healthy instance of service {self.service_name!r}"
