@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, Concatenate, ParamSpec, TypeVar, cast
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from ._validate import check_str
 from .circuit_breaker import CircuitBreaker
 from .errors import CircuitOpenError, NoHealthyInstanceError
-from .load_balancer import LoadBalancer, ServiceInstance
+from .load_balancer import ABORTED, LoadBalancer, ServiceInstance
 from .retry import RetryPolicy, _aw
 
 __all__ = ["ServiceProxy"]
@@ -89,39 +89,39 @@ class ServiceProxy:
     ) -> R:
         """Run ``handler_fn(instance, *args, **kwargs)`` through the whole stack."""
         balancer = self.load_balancer
-        instance = balancer._acquire()
-        if instance is None:
-            raise NoHealthyInstanceError(self.service_name)
-        try:
-            return self._execute(handler_fn, instance, *args, **kwargs)
-        except Exception as exc:
-            failure = exc
-        finally:
-            balancer._release(instance)
         policy = self.retry_policy
         started = None if policy.max_elapsed is None else policy.clock()
-        tried = {instance.id}
-        last_real = None if isinstance(failure, CircuitOpenError) else failure
+        tried: set[str] | None = None
+        last_real: Exception | None = None
         attempt = 0
         while True:
+            instance = balancer._acquire(tried)
+            if instance is None:
+                raise NoHealthyInstanceError(self.service_name) from last_real
+            timer = balancer._observe_clock
+            start = 0.0 if timer is None else timer()
+            try:
+                result = self._execute(handler_fn, instance, *args, **kwargs)
+            except Exception as exc:
+                balancer._release(instance, start, exc)
+                failure = exc
+            except BaseException:
+                balancer._release(instance, start, ABORTED)
+                raise
+            else:
+                balancer._release(instance, start, None)
+                return result
+            if not isinstance(failure, CircuitOpenError):
+                last_real = failure
             delay = policy._next_delay(failure, attempt, started)
             if delay is None:
                 raise self._give_up(failure, last_real)
             if delay > 0.0:
                 policy.sleep(delay)
             attempt += 1
-            instance = balancer._acquire(tried)
-            if instance is None:
-                raise NoHealthyInstanceError(self.service_name) from last_real
+            if tried is None:
+                tried = set()
             tried.add(instance.id)
-            try:
-                return self._execute(handler_fn, instance, *args, **kwargs)
-            except Exception as exc:
-                failure = exc
-                if not isinstance(exc, CircuitOpenError):
-                    last_real = exc
-            finally:
-                balancer._release(instance)
 
     async def call_async(
         self,
@@ -132,7 +132,8 @@ class ServiceProxy:
         """Await ``handler_fn(instance, *args, **kwargs)`` through the whole stack.
 
         The async twin of :meth:`call`; cancellation frees the connection and any
-        probe slot and is never retried.
+        probe slot and is never retried. ``attempt_timeout`` bounds each attempt
+        inside the breaker, so a timed-out attempt is a breaker failure.
         """
         balancer = self.load_balancer
         policy = self.retry_policy
@@ -144,25 +145,30 @@ class ServiceProxy:
             instance = balancer._acquire(tried)
             if instance is None:
                 raise NoHealthyInstanceError(self.service_name) from last_real
+            timer = balancer._observe_clock
+            start = 0.0 if timer is None else timer()
             try:
                 timeout = policy.attempt_timeout
                 if started is not None:
                     timeout = policy._remaining(started, timeout)
                 if timeout is None:
-                    return await self._execute_async(handler_fn, instance, *args, **kwargs)
-                timed: Any = _timed
-                return cast(
-                    R,
-                    await self._execute_async(
+                    result = await self._execute_async(handler_fn, instance, *args, **kwargs)
+                else:
+                    timed: Any = _timed
+                    result = await self._execute_async(
                         timed, timeout, handler_fn, instance, *args, **kwargs
-                    ),
-                )
+                    )
             except Exception as exc:
+                balancer._release(instance, start, exc)
                 failure = exc
-                if not isinstance(exc, CircuitOpenError):
-                    last_real = exc
-            finally:
-                balancer._release(instance)
+            except BaseException:
+                balancer._release(instance, start, ABORTED)
+                raise
+            else:
+                balancer._release(instance, start, None)
+                return result
+            if not isinstance(failure, CircuitOpenError):
+                last_real = failure
             delay = policy._next_delay(failure, attempt, started)
             if delay is None:
                 raise self._give_up(failure, last_real)
