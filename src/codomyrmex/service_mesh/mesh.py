@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from ._validate import check_str
 from .circuit_breaker import CircuitBreaker, CircuitBreakerConfig, Clock
+from .load_balancer import ServiceInstance
 from .proxy import ServiceProxy
 
-__all__ = ["Mesh", "default_mesh"]
+__all__ = ["Mesh", "breaker_status", "default_mesh", "instance_status", "service_status"]
 
 
 class Mesh:
@@ -103,6 +105,24 @@ class Mesh:
         with self._lock:
             return self._services.pop(name, None) is not None
 
+    # -- status -----------------------------------------------------------------
+
+    def status(self, *, include_instances: bool = True) -> dict[str, Any]:
+        """A JSON-serialisable snapshot of every service and breaker."""
+        services = [
+            service_status(proxy, include_instances=include_instances)
+            for proxy in self.services().values()
+        ]
+        breakers = [breaker_status(b) for b in self.circuit_breakers().values()]
+        return {
+            "services": services,
+            "breakers": breakers,
+            "total_services": len(services),
+            "total_instances": sum(s["instance_count"] for s in services),
+            "healthy_instances": sum(s["healthy_count"] for s in services),
+            "total_breakers": len(breakers),
+        }
+
     def clear(self) -> None:
         """Forget every service and breaker."""
         with self._lock:
@@ -116,3 +136,46 @@ _DEFAULT = Mesh()
 def default_mesh() -> Mesh:
     """The process-wide mesh the decorators register their breakers in."""
     return _DEFAULT
+
+
+def instance_status(instance: ServiceInstance) -> dict[str, Any]:
+    """One instance as plain JSON types."""
+    return {
+        "id": instance.id,
+        "host": instance.host,
+        "port": instance.port,
+        "address": instance.address,
+        "weight": instance.weight,
+        "healthy": instance.healthy,
+        "connections": instance.connections,
+        "metadata": dict(instance.metadata),
+    }
+
+
+def service_status(proxy: ServiceProxy, *, include_instances: bool = False) -> dict[str, Any]:
+    """One service as plain JSON types (the MCP ``service_mesh_status`` shape)."""
+    balancer = proxy.load_balancer
+    instances = balancer.instances
+    status: dict[str, Any] = {
+        "name": proxy.service_name,
+        "strategy": balancer.strategy.value,
+        "instance_count": len(instances),
+        "healthy_count": sum(1 for i in instances if i.healthy),
+        "circuit_breaker": proxy.circuit_breaker.name,
+    }
+    if include_instances:
+        status["instances"] = [instance_status(i) for i in instances]
+    return status
+
+
+def breaker_status(breaker: CircuitBreaker) -> dict[str, Any]:
+    """One breaker as plain JSON types (the MCP ``circuit_breaker_status`` shape)."""
+    last = breaker.last_failure_time
+    return {
+        "name": breaker.name,
+        "state": breaker.state.value,
+        "failure_count": breaker.failure_count,
+        "failure_threshold": breaker.config.failure_threshold,
+        "last_failure_time": None if last is None else last.isoformat(),
+        "retry_after": round(breaker.retry_after(), 6),
+    }
