@@ -458,17 +458,21 @@ class LoadBalancer:
 class Connection:
     """One counted connection, as a context manager; see :meth:`LoadBalancer.connection`."""
 
-    __slots__ = ("_balancer", "_instance")
+    __slots__ = ("_balancer", "_instance", "_start")
 
     def __init__(self, balancer: LoadBalancer) -> None:
         self._balancer = balancer
         self._instance: ServiceInstance | None = None
+        self._start = 0.0
 
     def __enter__(self) -> ServiceInstance:
-        instance = self._balancer._acquire()
+        balancer = self._balancer
+        instance = balancer._acquire()
         if instance is None:
-            raise NoHealthyInstanceError(self._balancer.name)
+            raise NoHealthyInstanceError(balancer.name)
         self._instance = instance
+        timer = balancer._observe_clock
+        self._start = 0.0 if timer is None else timer()
         return instance
 
     def __exit__(
@@ -478,7 +482,10 @@ class Connection:
         tb: TracebackType | None,
     ) -> None:
         if self._instance is not None:
-            self._balancer._release(self._instance)
+            if exc is None or isinstance(exc, Exception):
+                self._balancer._release(self._instance, self._start, exc)
+            else:
+                self._balancer._release(self._instance, self._start, ABORTED)
             self._instance = None
 
     async def __aenter__(self) -> ServiceInstance:

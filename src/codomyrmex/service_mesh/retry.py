@@ -22,8 +22,10 @@ __all__ = ["RetryOn", "RetryPolicy"]
 P = ParamSpec("P")
 R = TypeVar("R")
 
-RetryOn = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
-"""Exception types to retry, or a predicate ``exc -> bool``."""
+RetryOn = (
+    type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool | float]
+)
+"""Exception types to retry, or a predicate ``exc -> bool`` (or a delay in seconds to wait)."""
 
 _MESH_REJECTIONS = (CircuitOpenError, NoHealthyInstanceError)
 
@@ -120,13 +122,23 @@ class RetryPolicy:
 
     def should_retry(self, exc: BaseException) -> bool:
         """Whether ``exc`` is a failure this policy retries (attempts aside)."""
-        return self._retryable(exc)
+        return bool(self._retryable(exc))
 
     def _next_delay(self, exc: BaseException, attempt: int, started: float | None) -> float | None:
-        """The wait before retry ``attempt`` after ``exc``, or None to give up."""
-        if attempt >= self.max_retries or not self._retryable(exc):
+        """The wait before retry ``attempt`` after ``exc``, or None to give up.
+
+        A ``retry_on`` verdict that is a number (not a bool) overrides the
+        backoff delay, e.g. a server's ``Retry-After``; it is capped by ``max_delay``.
+        """
+        if attempt >= self.max_retries:
             return None
-        delay = self.get_delay(attempt)
+        verdict = self._retryable(exc)
+        if verdict is True:
+            delay = self.get_delay(attempt)
+        elif not verdict or isinstance(verdict, bool):
+            return None
+        else:
+            delay = min(self.max_delay, max(0.0, float(verdict)))
         if (
             started is not None
             and self.max_elapsed is not None
@@ -218,7 +230,7 @@ class RetryPolicy:
             attempt += 1
 
 
-def _retry_predicate(retry_on: RetryOn | None) -> Callable[[BaseException], bool]:
+def _retry_predicate(retry_on: RetryOn | None) -> Callable[[BaseException], bool | float]:
     """Turn ``retry_on`` into a predicate, validating it."""
     if retry_on is None:
         return _default_retryable
@@ -231,7 +243,7 @@ def _retry_predicate(retry_on: RetryOn | None) -> Callable[[BaseException], bool
             raise TypeError(f"retry_on must hold exception types, got {retry_on!r}")
         types = retry_on
     elif callable(retry_on):
-        return cast(Callable[[BaseException], bool], retry_on)
+        return cast(Callable[[BaseException], bool | float], retry_on)
     else:
         raise TypeError(f"retry_on must be exception types or a predicate, got {retry_on!r}")
 
@@ -241,8 +253,14 @@ def _retry_predicate(retry_on: RetryOn | None) -> Callable[[BaseException], bool
     return is_retryable
 
 
-def _default_retryable(exc: BaseException) -> bool:
-    return isinstance(exc, Exception) and not isinstance(exc, _MESH_REJECTIONS)
+def _default_retryable(exc: BaseException) -> bool | float:
+    """Every ``Exception`` but the mesh's rejections; a failure's ``retry_after`` is honoured."""
+    if not isinstance(exc, Exception) or isinstance(exc, _MESH_REJECTIONS):
+        return False
+    retry_after = getattr(exc, "retry_after", None)
+    if isinstance(retry_after, (int, float)) and not isinstance(retry_after, bool):
+        return float(retry_after)
+    return True
 
 
 def _cap_attempt(initial: float, cap: float, base: float) -> float:
