@@ -5,12 +5,18 @@ One state machine serves sync and async callers alike. A call is admitted
 against the *epoch* it was admitted under: every transition starts a new epoch,
 so a result that arrives after the breaker has moved on is ignored instead of
 being mistaken for a probe result.
+
+While calls need no probe slot (CLOSED, DISABLED, METRICS_ONLY) the admission
+token ``_closed_epoch`` is the current epoch and admission takes no lock; a
+success that changes nothing (no failures counted, no window to feed) takes
+none either.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -18,12 +24,22 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
 from types import TracebackType
-from typing import ParamSpec, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar, cast
 
 from ._validate import check_callable, check_int, check_number, check_str
 from .errors import CircuitOpenError
+from .events import CallRejected, EventListener, StateTransition, publish
+from .windows import CountWindow, OutcomeWindow, TimeWindow
 
-__all__ = ["CircuitBreaker", "CircuitBreakerConfig", "CircuitState", "Clock", "StateListener"]
+__all__ = [
+    "TRANSITIONS",
+    "CircuitBreaker",
+    "CircuitBreakerConfig",
+    "CircuitState",
+    "Clock",
+    "Permit",
+    "StateListener",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -35,31 +51,65 @@ logger = logging.getLogger("codomyrmex.service_mesh")
 
 
 class CircuitState(Enum):
-    """Where a breaker is in its life cycle."""
+    """Where a breaker is in its life cycle.
+
+    CLOSED, OPEN and HALF_OPEN are the automatic states; FORCED_OPEN (reject
+    everything), DISABLED (admit everything, record nothing) and METRICS_ONLY
+    (admit and record everything, never transition) are set by an operator.
+    """
 
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
+    FORCED_OPEN = "forced_open"
+    DISABLED = "disabled"
+    METRICS_ONLY = "metrics_only"
 
 
 CLOSED = CircuitState.CLOSED
 OPEN = CircuitState.OPEN
 HALF_OPEN = CircuitState.HALF_OPEN
+FORCED_OPEN = CircuitState.FORCED_OPEN
+DISABLED = CircuitState.DISABLED
+METRICS_ONLY = CircuitState.METRICS_ONLY
+_OPERATOR_STATES = frozenset({FORCED_OPEN, DISABLED, METRICS_ONLY})
 
-# The legal transitions, in one place. ``reset()`` may also return any state to CLOSED.
+# Every legal transition, in one place. The automatic ones are CLOSED -> OPEN,
+# OPEN -> HALF_OPEN, HALF_OPEN -> OPEN | CLOSED; an operator may move any state to
+# an operator state, and ``reset()`` may move any state to CLOSED.
 TRANSITIONS: dict[CircuitState, frozenset[CircuitState]] = {
-    CLOSED: frozenset({OPEN}),
-    OPEN: frozenset({HALF_OPEN}),
-    HALF_OPEN: frozenset({OPEN, CLOSED}),
+    CLOSED: frozenset({OPEN}) | _OPERATOR_STATES,
+    OPEN: frozenset({HALF_OPEN, CLOSED}) | _OPERATOR_STATES,
+    HALF_OPEN: frozenset({OPEN, CLOSED}) | _OPERATOR_STATES,
+    FORCED_OPEN: frozenset({CLOSED}) | _OPERATOR_STATES,
+    DISABLED: frozenset({CLOSED}) | _OPERATOR_STATES,
+    METRICS_ONLY: frozenset({CLOSED}) | _OPERATOR_STATES,
 }
 
 StateListener = Callable[["CircuitBreaker", CircuitState, CircuitState], None]
 """Called as ``listener(breaker, old_state, new_state)`` after each transition."""
 
+_Changes = list[tuple[CircuitState, CircuitState]]
+
+
+def _check_types(field: str, value: Any) -> tuple[type[BaseException], ...]:
+    if not isinstance(value, tuple) or not all(
+        isinstance(t, type) and issubclass(t, BaseException) for t in value
+    ):
+        raise TypeError(f"{field} must be a tuple of exception types, got {value!r}")
+    return value
+
 
 @dataclass(frozen=True, slots=True)
 class CircuitBreakerConfig:
-    """When a breaker opens, how long it stays open, and how it probes for recovery."""
+    """When a breaker opens, how long it stays open, and how it probes for recovery.
+
+    By default the breaker counts consecutive failures. Setting
+    ``failure_rate_threshold`` or ``slow_call_duration_threshold`` switches it to
+    rates over a sliding window (the last ``sliding_window_size`` calls, or
+    seconds with ``sliding_window_type="time"``), judged once the window holds
+    ``minimum_number_of_calls``; ``failure_threshold`` is then unused.
+    """
 
     failure_threshold: int = 5
     """Consecutive failures (while CLOSED) that open the circuit."""
@@ -69,26 +119,98 @@ class CircuitBreakerConfig:
     """Seconds the circuit stays OPEN before it admits probes."""
     half_open_max_calls: int = 3
     """Probes allowed in flight at the same time while HALF_OPEN."""
+    failure_rate_threshold: float | None = None
+    """Percentage of failed calls in the window that opens the circuit (window mode)."""
+    sliding_window_type: Literal["count", "time"] = "count"
+    """``"count"``: the last N calls; ``"time"``: the calls of the last N seconds."""
+    sliding_window_size: int = 100
+    """N, in calls or seconds."""
+    minimum_number_of_calls: int = 10
+    """Calls the window must hold before any rate is judged."""
+    slow_call_duration_threshold: float | None = None
+    """Seconds after which a call counts as slow, whatever its outcome (window mode)."""
+    slow_call_rate_threshold: float = 100.0
+    """Percentage of slow calls in the window that opens the circuit."""
+    record_exceptions: tuple[type[BaseException], ...] = (Exception,)
+    """Exceptions that count as failures; other exceptions count as successes."""
+    ignore_exceptions: tuple[type[BaseException], ...] = ()
+    """Exceptions that count as nothing (checked before ``record_exceptions``)."""
+    failure_predicate: Callable[[BaseException], bool] | None = None
+    """If set, decides for recorded exception types whether one is a failure."""
+    result_predicate: Callable[[Any], bool] | None = None
+    """If set, a return value for which it is true counts as a failure (e.g. a 503)."""
+    open_backoff_multiplier: float = 1.0
+    """Each re-open from HALF_OPEN multiplies the OPEN wait by this (reset on close)."""
+    max_open_seconds: float | None = None
+    """Cap on the grown OPEN wait."""
 
     def __post_init__(self) -> None:
         check_int("failure_threshold", self.failure_threshold, 1)
         check_int("success_threshold", self.success_threshold, 1)
         check_number("timeout_seconds", self.timeout_seconds, 0.0)
         check_int("half_open_max_calls", self.half_open_max_calls, 1)
+        if self.failure_rate_threshold is not None:
+            rate = check_number("failure_rate_threshold", self.failure_rate_threshold, 0.0)
+            if not 0.0 < rate <= 100.0:
+                raise ValueError(
+                    "failure_rate_threshold must be in (0, 100], "
+                    f"got {self.failure_rate_threshold!r}"
+                )
+        if self.sliding_window_type not in ("count", "time"):
+            raise ValueError(
+                f"sliding_window_type must be 'count' or 'time', got {self.sliding_window_type!r}"
+            )
+        check_int("sliding_window_size", self.sliding_window_size, 1)
+        check_int("minimum_number_of_calls", self.minimum_number_of_calls, 1)
+        if self.slow_call_duration_threshold is not None:
+            check_number("slow_call_duration_threshold", self.slow_call_duration_threshold, 0.0)
+        slow_rate = check_number("slow_call_rate_threshold", self.slow_call_rate_threshold, 0.0)
+        if not 0.0 < slow_rate <= 100.0:
+            raise ValueError(
+                "slow_call_rate_threshold must be in (0, 100], "
+                f"got {self.slow_call_rate_threshold!r}"
+            )
+        _check_types("record_exceptions", self.record_exceptions)
+        _check_types("ignore_exceptions", self.ignore_exceptions)
+        if self.failure_predicate is not None:
+            check_callable("failure_predicate", self.failure_predicate)
+        if self.result_predicate is not None:
+            check_callable("result_predicate", self.result_predicate)
+        check_number("open_backoff_multiplier", self.open_backoff_multiplier, 1.0)
+        if self.max_open_seconds is not None:
+            check_number("max_open_seconds", self.max_open_seconds, 0.0)
+
+    @property
+    def windowed(self) -> bool:
+        """Whether the breaker judges rates over a sliding window."""
+        return (
+            self.failure_rate_threshold is not None or self.slow_call_duration_threshold is not None
+        )
+
+    @property
+    def default_classification(self) -> bool:
+        """Whether every ``Exception`` is a failure and nothing else is looked at."""
+        return (
+            self.record_exceptions == (Exception,)
+            and not self.ignore_exceptions
+            and self.failure_predicate is None
+        )
 
 
 class CircuitBreaker:
     """A thread-safe and async-safe circuit breaker.
 
     CLOSED counts consecutive failures; ``failure_threshold`` of them open the
-    circuit. OPEN rejects with :class:`CircuitOpenError` until ``timeout_seconds``
-    have passed, then the breaker is HALF_OPEN and admits at most
-    ``half_open_max_calls`` concurrent probes: ``success_threshold`` successes
-    close it, any failure opens it again. Only :class:`Exception` counts as a
-    failure; other ``BaseException``s pass through and count as nothing.
+    circuit (or, in window mode, a failure or slow-call rate does). OPEN rejects
+    with :class:`CircuitOpenError` until ``timeout_seconds`` have passed, then
+    the breaker is HALF_OPEN and admits at most ``half_open_max_calls``
+    concurrent probes: ``success_threshold`` successes close it, any failure
+    opens it again. Only :class:`Exception` counts as a failure; other
+    ``BaseException``\\ s pass through, count as nothing and free their slot.
     """
 
     __slots__ = (
+        "_classify",
         "_clock",
         "_closed_epoch",
         "_epoch",
@@ -97,10 +219,15 @@ class CircuitBreaker:
         "_last_failure_at",
         "_listeners",
         "_lock",
+        "_must_record",
         "_open_until",
         "_opened_at",
         "_probe_successes",
+        "_reopen_count",
         "_state",
+        "_subscribers",
+        "_timed",
+        "_window",
         "config",
         "name",
     )
@@ -125,15 +252,30 @@ class CircuitBreaker:
         self._lock = threading.Lock()
         self._state = CLOSED
         self._epoch = 1
-        # Equal to _epoch while CLOSED, 0 otherwise: the lock-free admission token.
+        # Nonzero (the current epoch) while calls are admitted without a slot.
         self._closed_epoch = 1
         self._failures = 0
         self._in_flight = 0
         self._probe_successes = 0
+        self._reopen_count = 0
         self._opened_at = 0.0
         self._open_until = 0.0
         self._last_failure_at: float | None = None
+        self._window: OutcomeWindow | None = None
+        if config.windowed:
+            size = config.sliding_window_size
+            self._window = (
+                CountWindow(size) if config.sliding_window_type == "count" else (TimeWindow(size))
+            )
+        # Whether a success on the fast path must still be recorded.
+        self._must_record = self._window is not None
+        # Whether calls must be timed or their results inspected.
+        self._timed = config.slow_call_duration_threshold is not None or (
+            config.result_predicate is not None
+        )
+        self._classify = None if config.default_classification else self._classify_error
         self._listeners: tuple[StateListener, ...] = ()
+        self._subscribers: tuple[EventListener, ...] = ()
         if on_state_change is not None:
             self.add_listener(on_state_change)
 
@@ -147,7 +289,7 @@ class CircuitBreaker:
         """The current state; an OPEN breaker whose timeout has passed reads HALF_OPEN."""
         state = self._state
         if state is OPEN and self._clock() >= self._open_until:
-            changes: list[tuple[CircuitState, CircuitState]] = []
+            changes: _Changes = []
             with self._lock:
                 self._refresh(self._clock(), changes)
                 state = self._state
@@ -156,8 +298,35 @@ class CircuitBreaker:
 
     @property
     def failure_count(self) -> int:
-        """Consecutive failures counted so far (kept while OPEN, cleared on close)."""
-        return self._failures
+        """Failures counted so far: consecutive ones, or those in the window in window mode."""
+        window = self._window
+        if window is None:
+            return self._failures
+        with self._lock:
+            window.expire(self._clock())
+            return window.failures
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """Window totals and rates (zeros in consecutive mode)."""
+        window = self._window
+        if window is None:
+            return {
+                "calls": 0,
+                "failures": self._failures,
+                "slow_calls": 0,
+                "failure_rate": 0.0,
+                "slow_call_rate": 0.0,
+            }
+        with self._lock:
+            window.expire(self._clock())
+            return {
+                "calls": window.calls,
+                "failures": window.failures,
+                "slow_calls": window.slow,
+                "failure_rate": window.failure_rate(),
+                "slow_call_rate": window.slow_rate(),
+            }
 
     @property
     def half_open_in_flight(self) -> int:
@@ -173,10 +342,11 @@ class CircuitBreaker:
         return datetime.fromtimestamp(time.time() - (self._clock() - at), tz=timezone.utc)
 
     def retry_after(self) -> float:
-        """Seconds until a probe can be admitted (0.0 unless OPEN)."""
-        if self._state is OPEN:
+        """Seconds until a probe can be admitted (0.0 unless OPEN; inf when FORCED_OPEN)."""
+        state = self._state
+        if state is OPEN:
             return max(0.0, self._open_until - self._clock())
-        return 0.0
+        return math.inf if state is FORCED_OPEN else 0.0
 
     def can_execute(self) -> bool:
         """Whether a call would be admitted now. A pure query: it takes no slot."""
@@ -185,7 +355,7 @@ class CircuitBreaker:
         state = self.state
         if state is HALF_OPEN:
             return self._in_flight < self.config.half_open_max_calls
-        return state is CLOSED
+        return False
 
     # -- running calls ---------------------------------------------------------
 
@@ -195,13 +365,15 @@ class CircuitBreaker:
         Raises :class:`CircuitOpenError` without calling ``fn`` when the breaker
         rejects; otherwise re-raises whatever ``fn`` raised, after recording it.
         """
+        if self._timed:
+            return self._execute_timed(fn, *args, **kwargs)
         epoch = self._closed_epoch or self._acquire()
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
             self._record_error(epoch, exc)
             raise
-        if epoch != self._closed_epoch or self._failures:
+        if epoch != self._closed_epoch or self._must_record:
             self._record(epoch, True)
         return result
 
@@ -213,14 +385,53 @@ class CircuitBreaker:
         Cancellation counts as neither success nor failure and frees a probe slot.
         """
         epoch = self._closed_epoch or self._acquire()
+        start = self._clock() if self._timed else 0.0
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
-            self._record_error(epoch, exc)
+            self._record_error(epoch, exc, start)
             raise
-        if epoch != self._closed_epoch or self._failures:
+        if self._timed:
+            self._record_result(epoch, result, start)
+        elif epoch != self._closed_epoch or self._must_record:
             self._record(epoch, True)
         return result
+
+    def _execute_timed(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """:meth:`execute` for breakers that time calls or inspect results."""
+        epoch = self._closed_epoch or self._acquire()
+        start = self._clock()
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            self._record_error(epoch, exc, start)
+            raise
+        self._record_result(epoch, result, start)
+        return result
+
+    def wrap(self, fn: Callable[P, R]) -> Callable[P, R]:
+        """``fn`` behind this breaker: the decorators' sync wrapper, kept flat for speed."""
+        if self._timed:
+            return cast(
+                Callable[P, R], functools.wraps(fn)(functools.partial(self._execute_timed, fn))
+            )
+        acquire = self._acquire
+        record = self._record
+        record_error = self._record_error
+
+        @functools.wraps(fn)
+        def call_through_breaker(*args: P.args, **kwargs: P.kwargs) -> R:
+            epoch = self._closed_epoch or acquire()
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                record_error(epoch, exc)
+                raise
+            if epoch != self._closed_epoch or self._must_record:
+                record(epoch, True)
+            return result
+
+        return call_through_breaker
 
     def permit(self) -> Permit:
         """A context manager (sync and async) that admits one call and records its outcome.
@@ -239,13 +450,36 @@ class CircuitBreaker:
         """Record a failure for a call the caller ran itself (no slot is involved)."""
         self._record_manual(False)
 
+    # -- operator controls ------------------------------------------------------
+
     def reset(self) -> None:
-        """Return the breaker to CLOSED with no failures counted."""
-        changes: list[tuple[CircuitState, CircuitState]] = []
+        """Return the breaker to CLOSED with nothing counted (also leaves operator states)."""
+        self._operate(CLOSED)
+
+    def force_open(self) -> None:
+        """Reject every call until :meth:`reset` (FORCED_OPEN)."""
+        self._operate(FORCED_OPEN)
+
+    def disable(self) -> None:
+        """Admit every call and record nothing until :meth:`reset` (DISABLED)."""
+        self._operate(DISABLED)
+
+    def metrics_only(self) -> None:
+        """Admit and record every call, never transition, until :meth:`reset` (METRICS_ONLY)."""
+        self._operate(METRICS_ONLY)
+
+    def _operate(self, new: CircuitState) -> None:
+        changes: _Changes = []
         with self._lock:
-            self._enter(CLOSED, self._clock(), changes, force=True)
+            self._enter(new, self._clock(), changes)
             self._failures = 0
+            self._reopen_count = 0
+            if self._window is not None:
+                self._window.reset()
+            self._must_record = self._wants_record()
         self._notify(changes)
+
+    # -- listeners --------------------------------------------------------------
 
     def add_listener(self, listener: StateListener) -> None:
         """Call ``listener(breaker, old, new)`` after every state transition.
@@ -262,6 +496,17 @@ class CircuitBreaker:
         with self._lock:
             self._listeners = tuple(x for x in self._listeners if x is not listener)
 
+    def subscribe(self, listener: EventListener) -> None:
+        """Deliver this breaker's events (:class:`StateTransition`, :class:`CallRejected`)."""
+        check_callable("listener", listener)
+        with self._lock:
+            self._subscribers = (*self._subscribers, listener)
+
+    def unsubscribe(self, listener: EventListener) -> None:
+        """Stop delivering events to ``listener``; unknown listeners are ignored."""
+        with self._lock:
+            self._subscribers = tuple(x for x in self._subscribers if x is not listener)
+
     # -- the state machine -----------------------------------------------------
 
     def _admit(self) -> int:
@@ -269,123 +514,178 @@ class CircuitBreaker:
         return self._closed_epoch or self._acquire()
 
     def _acquire(self) -> int:
-        """Slow admission path: anything but CLOSED, taking a half-open slot if needed."""
+        """Slow admission path: anything but a free state, taking a half-open slot if needed."""
         now = self._clock()
         if self._state is OPEN and now < self._open_until:
-            raise CircuitOpenError(self.name, OPEN, self._open_until - now)
-        changes: list[tuple[CircuitState, CircuitState]] = []
+            raise self._rejection(OPEN, self._open_until - now, "circuit_open")
+        changes: _Changes = []
         try:
             with self._lock:
                 self._refresh(now, changes)
                 state = self._state
-                if state is OPEN:
-                    raise CircuitOpenError(self.name, OPEN, max(0.0, self._open_until - now))
                 if state is HALF_OPEN:
-                    if self._in_flight >= self.config.half_open_max_calls:
-                        raise CircuitOpenError(self.name, HALF_OPEN, 0.0)
-                    self._in_flight += 1
-                return self._epoch
+                    if self._in_flight < self.config.half_open_max_calls:
+                        self._in_flight += 1
+                        return self._epoch
+                elif self._closed_epoch:
+                    return self._epoch
         finally:
             if changes:
                 self._notify(changes)
+        if state is OPEN:
+            raise self._rejection(OPEN, max(0.0, self._open_until - now), "circuit_open")
+        if state is HALF_OPEN:
+            raise self._rejection(HALF_OPEN, 0.0, "half_open_full")
+        raise self._rejection(state, math.inf, "forced_open")
 
-    def wrap(self, fn: Callable[P, R]) -> Callable[P, R]:
-        """``fn`` behind this breaker: the decorators' sync wrapper, kept flat for speed."""
-        acquire = self._acquire
-        record = self._record
-        record_error = self._record_error
+    def _rejection(self, state: CircuitState, retry_after: float, reason: str) -> CircuitOpenError:
+        """The error for a refused call (announced to subscribers)."""
+        if self._subscribers:
+            publish(self._subscribers, CallRejected(self.name, reason))
+        return CircuitOpenError(self.name, state, retry_after)
 
-        @functools.wraps(fn)
-        def call_through_breaker(*args: P.args, **kwargs: P.kwargs) -> R:
-            epoch = self._closed_epoch or acquire()
+    def _classify_error(self, exc: BaseException) -> bool | None:
+        """True: a failure; False: a success; None: ignored."""
+        config = self.config
+        if config.ignore_exceptions and isinstance(exc, config.ignore_exceptions):
+            return None
+        if not isinstance(exc, config.record_exceptions):
+            return False
+        if config.failure_predicate is not None:
             try:
-                result = fn(*args, **kwargs)
-            except BaseException as exc:
-                record_error(epoch, exc)
-                raise
-            if epoch != self._closed_epoch or self._failures:
-                record(epoch, True)
-            return result
+                return bool(config.failure_predicate(exc))
+            except Exception:
+                logger.exception("failure_predicate of circuit %s raised", self.name)
+        return True
 
-        return call_through_breaker
-
-    def _record_error(self, epoch: int, exc: BaseException) -> None:
-        """An admitted call raised: an ``Exception`` is a failure, anything else frees its slot."""
-        if isinstance(exc, Exception):
-            self._record(epoch, False)
-        elif epoch != self._closed_epoch:
+    def _record_error(self, epoch: int, exc: BaseException, start: float | None = None) -> None:
+        """An admitted call raised: classify it and record it, or free its slot."""
+        if not isinstance(exc, Exception):
             self._release(epoch)
+            return
+        verdict = True if self._classify is None else self._classify(exc)
+        if verdict is None:
+            self._release(epoch)
+            return
+        slow = start is not None and self._is_slow(start)
+        self._record(epoch, not verdict, slow)
+
+    def _record_result(self, epoch: int, result: object, start: float) -> None:
+        """A timed call returned ``result``: judge it and record it."""
+        failed = False
+        predicate = self.config.result_predicate
+        if predicate is not None:
+            try:
+                failed = bool(predicate(result))
+            except Exception:
+                logger.exception("result_predicate of circuit %s raised", self.name)
+        self._record(epoch, not failed, self._is_slow(start))
+
+    def _is_slow(self, start: float) -> bool:
+        threshold = self.config.slow_call_duration_threshold
+        return threshold is not None and self._clock() - start >= threshold
 
     def _release(self, epoch: int) -> None:
         """Free the slot of a call that ended with neither success nor failure."""
+        if epoch == self._closed_epoch:
+            return
         with self._lock:
             if epoch == self._epoch and self._state is HALF_OPEN:
                 self._in_flight -= 1
 
-    def _record(self, epoch: int, success: bool) -> None:
+    def _record(self, epoch: int, success: bool, slow: bool = False) -> None:
         """Record the outcome of a call admitted under ``epoch`` (stale epochs are ignored)."""
-        changes: list[tuple[CircuitState, CircuitState]] = []
+        changes: _Changes = []
         with self._lock:
             if epoch != self._epoch:
                 return
             state = self._state
             if state is HALF_OPEN:
                 self._in_flight -= 1
-            self._apply(state, success, self._clock(), changes)
+            self._apply(state, success, slow, self._clock(), changes)
         if changes:
             self._notify(changes)
 
     def _record_manual(self, success: bool) -> None:
-        changes: list[tuple[CircuitState, CircuitState]] = []
+        changes: _Changes = []
         with self._lock:
             now = self._clock()
             self._refresh(now, changes)
-            self._apply(self._state, success, now, changes)
+            self._apply(self._state, success, False, now, changes)
         if changes:
             self._notify(changes)
 
     def _apply(
-        self,
-        state: CircuitState,
-        success: bool,
-        now: float,
-        changes: list[tuple[CircuitState, CircuitState]],
+        self, state: CircuitState, success: bool, slow: bool, now: float, changes: _Changes
     ) -> None:
         """Apply one outcome to ``state``. Caller holds the lock."""
-        if success:
-            if state is CLOSED:
-                self._failures = 0
-            elif state is HALF_OPEN:
+        if state is DISABLED or state is OPEN or state is FORCED_OPEN:
+            # A failure reported while OPEN neither counts nor extends the open period.
+            if not success and state is not DISABLED:
+                self._last_failure_at = now
+            return
+        if not success:
+            self._last_failure_at = now
+        if state is HALF_OPEN:
+            if success and not slow:
                 self._probe_successes += 1
                 if self._probe_successes >= self.config.success_threshold:
                     self._enter(CLOSED, now, changes)
-            return
-        self._last_failure_at = now
-        if state is CLOSED:
-            self._failures += 1
-            if self._failures >= self.config.failure_threshold:
+            else:
+                self._reopen_count += 1
                 self._enter(OPEN, now, changes)
-        elif state is HALF_OPEN:
-            self._failures += 1
+            return
+        window = self._window
+        if window is not None:
+            window.record(now, not success, slow)
+            if state is CLOSED and window.calls >= self.config.minimum_number_of_calls:
+                config = self.config
+                tripped = (
+                    config.failure_rate_threshold is not None
+                    and window.failure_rate() >= config.failure_rate_threshold
+                ) or (
+                    config.slow_call_duration_threshold is not None
+                    and window.slow_rate() >= config.slow_call_rate_threshold
+                )
+                if tripped:
+                    self._enter(OPEN, now, changes)
+            return
+        if success:
+            self._failures = 0
+            self._must_record = False
+            return
+        self._failures += 1
+        self._must_record = True
+        if state is CLOSED and self._failures >= self.config.failure_threshold:
             self._enter(OPEN, now, changes)
-        # A failure reported while OPEN does not extend the open period.
 
-    def _refresh(self, now: float, changes: list[tuple[CircuitState, CircuitState]]) -> None:
+    def _refresh(self, now: float, changes: _Changes) -> None:
         """Make the lazy OPEN -> HALF_OPEN transition if its time has come. Lock held."""
         if self._state is OPEN and now >= self._open_until:
             self._enter(HALF_OPEN, now, changes)
 
-    def _enter(
-        self,
-        new: CircuitState,
-        now: float,
-        changes: list[tuple[CircuitState, CircuitState]],
-        *,
-        force: bool = False,
-    ) -> None:
+    def _open_seconds(self) -> float:
+        config = self.config
+        seconds = config.timeout_seconds
+        if self._reopen_count and config.open_backoff_multiplier > 1.0:
+            try:
+                seconds *= config.open_backoff_multiplier**self._reopen_count
+            except OverflowError:
+                seconds = math.inf
+        if config.max_open_seconds is not None:
+            seconds = min(seconds, max(config.max_open_seconds, config.timeout_seconds))
+        return seconds
+
+    def _wants_record(self) -> bool:
+        state = self._state
+        if state is DISABLED:
+            return False
+        return self._window is not None or self._failures > 0 or state is METRICS_ONLY
+
+    def _enter(self, new: CircuitState, now: float, changes: _Changes) -> None:
         """Move to ``new``, starting a new epoch. Lock held."""
         old = self._state
-        if not force and new not in TRANSITIONS[old]:
+        if new is not old and new not in TRANSITIONS[old]:
             raise AssertionError(f"illegal circuit transition {old.value} -> {new.value}")
         self._closed_epoch = 0
         self._epoch += 1
@@ -393,19 +693,23 @@ class CircuitBreaker:
         self._probe_successes = 0
         if new is OPEN:
             self._opened_at = now
-            self._open_until = now + self.config.timeout_seconds
+            self._open_until = now + self._open_seconds()
         elif new is CLOSED:
             self._failures = 0
+            self._reopen_count = 0
+            if self._window is not None:
+                self._window.reset()
         self._state = new
-        if new is CLOSED:
+        self._must_record = self._wants_record()
+        if new is CLOSED or new is DISABLED or new is METRICS_ONLY:
             self._closed_epoch = self._epoch
         if old is not new:
             changes.append((old, new))
 
-    def _notify(self, changes: list[tuple[CircuitState, CircuitState]]) -> None:
+    def _notify(self, changes: _Changes) -> None:
         """Log and announce transitions. Runs outside the lock."""
         for old, new in changes:
-            level = logging.WARNING if new is OPEN else logging.INFO
+            level = logging.WARNING if new is OPEN or new is FORCED_OPEN else logging.INFO
             if logger.isEnabledFor(level):
                 logger.log(
                     level,
@@ -420,20 +724,30 @@ class CircuitBreaker:
                     listener(self, old, new)
                 except Exception:
                     logger.exception("state listener of circuit %s raised", self.name)
+            if self._subscribers:
+                publish(self._subscribers, StateTransition(self.name, old, new))
 
 
 class Permit:
-    """One admitted call, as a context manager; see :meth:`CircuitBreaker.permit`."""
+    """One admitted call, as a context manager; see :meth:`CircuitBreaker.permit`.
 
-    __slots__ = ("_breaker", "_epoch")
+    A permit times its block when the breaker watches for slow calls; result
+    predicates do not apply (there is no result).
+    """
+
+    __slots__ = ("_breaker", "_epoch", "_start")
 
     def __init__(self, breaker: CircuitBreaker) -> None:
         self._breaker = breaker
         self._epoch = 0
+        self._start: float | None = None
 
     def __enter__(self) -> CircuitBreaker:
-        self._epoch = self._breaker._admit()
-        return self._breaker
+        breaker = self._breaker
+        self._epoch = breaker._admit()
+        if breaker._timed:
+            self._start = breaker._clock()
+        return breaker
 
     def __exit__(
         self,
@@ -441,10 +755,12 @@ class Permit:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        breaker, epoch = self._breaker, self._epoch
+        breaker, epoch, start = self._breaker, self._epoch, self._start
         if exc is not None:
-            breaker._record_error(epoch, exc)
-        elif epoch != breaker._closed_epoch or breaker._failures:
+            breaker._record_error(epoch, exc, start)
+        elif start is not None:
+            breaker._record(epoch, True, breaker._is_slow(start))
+        elif epoch != breaker._closed_epoch or breaker._must_record:
             breaker._record(epoch, True)
 
     async def __aenter__(self) -> CircuitBreaker:

@@ -1,0 +1,140 @@
+"""Typed events the mesh's components publish, and the one way they are delivered.
+
+Components keep a tuple of subscribers and build an event only when the tuple
+is non-empty, so publishing costs one truth test when nobody listens. A
+subscriber that raises is logged and never breaks the call that caused the event.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .circuit_breaker import CircuitState
+
+__all__ = [
+    "CallFailed",
+    "CallRejected",
+    "CallSucceeded",
+    "Event",
+    "EventListener",
+    "InstanceEjected",
+    "InstanceHealthChanged",
+    "InstancePicked",
+    "InstanceReturned",
+    "RetryGaveUp",
+    "RetryScheduled",
+    "StateTransition",
+    "publish",
+]
+
+logger = logging.getLogger("codomyrmex.service_mesh")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Base class of every event. ``source`` names the breaker, service or policy."""
+
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class StateTransition(Event):
+    """A circuit breaker moved from ``old`` to ``new``."""
+
+    old: CircuitState
+    new: CircuitState
+
+
+@dataclass(frozen=True, slots=True)
+class CallSucceeded(Event):
+    """A call through a service proxy succeeded on ``instance_id`` after ``duration`` seconds."""
+
+    instance_id: str
+    duration: float
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class CallFailed(Event):
+    """One attempt of a call failed on ``instance_id``."""
+
+    instance_id: str
+    duration: float
+    error: BaseException
+
+
+@dataclass(frozen=True, slots=True)
+class CallRejected(Event):
+    """A call was refused without running; ``reason`` says by what.
+
+    Reasons: ``"circuit_open"``, ``"half_open_full"``, ``"forced_open"``,
+    ``"no_healthy_instance"``, ``"bulkhead_full"``, ``"retry_budget"``.
+    """
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RetryScheduled(Event):
+    """Retry number ``attempt`` (1-based) will start after ``delay`` seconds."""
+
+    attempt: int
+    delay: float
+    error: BaseException
+
+
+@dataclass(frozen=True, slots=True)
+class RetryGaveUp(Event):
+    """A call failed for good after ``attempts`` attempts; ``error`` is what it raises."""
+
+    attempts: int
+    error: BaseException
+
+
+@dataclass(frozen=True, slots=True)
+class InstancePicked(Event):
+    """The load balancer of ``source`` picked ``instance_id``."""
+
+    instance_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceHealthChanged(Event):
+    """An instance was marked healthy or unhealthy."""
+
+    instance_id: str
+    healthy: bool
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceEjected(Event):
+    """Outlier detection ejected an instance for ``duration`` seconds."""
+
+    instance_id: str
+    reason: str
+    duration: float
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceReturned(Event):
+    """An ejected instance is pickable again."""
+
+    instance_id: str
+    reason: str
+
+
+EventListener = Callable[[Event], None]
+"""Receives every event of the component (or mesh) it subscribed to."""
+
+
+def publish(listeners: tuple[EventListener, ...], event: Event) -> None:
+    """Deliver ``event`` to each listener; a listener that raises is logged, not propagated."""
+    for listener in listeners:
+        try:
+            listener(event)
+        except Exception:
+            logger.exception("event listener %r raised on %r", listener, event)
