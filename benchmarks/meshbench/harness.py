@@ -15,16 +15,17 @@ import statistics
 import textwrap
 import threading
 import time
-import tracemalloc
 import traceback
-from collections.abc import Callable, Iterator
+import tracemalloc
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 Role = Literal["ours", "peer", "ref"]
 Unit = Literal["ns/call", "calls/s", "B/breaker"]
 
 perf_ns = time.perf_counter_ns
+T = TypeVar("T")
 
 
 class BenchSetupError(Exception):
@@ -95,8 +96,12 @@ def _compile_loop(stmt: str, namespace: dict[str, Any], *, is_async: bool) -> Ca
 
 
 def _gc_quiet() -> bool:
-    """Collect, then disable the collector for a timed region; returns whether it was on."""
-    gc.collect()
+    """Disable the collector for a timed region; returns whether it was on.
+
+    Collection itself happens once per round (in ``run_workload``), not before every
+    sample: with tens of thousands of live objects a full collection costs more than a
+    quick sample.
+    """
     was_enabled = gc.isenabled()
     gc.disable()
     return was_enabled
@@ -106,7 +111,7 @@ def _autorange(run: Callable[[int], int], budget_ns: int, max_n: int) -> int:
     """Smallest n in 1, 2, 5, 10, 20, 50, ... whose run takes at least budget_ns."""
     for exp in itertools.count():
         for mult in (1, 2, 5):
-            n = mult * 10**exp
+            n: int = mult * 10**exp
             if n >= max_n:
                 return max_n
             if run(n) >= budget_ns:
@@ -143,6 +148,12 @@ class LoopRunner:
 
     def sample(self) -> float:
         return self._run(self.n) / self.n
+
+    def run_coro(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine (e.g. a setup or check) in this runner's event loop."""
+        if self._loop is None:
+            raise TypeError("not an async runner")
+        return self._loop.run_until_complete(coro)
 
     def close(self) -> None:
         if self._loop is not None:
@@ -219,6 +230,7 @@ class MemoryRunner:
         self._round += 1
         names = [f"{self._prefix}-{self._round}-{i}" for i in range(self.n)]
         held: list[object] = [None] * self.n
+        gc.collect()
         was_enabled = _gc_quiet()
         tracemalloc.start()
         try:
@@ -280,6 +292,7 @@ class Workload:
     contenders: list[Contender]
     targets: dict[str, Target] = field(default_factory=dict)  # peer label -> target
     fastest_peer_target: Target | None = None
+    fastest_among: tuple[str, ...] | None = None  # peers the fastest-peer target considers
     pairs: list[Pair] | None = None  # replaces the default ours x peer comparisons
     ratio_label: str = "ours/peer"
     description: str = ""
@@ -364,6 +377,7 @@ def run_workload(
             fail(contender.label, exc)
 
     for order in _rotations(list(runners), settings.repeats):
+        gc.collect()
         for label in order:
             if results[label].error:
                 continue
@@ -422,7 +436,10 @@ def compare(workload: Workload, results: dict[str, ContenderResult]) -> list[Com
     for mine in ours:
         out.extend(_comparison(mine, peer, workload.targets.get(peer.label)) for peer in peers)
         if workload.fastest_peer_target is not None:
-            timed = [p for p in peers if p.median is not None]
+            among = workload.fastest_among
+            timed = [
+                p for p in peers if p.median is not None and (among is None or p.label in among)
+            ]
             if timed:
                 pick = max if workload.higher_is_better else min
                 best = pick(timed, key=lambda p: p.median or 0.0)
