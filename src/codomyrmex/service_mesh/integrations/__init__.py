@@ -1,0 +1,1 @@
+"""Integrations of the mesh with other libraries: one module each, importing its library itself."""

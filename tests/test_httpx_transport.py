@@ -1,0 +1,593 @@
+"""MeshTransport / AsyncMeshTransport against real HTTP servers on 127.0.0.1.
+
+Every behaviour runs through the sync and the async transport (the ``is_async``
+parameter). Retry waits go through an injected sleep that records the delay and
+returns at once, so no test waits for a backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+httpx = pytest.importorskip("httpx")
+
+from codomyrmex.service_mesh import (  # noqa: E402
+    CircuitBreaker,
+    CircuitBreakerConfig,
+    CircuitOpenError,
+    CircuitState,
+    LoadBalancer,
+    Mesh,
+    NoHealthyInstanceError,
+    RetryPolicy,
+    ServiceInstance,
+    ServiceProxy,
+)
+from codomyrmex.service_mesh.integrations.httpx import (  # noqa: E402
+    AsyncMeshTransport,
+    InstanceCircuitOpen,
+    MeshTransport,
+    UnknownServiceError,
+    parse_retry_after,
+)
+
+DROP = object()
+"""A behaviour's answer meaning: close the connection without a response."""
+
+Answer = Any  # (status, headers, body) or DROP
+
+
+class Backend:
+    """A real HTTP server on 127.0.0.1 in a thread; ``behave(request_info)`` picks each answer."""
+
+    def __init__(self, behave: Callable[[dict[str, Any]], Answer] | None = None) -> None:
+        self.behave = behave or (lambda info: (200, {}, b"ok"))
+        self.seen: list[dict[str, Any]] = []
+        self.release = threading.Event()  # lets handlers that wait on it finish at once
+        backend = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                if self.headers.get("Transfer-Encoding") == "chunked":
+                    body = _read_chunked(self.rfile)
+                info = {
+                    "method": self.command,
+                    "path": self.path,
+                    "headers": dict(self.headers),
+                    "body": body,
+                }
+                backend.seen.append(info)
+                answer = backend.behave(info)
+                if answer is DROP:
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                status, headers, payload = answer
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_OPTIONS = do_PATCH = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port: int = self.server.server_address[1]
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+        self.thread.start()
+        self.alive = True
+
+    @property
+    def hits(self) -> int:
+        return len(self.seen)
+
+    def instance(self, instance_id: str) -> ServiceInstance:
+        return ServiceInstance(instance_id, "127.0.0.1", self.port)
+
+    def kill(self) -> None:
+        """Stop serving and close the listening socket: new connections are refused."""
+        if self.alive:
+            self.alive = False
+            self.release.set()
+            self.server.shutdown()
+            self.server.server_close()
+            self.thread.join(5)
+
+
+def _read_chunked(rfile: Any) -> bytes:
+    chunks = []
+    while True:
+        size = int(rfile.readline().strip(), 16)
+        if size == 0:
+            rfile.readline()
+            return b"".join(chunks)
+        chunks.append(rfile.read(size))
+        rfile.readline()
+
+
+def _refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+@pytest.fixture
+def backends() -> Iterator[Callable[..., Backend]]:
+    started: list[Backend] = []
+
+    def start(behave: Callable[[dict[str, Any]], Answer] | None = None) -> Backend:
+        backend = Backend(behave)
+        started.append(backend)
+        return backend
+
+    yield start
+    for backend in started:
+        backend.kill()
+    assert all(_refused(b.port) for b in started)
+
+
+class Recorder:
+    """Records every retry wait instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.sleeps: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+
+    async def async_sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+
+
+def make_proxy(
+    *instances: ServiceInstance,
+    name: str = "orders",
+    recorder: Recorder | None = None,
+    breaker: CircuitBreakerConfig | None = None,
+    **policy: Any,
+) -> ServiceProxy:
+    balancer = LoadBalancer()
+    for instance in instances:
+        balancer.register(instance)
+    recorder = recorder or Recorder()
+    policy.setdefault("max_retries", 2)
+    policy.setdefault("initial_delay", 0.01)
+    retry = RetryPolicy(sleep=recorder.sleep, async_sleep=recorder.async_sleep, **policy)
+    return ServiceProxy(name, balancer, CircuitBreaker(name, breaker), retry)
+
+
+class CountingTransport(httpx.HTTPTransport):
+    """The default inner transport, recording the port of every attempt and whether closed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ports: list[int] = []
+        self.closed = False
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.ports.append(request.url.port or 80)
+        return super().handle_request(request)
+
+    def close(self) -> None:
+        self.closed = True
+        super().close()
+
+
+class AsyncCountingTransport(httpx.AsyncHTTPTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ports: list[int] = []
+        self.closed = False
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.ports.append(request.url.port or 80)
+        return await super().handle_async_request(request)
+
+    async def aclose(self) -> None:
+        self.closed = True
+        await super().aclose()
+
+
+class Driver:
+    """One client over a mesh transport, sync or async, with a blocking ``request``."""
+
+    def __init__(self, is_async: bool, services: Any, **options: Any) -> None:
+        self.is_async = is_async
+        if is_async:
+            self.inner: Any = AsyncCountingTransport()
+            self.transport: Any = AsyncMeshTransport(services, transport=self.inner, **options)
+            self.runner = asyncio.Runner()
+            self.client: Any = httpx.AsyncClient(transport=self.transport)
+        else:
+            self.inner = CountingTransport()
+            self.transport = MeshTransport(services, transport=self.inner, **options)
+            self.client = httpx.Client(transport=self.transport)
+
+    def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        if self.is_async:
+            return self.runner.run(self.client.request(method, url, **kwargs))  # type: ignore[no-any-return]
+        return self.client.request(method, url, **kwargs)  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        if self.is_async:
+            self.runner.run(self.client.aclose())
+            self.runner.close()
+        else:
+            self.client.close()
+
+
+@pytest.fixture(params=[False, True], ids=["sync", "async"])
+def is_async(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
+
+
+@pytest.fixture
+def drive(is_async: bool) -> Iterator[Callable[..., Driver]]:
+    drivers: list[Driver] = []
+
+    def open_driver(services: Any, **options: Any) -> Driver:
+        driver = Driver(is_async, services, **options)
+        drivers.append(driver)
+        return driver
+
+    yield open_driver
+    for driver in drivers:
+        driver.close()
+        assert driver.inner.closed
+
+
+# -- routing ---------------------------------------------------------------------
+
+
+def test_routes_to_picked_instances_and_keeps_the_service_host(backends, drive) -> None:
+    a, b = backends(), backends()
+    proxy = make_proxy(a.instance("a"), b.instance("b"))
+    seen_connections: list[int] = []
+
+    def count(info: dict[str, Any]) -> Answer:
+        seen_connections.append(sum(i.connections for i in proxy.load_balancer.instances))
+        return (200, {}, info["path"].encode())
+
+    a.behave = b.behave = count
+    driver = drive(proxy)
+    bodies = [driver.request("GET", f"http://orders/items/{n}?q=1").text for n in range(4)]
+    assert bodies == [f"/items/{n}?q=1" for n in range(4)]
+    assert (a.hits, b.hits) == (2, 2)  # round robin
+    assert {info["headers"]["Host"] for info in a.seen + b.seen} == {"orders"}
+    assert seen_connections == [1, 1, 1, 1]  # the connection is counted while the call runs
+    assert all(i.connections == 0 for i in proxy.load_balancer.instances)
+
+
+def test_host_header_can_name_the_instance(backends, drive) -> None:
+    a = backends()
+    driver = drive(make_proxy(a.instance("a")), host_header="instance")
+    driver.request("GET", "http://orders/")
+    assert a.seen[0]["headers"]["Host"] == f"127.0.0.1:{a.port}"
+
+
+def test_routes_by_mesh_and_by_mapping(backends, drive) -> None:
+    a, b = backends(lambda i: (200, {}, b"A")), backends(lambda i: (200, {}, b"B"))
+    mesh = Mesh()
+    mesh.register_service(make_proxy(a.instance("a"), name="alpha"))
+    driver = drive(mesh)
+    assert driver.request("GET", "http://alpha/").text == "A"
+    mesh.register_service(make_proxy(b.instance("b"), name="Beta"))  # looked up per request
+    assert driver.request("GET", "http://beta/").text == "B"
+
+    mapped = drive({"alpha": make_proxy(a.instance("a"), name="x")})
+    assert mapped.request("GET", "http://ALPHA/").text == "A"
+
+
+def test_unknown_host_raises_unless_passthrough(backends, drive) -> None:
+    a = backends()
+    driver = drive(make_proxy(a.instance("a")))
+    with pytest.raises(UnknownServiceError, match="no mesh service named 'payments'") as info:
+        driver.request("GET", "http://payments/")
+    assert isinstance(info.value, httpx.TransportError)
+    assert a.hits == 0
+
+    open_driver = drive(make_proxy(a.instance("a")), passthrough=True)
+    assert open_driver.request("GET", f"http://127.0.0.1:{a.port}/direct").status_code == 200
+    assert a.seen[-1]["path"] == "/direct"
+
+
+# -- failures and retries --------------------------------------------------------
+
+
+def test_dropped_connection_is_retried_on_another_instance(backends, drive) -> None:
+    dropping, healthy = backends(lambda i: DROP), backends()
+    proxy = make_proxy(dropping.instance("drop"), healthy.instance("ok"))
+    driver = drive(proxy)
+    response = driver.request("GET", "http://orders/x")
+    assert response.status_code == 200
+    assert (dropping.hits, healthy.hits) == (1, 1)
+    assert proxy.circuit_breaker.failure_count == 0  # the success cleared the failure
+
+
+def test_every_attempt_dropped_raises_the_transport_error(backends, drive) -> None:
+    dropping = backends(lambda i: DROP)
+    proxy = make_proxy(dropping.instance("drop"), max_retries=2)
+    driver = drive(proxy)
+    with pytest.raises(httpx.TransportError):
+        driver.request("GET", "http://orders/x")
+    assert dropping.hits == 3
+    assert proxy.circuit_breaker.failure_count == 3
+
+
+def test_503_retry_after_seconds_is_honoured(backends, drive) -> None:
+    answers = iter([(503, {"Retry-After": "2"}, b"busy"), (200, {}, b"done")])
+    backend = backends(lambda i: next(answers))
+    recorder = Recorder()
+    driver = drive(make_proxy(backend.instance("a"), recorder=recorder, max_delay=10.0))
+    response = driver.request("GET", "http://orders/")
+    assert (response.status_code, response.text) == (200, "done")
+    assert recorder.sleeps == [2.0]
+
+
+def test_retry_after_http_date_is_capped_by_max_delay(backends, drive) -> None:
+    later = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=120), usegmt=True)
+    answers = iter([(503, {"Retry-After": later}, b""), (200, {}, b"done")])
+    backend = backends(lambda i: next(answers))
+    recorder = Recorder()
+    driver = drive(make_proxy(backend.instance("a"), recorder=recorder, max_delay=1.5))
+    assert driver.request("GET", "http://orders/").status_code == 200
+    assert recorder.sleeps == [1.5]
+
+
+def test_giving_up_on_a_failure_status_returns_the_last_response(backends, drive) -> None:
+    counter = iter(range(100))
+    backend = backends(lambda i: (503, {"X-Attempt": str(next(counter))}, b"unavailable"))
+    proxy = make_proxy(backend.instance("a"), max_retries=2)
+    driver = drive(proxy)
+    response = driver.request("GET", "http://orders/")
+    assert response.status_code == 503
+    assert response.text == "unavailable"
+    assert response.headers["X-Attempt"] == "2"  # the last of three attempts
+    assert response.request.url == "http://orders/"
+    assert proxy.circuit_breaker.failure_count == 3
+
+
+def test_a_status_outside_the_failure_set_is_returned_at_once(backends, drive) -> None:
+    backend = backends(lambda i: (500, {}, b"bug"))
+    proxy = make_proxy(backend.instance("a"))
+    driver = drive(proxy)
+    assert driver.request("GET", "http://orders/").status_code == 500
+    assert backend.hits == 1
+    assert proxy.circuit_breaker.failure_count == 0
+
+    strict = drive(make_proxy(backend.instance("a")), failure_statuses={500})
+    assert strict.request("GET", "http://orders/").status_code == 500
+    assert backend.hits == 1 + 3
+
+
+def test_open_service_breaker_after_a_503_still_returns_the_response(backends, drive) -> None:
+    backend = backends(lambda i: (503, {}, b"down"))
+    proxy = make_proxy(
+        backend.instance("a"),
+        breaker=CircuitBreakerConfig(failure_threshold=1, timeout_seconds=60),
+        max_retries=3,
+    )
+    driver = drive(proxy)
+    response = driver.request("GET", "http://orders/")
+    assert response.status_code == 503  # the real answer, not the breaker's refusal
+    assert backend.hits == 1
+    with pytest.raises(CircuitOpenError):
+        driver.request("GET", "http://orders/")  # no answer at all this time
+    assert backend.hits == 1
+
+
+def test_non_idempotent_methods_get_one_attempt(backends, drive) -> None:
+    backend = backends(lambda i: (503, {}, b"no"))
+    proxy = make_proxy(backend.instance("a"), max_retries=3)
+    driver = drive(proxy)
+    response = driver.request("POST", "http://orders/", content=b"payload")
+    assert response.status_code == 503
+    assert backend.hits == 1
+    assert backend.seen[0]["body"] == b"payload"
+    assert proxy.circuit_breaker.failure_count == 1  # still behind the breaker
+
+    retrying = drive(make_proxy(backend.instance("a"), max_retries=3), retry_methods={"POST"})
+    retrying.request("POST", "http://orders/", content=b"payload")
+    assert backend.hits == 1 + 4
+    assert {info["body"] for info in backend.seen} == {b"payload"}
+
+
+def test_a_streaming_body_is_never_retried(backends, drive, is_async) -> None:
+    backend = backends(lambda i: (503, {}, b""))
+    driver = drive(make_proxy(backend.instance("a"), max_retries=3))
+
+    if is_async:
+
+        async def chunks() -> Any:
+            yield b"par"
+            yield b"ts"
+
+        body: Any = chunks()
+    else:
+        body = iter([b"par", b"ts"])
+    assert driver.request("PUT", "http://orders/", content=body).status_code == 503
+    assert backend.hits == 1
+    assert backend.seen[0]["body"] == b"parts"
+
+    assert driver.request("PUT", "http://orders/", content=b"whole").status_code == 503
+    assert backend.hits == 1 + 4  # a body in memory can be sent again
+
+
+def test_attempt_timeout_moves_on_from_a_hung_instance(backends, drive) -> None:
+    hung = backends()
+    hung.behave = lambda i: (hung.release.wait(10), (200, {}, b"late"))[1]
+    fast = backends(lambda i: (200, {}, b"fast"))
+    proxy = make_proxy(hung.instance("hung"), fast.instance("fast"), attempt_timeout=0.2)
+    driver = drive(proxy)
+    started = time.monotonic()
+    response = driver.request("GET", "http://orders/")
+    assert response.text == "fast"
+    assert time.monotonic() - started < 5
+    assert (hung.hits, fast.hits) == (1, 1)
+
+
+def test_max_elapsed_bounds_the_whole_call(backends, drive) -> None:
+    hung = backends()
+    hung.behave = lambda i: (hung.release.wait(10), (200, {}, b"late"))[1]
+    proxy = make_proxy(hung.instance("hung"), max_retries=50, max_elapsed=0.5, initial_delay=0)
+    driver = drive(proxy)
+    started = time.monotonic()
+    with pytest.raises((httpx.TimeoutException, TimeoutError)):
+        driver.request("GET", "http://orders/")
+    assert time.monotonic() - started < 3
+    assert hung.hits <= 2
+
+
+# -- a server killed mid-test, per-instance breakers -----------------------------
+
+
+def test_killed_instance_is_ejected_and_never_tried_while_its_breaker_is_open(
+    backends, drive
+) -> None:
+    doomed, survivor = backends(), backends()
+    mesh = Mesh()
+    proxy = make_proxy(
+        doomed.instance("doomed"),
+        survivor.instance("survivor"),
+        breaker=CircuitBreakerConfig(
+            failure_threshold=50, ignore_exceptions=(InstanceCircuitOpen,)
+        ),
+        max_retries=3,
+    )
+    mesh.register_service(proxy)
+    driver = drive(
+        mesh,
+        instance_breaker=CircuitBreakerConfig(failure_threshold=2, timeout_seconds=60),
+    )
+    for _ in range(4):
+        assert driver.request("GET", "http://orders/").status_code == 200
+    assert doomed.hits == 2
+
+    doomed.kill()
+    for _ in range(20):
+        assert driver.request("GET", "http://orders/").status_code == 200
+    breaker = mesh.get_circuit_breaker("orders/doomed")
+    assert breaker is not None and breaker.state is CircuitState.OPEN
+    assert proxy.load_balancer.get("doomed").healthy is False  # ejected
+    assert driver.inner.ports.count(doomed.port) == 2 + 2  # two refused, then never again
+    assert mesh.get_circuit_breaker("orders/survivor").state is CircuitState.CLOSED
+    names = {b["name"] for b in mesh.status()["breakers"]}
+    assert {"orders", "orders/doomed", "orders/survivor"} <= names
+
+
+def test_ejected_instance_returns_when_its_breaker_half_opens(backends, drive, clock) -> None:
+    flaky, steady = backends(), backends()
+    failing = [True]
+    flaky.behave = lambda i: (503, {}, b"") if failing[0] else (200, {}, b"back")
+    mesh = Mesh()
+    proxy = mesh.register_service(
+        make_proxy(flaky.instance("flaky"), steady.instance("steady"), max_retries=2)
+    )
+    config = CircuitBreakerConfig(failure_threshold=1, timeout_seconds=5, success_threshold=1)
+    # The transport uses the breaker already registered under the instance's name.
+    breaker = mesh.circuit_breaker("orders/flaky", config, clock=clock)
+    driver = drive(mesh, instance_breaker=config)
+    assert driver.request("GET", "http://orders/").status_code == 200
+    assert breaker.state is CircuitState.OPEN
+    assert proxy.load_balancer.get("flaky").healthy is False
+    for _ in range(3):
+        assert driver.request("GET", "http://orders/").status_code == 200
+    assert flaky.hits == 1  # ejected: not even picked
+
+    clock.advance(6)
+    failing[0] = False
+    bodies = [driver.request("GET", "http://orders/").text for _ in range(4)]
+    assert "back" in bodies
+    assert breaker.state is CircuitState.CLOSED
+    assert proxy.load_balancer.get("flaky").healthy is True
+
+
+def test_hung_instance_timeouts_open_its_breaker(backends, drive) -> None:
+    hung = backends()
+    hung.behave = lambda i: (hung.release.wait(10), (200, {}, b"late"))[1]
+    fast = backends()
+    mesh = Mesh()
+    mesh.register_service(
+        make_proxy(hung.instance("hung"), fast.instance("fast"), attempt_timeout=0.15)
+    )
+    driver = drive(mesh, instance_breaker=CircuitBreakerConfig(failure_threshold=2))
+    for _ in range(4):
+        assert driver.request("GET", "http://orders/").status_code == 200
+    assert mesh.get_circuit_breaker("orders/hung").state is CircuitState.OPEN
+    assert hung.hits == 2
+
+
+def test_single_attempt_refused_by_the_instance_breaker(backends, drive) -> None:
+    backend = backends(lambda i: (503, {}, b""))
+    proxy = make_proxy(backend.instance("a"))
+    driver = drive(proxy, instance_breaker=CircuitBreakerConfig(failure_threshold=1))
+    assert driver.request("POST", "http://orders/").status_code == 503
+    assert proxy.load_balancer.get("a").healthy is False
+    with pytest.raises(NoHealthyInstanceError):
+        driver.request("POST", "http://orders/")
+    proxy.load_balancer.mark_healthy("a", True)  # an operator puts it back, breaker still open
+    with pytest.raises(CircuitOpenError, match="orders/a"):
+        driver.request("POST", "http://orders/")
+    assert backend.hits == 1
+
+
+# -- plumbing --------------------------------------------------------------------
+
+
+def test_transports_close_their_inner_transport(is_async) -> None:
+    proxy = make_proxy(ServiceInstance("a", "127.0.0.1", 9))
+    if is_async:
+        inner_a = AsyncCountingTransport()
+        asyncio.run(AsyncMeshTransport(proxy, transport=inner_a).aclose())
+        assert inner_a.closed
+    else:
+        inner = CountingTransport()
+        with MeshTransport(proxy, transport=inner):
+            pass
+        assert inner.closed
+
+
+def test_bad_arguments_fail_at_construction() -> None:
+    proxy = make_proxy(ServiceInstance("a", "127.0.0.1", 9))
+    with pytest.raises(TypeError, match="services"):
+        MeshTransport(42)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="failure_statuses"):
+        MeshTransport(proxy, failure_statuses={999})
+    with pytest.raises(ValueError, match="host_header"):
+        MeshTransport(proxy, host_header="both")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="transport"):
+        MeshTransport(proxy, transport=httpx.AsyncHTTPTransport())  # type: ignore[arg-type]
+
+
+def test_parse_retry_after() -> None:
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    at = lambda: now.timestamp()  # noqa: E731
+    assert parse_retry_after("3", at) == 3.0
+    assert parse_retry_after(" 0.5 ", at) == 0.5
+    assert parse_retry_after("-4", at) == 0.0
+    assert parse_retry_after(format_datetime(now + timedelta(seconds=30), usegmt=True), at) == 30
+    assert parse_retry_after(format_datetime(now - timedelta(seconds=30), usegmt=True), at) == 0
+    assert parse_retry_after("soon", at) is None
+    assert parse_retry_after("inf", at) is None
+    assert parse_retry_after(None, at) is None
