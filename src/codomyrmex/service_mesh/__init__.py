@@ -3,15 +3,19 @@
 The public API; everything else lives in private or integration modules.
 """
 
+from .budget import PercentageRetryBudget, RetryBudget, TokenBucketRetryBudget
+from .bulkhead import Bulkhead
 from .circuit_breaker import CircuitBreaker, CircuitBreakerConfig, CircuitState
 from .decorators import with_circuit_breaker, with_retry
-from .errors import CircuitOpenError, NoHealthyInstanceError, ServiceMeshError
+from .errors import BulkheadFullError, CircuitOpenError, NoHealthyInstanceError, ServiceMeshError
 from .load_balancer import LoadBalancer, LoadBalancerStrategy, ServiceInstance
 from .mesh import Mesh, default_mesh
 from .proxy import ServiceProxy
-from .retry import RetryPolicy
+from .retry import RetryPolicy, disable_retries, set_testing
 
 __all__ = [
+    "Bulkhead",
+    "BulkheadFullError",
     "CircuitBreaker",
     "CircuitBreakerConfig",
     "CircuitOpenError",
@@ -20,13 +24,18 @@ __all__ = [
     "LoadBalancerStrategy",
     "Mesh",
     "NoHealthyInstanceError",
+    "PercentageRetryBudget",
+    "RetryBudget",
     "RetryPolicy",
     "ServiceInstance",
     "ServiceMeshError",
     "ServiceProxy",
+    "TokenBucketRetryBudget",
     "default_mesh",
+    "disable_retries",
     "get_circuit_breaker",
     "list_circuit_breakers",
+    "set_testing",
     "with_circuit_breaker",
     "with_retry",
 ]

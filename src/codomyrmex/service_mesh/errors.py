@@ -7,7 +7,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .circuit_breaker import CircuitState
 
-__all__ = ["CircuitOpenError", "NoHealthyInstanceError", "ServiceMeshError"]
+__all__ = [
+    "BulkheadFullError",
+    "CircuitOpenError",
+    "NoHealthyInstanceError",
+    "ServiceMeshError",
+]
 
 
 class ServiceMeshError(Exception):
@@ -40,3 +45,19 @@ class NoHealthyInstanceError(ServiceMeshError):
 
     def __str__(self) -> str:
         return f"no healthy instance of service {self.service_name!r}"
+
+
+class BulkheadFullError(ServiceMeshError):
+    """A bulkhead refused the call: all ``max_concurrent`` slots were taken and the wait
+    queue was full (``reason="full"``) or the wait timed out (``reason="queue_timeout"``).
+    """
+
+    def __init__(self, name: str, max_concurrent: int, reason: str) -> None:
+        super().__init__(name, max_concurrent, reason)
+        self.name = name
+        self.max_concurrent = max_concurrent
+        self.reason = reason
+
+    def __str__(self) -> str:
+        label = f"bulkhead {self.name!r}" if self.name else "bulkhead"
+        return f"{label} is full ({self.max_concurrent} concurrent calls; {self.reason})"

@@ -80,19 +80,23 @@ class CallRejected(Event):
 
 @dataclass(frozen=True, slots=True)
 class RetryScheduled(Event):
-    """Retry number ``attempt`` (1-based) will start after ``delay`` seconds."""
+    """Retry number ``attempt`` (1-based) will start after ``delay`` seconds.
+
+    ``error`` is the failure retried, or None when a result was rejected.
+    """
 
     attempt: int
     delay: float
-    error: BaseException
+    error: BaseException | None
 
 
 @dataclass(frozen=True, slots=True)
 class RetryGaveUp(Event):
-    """A call failed for good after ``attempts`` attempts; ``error`` is what it raises."""
+    """A call failed for good after ``attempts`` attempts; ``error`` is what it raises
+    (None when the last result was rejected and is returned)."""
 
     attempts: int
-    error: BaseException
+    error: BaseException | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,21 +1,32 @@
 """Service proxy: the full resilience stack for calls to one service.
 
-Each attempt picks an instance (a retry prefers one not yet tried), counts a
-connection on it, and runs the handler through the circuit breaker; the retry
+The stages, outermost first (``describe()`` prints them for a given proxy):
+
+    fallback -> bulkhead -> retry or hedging -> pick instance (count connection)
+             -> circuit breaker -> per-attempt timeout (async) -> handler
+
+Each attempt picks an instance (a retry or hedge prefers one not yet tried),
+counts a connection on it and runs the handler through the breaker; the retry
 policy decides whether and when to try again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import inspect
+import threading
+import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
-from ._validate import check_str
+from ._validate import check_callable, check_int, check_number, check_str
+from .bulkhead import Bulkhead
 from .circuit_breaker import CircuitBreaker
 from .errors import CircuitOpenError, NoHealthyInstanceError
+from .events import CallFailed, CallRejected, CallSucceeded, EventListener, publish
 from .load_balancer import ABORTED, LoadBalancer, ServiceInstance
-from .retry import RetryPolicy, _aw
+from .retry import _IN_RETRY, RetryPolicy, _Attempts, _aw
 
 __all__ = ["ServiceProxy"]
 
@@ -30,14 +41,29 @@ class ServiceProxy:
     on a picked instance and returns its result. When the breaker rejects, the
     call stops with :class:`CircuitOpenError` chained (``__cause__``) to the last
     real failure; with no healthy instance it raises :class:`NoHealthyInstanceError`.
+
+    Optional stages: ``bulkhead`` caps concurrent calls; ``hedging_delay`` starts
+    another attempt on another instance when one has not answered in time (up
+    to ``max_hedged_attempts``; first success wins; hedged calls are not also
+    retried, a failed attempt starts the next hedge at once); ``fallback(exc)``
+    supplies the result when the stack gives up.
     """
 
     __slots__ = (
-        "_breaker",
+        "_event_clock",
         "_execute",
         "_execute_async",
+        "_hedge_pool",
+        "_lock",
+        "_staged",
+        "_subscribers",
+        "bulkhead",
         "circuit_breaker",
+        "clock",
+        "fallback",
+        "hedging_delay",
         "load_balancer",
+        "max_hedged_attempts",
         "retry_policy",
         "service_name",
     )
@@ -48,6 +74,12 @@ class ServiceProxy:
         load_balancer: LoadBalancer | None = None,
         circuit_breaker: CircuitBreaker | None = None,
         retry_policy: RetryPolicy | None = None,
+        *,
+        bulkhead: Bulkhead | None = None,
+        hedging_delay: float | None = None,
+        max_hedged_attempts: int = 2,
+        fallback: Callable[[Exception], Any] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         check_str("service_name", service_name)
         if load_balancer is None:
@@ -62,14 +94,32 @@ class ServiceProxy:
             retry_policy = RetryPolicy()
         elif not isinstance(retry_policy, RetryPolicy):
             raise TypeError(f"retry_policy must be a RetryPolicy, got {retry_policy!r}")
+        if bulkhead is not None and not isinstance(bulkhead, Bulkhead):
+            raise TypeError(f"bulkhead must be a Bulkhead, got {bulkhead!r}")
+        if hedging_delay is not None:
+            check_number("hedging_delay", hedging_delay, 0.0)
+        check_int("max_hedged_attempts", max_hedged_attempts, 1)
+        if fallback is not None:
+            check_callable("fallback", fallback)
+        check_callable("clock", clock)
         if not load_balancer.name:
             load_balancer.name = service_name
         self.service_name = service_name
         self.load_balancer = load_balancer
         self.circuit_breaker = circuit_breaker
         self.retry_policy = retry_policy
+        self.bulkhead = bulkhead
+        self.hedging_delay = hedging_delay
+        self.max_hedged_attempts = max_hedged_attempts
+        self.fallback = fallback
+        self.clock = clock
         self._execute = circuit_breaker.execute
         self._execute_async = circuit_breaker.execute_async
+        self._staged = bulkhead is not None or hedging_delay is not None or fallback is not None
+        self._subscribers: tuple[EventListener, ...] = ()
+        self._event_clock: Callable[[], float] | None = None
+        self._hedge_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return (
@@ -78,8 +128,47 @@ class ServiceProxy:
         )
 
     def describe(self) -> str:
-        """The order of the stages a call goes through."""
-        return "retry -> pick instance (count connection) -> circuit breaker -> handler"
+        """The stages a call goes through, outermost first, as configured."""
+        stages = []
+        if self.fallback is not None:
+            stages.append("fallback")
+        if self.bulkhead is not None:
+            stages.append(f"bulkhead(max_concurrent={self.bulkhead.max_concurrent})")
+        if self.hedging_delay is not None:
+            stages.append(
+                f"hedging(delay={self.hedging_delay}s, max_attempts={self.max_hedged_attempts})"
+            )
+        else:
+            stages.append(f"retry(max_retries={self.retry_policy.max_retries})")
+        stages.append(f"pick instance({self.load_balancer.strategy.value}, counts connections)")
+        stages.append(f"circuit breaker({self.circuit_breaker.name})")
+        if self.retry_policy.attempt_timeout is not None:
+            stages.append(f"attempt timeout({self.retry_policy.attempt_timeout}s, async)")
+        stages.append("handler")
+        return " -> ".join(stages)
+
+    def subscribe(self, listener: EventListener) -> None:
+        """Deliver this proxy's events: calls succeeded / failed / rejected, retries."""
+        check_callable("listener", listener)
+        with self._lock:
+            self._subscribers = (*self._subscribers, listener)
+            self._event_clock = self.clock
+
+    def unsubscribe(self, listener: EventListener) -> None:
+        """Stop delivering events to ``listener``."""
+        with self._lock:
+            self._subscribers = tuple(x for x in self._subscribers if x is not listener)
+            if not self._subscribers:
+                self._event_clock = None
+
+    def close(self) -> None:
+        """Shut down the hedging thread pool, if one was started."""
+        with self._lock:
+            pool, self._hedge_pool = self._hedge_pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+    # -- sync -------------------------------------------------------------------
 
     def call(
         self,
@@ -88,40 +177,160 @@ class ServiceProxy:
         **kwargs: P.kwargs,
     ) -> R:
         """Run ``handler_fn(instance, *args, **kwargs)`` through the whole stack."""
-        balancer = self.load_balancer
-        policy = self.retry_policy
-        started = None if policy.max_elapsed is None else policy.clock()
-        tried: set[str] | None = None
-        last_real: Exception | None = None
-        attempt = 0
-        while True:
-            instance = balancer._acquire(tried)
-            if instance is None:
-                raise NoHealthyInstanceError(self.service_name) from last_real
-            timer = balancer._observe_clock
-            start = 0.0 if timer is None else timer()
+        if self._staged:
+            return cast(R, self._call_staged(handler_fn, args, kwargs))
+        return cast(R, self._attempts(handler_fn, args, kwargs))
+
+    def _call_staged(self, handler_fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        try:
+            bulkhead = self.bulkhead
+            if bulkhead is not None:
+                self._guard_bulkhead(bulkhead.acquire)
             try:
-                result = self._execute(handler_fn, instance, *args, **kwargs)
-            except Exception as exc:
-                balancer._release(instance, start, exc)
-                failure = exc
-            except BaseException:
-                balancer._release(instance, start, ABORTED)
+                if self.hedging_delay is not None:
+                    return self._hedged(handler_fn, args, kwargs)
+                return self._attempts(handler_fn, args, kwargs)
+            finally:
+                if bulkhead is not None:
+                    bulkhead.release()
+        except Exception as exc:
+            if self.fallback is None:
                 raise
-            else:
-                balancer._release(instance, start, None)
-                return result
-            if not isinstance(failure, CircuitOpenError):
-                last_real = failure
-            delay = policy._next_delay(failure, attempt, started)
-            if delay is None:
-                raise self._give_up(failure, last_real)
-            if delay > 0.0:
-                policy.sleep(delay)
-            attempt += 1
-            if tried is None:
-                tried = set()
-            tried.add(instance.id)
+            failure = exc
+        return self.fallback(failure)
+
+    def _attempts(self, handler_fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        """Retry -> pick -> breaker -> handler, one attempt after another."""
+        token = _IN_RETRY.set(True)
+        try:
+            balancer = self.load_balancer
+            policy = self.retry_policy
+            started = None if policy._simple else policy._start()
+            calls: _Attempts | None = None
+            tried: set[str] | None = None
+            last_real: Exception | None = None
+            result: Any = None
+            while True:
+                instance = balancer._acquire(tried)
+                if instance is None:
+                    raise self._no_instance(last_real)
+                timer = balancer._observe_clock or self._event_clock
+                start = 0.0 if timer is None else timer()
+                try:
+                    result = self._execute(handler_fn, instance, *args, **kwargs)
+                except Exception as exc:
+                    balancer._release(instance, start, exc)
+                    failure: Exception | None = exc
+                except BaseException:
+                    balancer._release(instance, start, ABORTED)
+                    raise
+                else:
+                    balancer._release(instance, start, None)
+                    if policy.retry_on_result is None or not policy._rejects(result):
+                        if self._subscribers or policy.budget is not None:
+                            self._succeeded(instance, start, calls)
+                        return result
+                    failure = None
+                if failure is not None:
+                    if self._subscribers:
+                        self._failed(instance, start, failure)
+                    if isinstance(failure, CircuitOpenError):
+                        raise self._give_up(failure, last_real)  # a rejection ends the call
+                    last_real = failure
+                if calls is None:
+                    calls = _Attempts(started, token.old_value is True)
+                delay = policy._after_failure(calls, failure, self.service_name, self._subscribers)
+                if delay is None:
+                    return policy._final(failure, result)
+                if delay > 0.0:
+                    policy.sleep(delay)
+                    if policy._past_deadline(calls):
+                        return policy._final(failure, result)
+                calls.count += 1
+                if tried is None:
+                    tried = set()
+                tried.add(instance.id)
+        finally:
+            _IN_RETRY.reset(token)
+
+    def _one_attempt(
+        self, handler_fn: Callable[..., Any], instance: ServiceInstance, args: Any, kwargs: Any
+    ) -> Any:
+        """One hedged attempt on an already acquired instance; releases its connection."""
+        balancer = self.load_balancer
+        timer = balancer._observe_clock or self._event_clock
+        start = 0.0 if timer is None else timer()
+        try:
+            result = self._execute(handler_fn, instance, *args, **kwargs)
+        except Exception as exc:
+            balancer._release(instance, start, exc)
+            if self._subscribers:
+                self._failed(instance, start, exc)
+            raise
+        except BaseException:
+            balancer._release(instance, start, ABORTED)
+            raise
+        balancer._release(instance, start, None)
+        self._succeeded(instance, start, None)
+        return result
+
+    def _hedged(self, handler_fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        """Hedging (sync): attempts on a thread pool; the first success wins."""
+        pool = self._pool()
+        budget = self.retry_policy.budget
+        if budget is not None:
+            budget.record_request()
+        tried: set[str] = set()
+        pending: set[concurrent.futures.Future[Any]] = set()
+        last_error: Exception | None = None
+        last_real: Exception | None = None
+        launched = 0
+        while True:
+            can_launch = launched < self.max_hedged_attempts and (
+                launched == 0 or budget is None or budget.try_retry()
+            )
+            if can_launch:
+                instance = self.load_balancer._acquire(tried)
+                if instance is None:
+                    if not pending:
+                        raise self._no_instance(last_real)
+                else:
+                    tried.add(instance.id)
+                    launched += 1
+                    pending.add(pool.submit(self._one_attempt, handler_fn, instance, args, kwargs))
+            if not pending:
+                assert last_error is not None
+                raise self._give_up(last_error, last_real)
+            timeout = self.hedging_delay if launched < self.max_hedged_attempts else None
+            done, pending = concurrent.futures.wait(
+                pending, timeout=timeout, return_when=concurrent.futures.FIRST_COMPLETED
+            )
+            for future in done:
+                error = future.exception()
+                if error is None:
+                    if budget is not None:
+                        budget.record_outcome(True)
+                    return future.result()  # the losers finish on the pool; ignored
+                if not isinstance(error, Exception):
+                    raise error
+                if budget is not None:
+                    budget.record_outcome(False)
+                last_error = error
+                if not isinstance(error, CircuitOpenError):
+                    last_real = error
+                elif not pending:
+                    raise self._give_up(error, last_real)
+
+    def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        with self._lock:
+            if self._hedge_pool is None:
+                self._hedge_pool = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=max(4, 4 * self.max_hedged_attempts),
+                    thread_name_prefix=f"hedge-{self.service_name}",
+                )
+            return self._hedge_pool
+
+    # -- async ------------------------------------------------------------------
 
     async def call_async(
         self,
@@ -135,49 +344,234 @@ class ServiceProxy:
         probe slot and is never retried. ``attempt_timeout`` bounds each attempt
         inside the breaker, so a timed-out attempt is a breaker failure.
         """
-        balancer = self.load_balancer
-        policy = self.retry_policy
-        started = None if policy.max_elapsed is None else policy.clock()
-        tried: set[str] | None = None
-        last_real: Exception | None = None
-        attempt = 0
-        while True:
-            instance = balancer._acquire(tried)
-            if instance is None:
-                raise NoHealthyInstanceError(self.service_name) from last_real
-            timer = balancer._observe_clock
-            start = 0.0 if timer is None else timer()
+        if self._staged:
+            return cast(R, await self._call_staged_async(handler_fn, args, kwargs))
+        return cast(R, await self._attempts_async(handler_fn, args, kwargs))
+
+    async def _call_staged_async(
+        self, handler_fn: Callable[..., Any], args: Any, kwargs: Any
+    ) -> Any:
+        try:
+            bulkhead = self.bulkhead
+            if bulkhead is not None:
+                await self._guard_bulkhead_async(bulkhead)
             try:
-                timeout = policy.attempt_timeout
-                if started is not None:
-                    timeout = policy._remaining(started, timeout)
-                if timeout is None:
-                    result = await self._execute_async(handler_fn, instance, *args, **kwargs)
-                else:
-                    timed: Any = _timed
-                    result = await self._execute_async(
-                        timed, timeout, handler_fn, instance, *args, **kwargs
-                    )
-            except Exception as exc:
-                balancer._release(instance, start, exc)
-                failure = exc
-            except BaseException:
-                balancer._release(instance, start, ABORTED)
+                if self.hedging_delay is not None:
+                    return await self._hedged_async(handler_fn, args, kwargs)
+                return await self._attempts_async(handler_fn, args, kwargs)
+            finally:
+                if bulkhead is not None:
+                    bulkhead.release()
+        except Exception as exc:
+            if self.fallback is None:
                 raise
-            else:
-                balancer._release(instance, start, None)
-                return result
-            if not isinstance(failure, CircuitOpenError):
-                last_real = failure
-            delay = policy._next_delay(failure, attempt, started)
-            if delay is None:
-                raise self._give_up(failure, last_real)
-            if delay > 0.0:
-                await policy.async_sleep(delay)
-            attempt += 1
-            if tried is None:
-                tried = set()
-            tried.add(instance.id)
+            failure = exc
+        result = self.fallback(failure)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    async def _attempts_async(self, handler_fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        """The async twin of :meth:`_attempts`."""
+        token = _IN_RETRY.set(True)
+        try:
+            balancer = self.load_balancer
+            policy = self.retry_policy
+            started = None if policy._simple else policy._start()
+            calls: _Attempts | None = None
+            tried: set[str] | None = None
+            last_real: Exception | None = None
+            result: Any = None
+            while True:
+                instance = balancer._acquire(tried)
+                if instance is None:
+                    raise self._no_instance(last_real)
+                timer = balancer._observe_clock or self._event_clock
+                start = 0.0 if timer is None else timer()
+                try:
+                    result = await self._run_attempt_async(
+                        handler_fn, instance, args, kwargs, started
+                    )
+                except Exception as exc:
+                    balancer._release(instance, start, exc)
+                    failure: Exception | None = exc
+                except BaseException:
+                    balancer._release(instance, start, ABORTED)
+                    raise
+                else:
+                    balancer._release(instance, start, None)
+                    if policy.retry_on_result is None or not policy._rejects(result):
+                        if self._subscribers or policy.budget is not None:
+                            self._succeeded(instance, start, calls)
+                        return result
+                    failure = None
+                if failure is not None:
+                    if self._subscribers:
+                        self._failed(instance, start, failure)
+                    if isinstance(failure, CircuitOpenError):
+                        raise self._give_up(failure, last_real)  # a rejection ends the call
+                    last_real = failure
+                if calls is None:
+                    calls = _Attempts(started, token.old_value is True)
+                delay = policy._after_failure(calls, failure, self.service_name, self._subscribers)
+                if delay is None:
+                    return policy._final(failure, result)
+                if delay > 0.0:
+                    await policy.async_sleep(delay)
+                    if policy._past_deadline(calls):
+                        return policy._final(failure, result)
+                calls.count += 1
+                if tried is None:
+                    tried = set()
+                tried.add(instance.id)
+        finally:
+            _IN_RETRY.reset(token)
+
+    async def _run_attempt_async(
+        self,
+        handler_fn: Callable[..., Any],
+        instance: ServiceInstance,
+        args: Any,
+        kwargs: Any,
+        started: float | None = None,
+    ) -> Any:
+        """Breaker -> per-attempt timeout -> handler, for one async attempt."""
+        policy = self.retry_policy
+        timeout = policy.attempt_timeout
+        if policy.max_elapsed is not None and started is not None:
+            timeout = policy._remaining(started, timeout)
+        if timeout is None:
+            return await self._execute_async(handler_fn, instance, *args, **kwargs)
+        timed: Any = _timed
+        return await self._execute_async(timed, timeout, handler_fn, instance, *args, **kwargs)
+
+    async def _one_attempt_async(
+        self, handler_fn: Callable[..., Any], instance: ServiceInstance, args: Any, kwargs: Any
+    ) -> Any:
+        """One hedged attempt on an already acquired instance; releases its connection."""
+        balancer = self.load_balancer
+        timer = balancer._observe_clock or self._event_clock
+        start = 0.0 if timer is None else timer()
+        try:
+            result = await self._run_attempt_async(handler_fn, instance, args, kwargs)
+        except Exception as exc:
+            balancer._release(instance, start, exc)
+            if self._subscribers:
+                self._failed(instance, start, exc)
+            raise
+        except BaseException:
+            balancer._release(instance, start, ABORTED)
+            raise
+        balancer._release(instance, start, None)
+        self._succeeded(instance, start, None)
+        return result
+
+    async def _hedged_async(self, handler_fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        """Hedging (async): attempts as tasks; the first success wins, the losers are cancelled."""
+        budget = self.retry_policy.budget
+        if budget is not None:
+            budget.record_request()
+        tried: set[str] = set()
+        pending: set[asyncio.Task[Any]] = set()
+        last_error: Exception | None = None
+        last_real: Exception | None = None
+        launched = 0
+        try:
+            while True:
+                can_launch = launched < self.max_hedged_attempts and (
+                    launched == 0 or budget is None or budget.try_retry()
+                )
+                if can_launch:
+                    instance = self.load_balancer._acquire(tried)
+                    if instance is None:
+                        if not pending:
+                            raise self._no_instance(last_real)
+                    else:
+                        tried.add(instance.id)
+                        launched += 1
+                        pending.add(
+                            asyncio.ensure_future(
+                                self._one_attempt_async(handler_fn, instance, args, kwargs)
+                            )
+                        )
+                if not pending:
+                    assert last_error is not None
+                    raise self._give_up(last_error, last_real)
+                timeout = self.hedging_delay if launched < self.max_hedged_attempts else None
+                done, pending = await asyncio.wait(
+                    pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in done:
+                    if task.cancelled():
+                        continue
+                    error = task.exception()
+                    if error is None:
+                        if budget is not None:
+                            budget.record_outcome(True)
+                        return task.result()
+                    if not isinstance(error, Exception):
+                        raise error
+                    if budget is not None:
+                        budget.record_outcome(False)
+                    last_error = error
+                    if not isinstance(error, CircuitOpenError):
+                        last_real = error
+                    elif not pending:
+                        raise self._give_up(error, last_real)
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+
+    # -- shared -----------------------------------------------------------------
+
+    def _guard_bulkhead(self, acquire: Callable[[], None]) -> None:
+        try:
+            acquire()
+        except Exception:
+            if self._subscribers:
+                publish(self._subscribers, CallRejected(self.service_name, "bulkhead_full"))
+            raise
+
+    async def _guard_bulkhead_async(self, bulkhead: Bulkhead) -> None:
+        try:
+            await bulkhead.acquire_async()
+        except Exception:
+            if self._subscribers:
+                publish(self._subscribers, CallRejected(self.service_name, "bulkhead_full"))
+            raise
+
+    def _succeeded(self, instance: ServiceInstance, start: float, calls: _Attempts | None) -> None:
+        """Close the books on a successful call: budget refund and event."""
+        budget = self.retry_policy.budget
+        if budget is not None:
+            budget.record_outcome(True)
+        if self._subscribers:
+            clock = self._event_clock or self.clock
+            publish(
+                self._subscribers,
+                CallSucceeded(
+                    self.service_name,
+                    instance.id,
+                    clock() - start,
+                    1 if calls is None else calls.count,
+                ),
+            )
+
+    def _failed(self, instance: ServiceInstance, start: float, failure: Exception) -> None:
+        clock = self._event_clock or self.clock
+        publish(
+            self._subscribers,
+            CallFailed(self.service_name, instance.id, clock() - start, failure),
+        )
+
+    def _no_instance(self, last_real: Exception | None) -> NoHealthyInstanceError:
+        if self._subscribers:
+            publish(self._subscribers, CallRejected(self.service_name, "no_healthy_instance"))
+        error = NoHealthyInstanceError(self.service_name)
+        error.__cause__ = last_real
+        return error
 
     @staticmethod
     def _give_up(failure: Exception, last_real: Exception | None) -> Exception:

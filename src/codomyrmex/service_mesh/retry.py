@@ -1,23 +1,35 @@
-"""Retry policy: exponential backoff with full jitter, for sync and async calls.
+"""Retry policy: exponential backoff with jitter, for sync and async calls.
 
-The decision "retry this failure, and after how long?" lives in one method,
-``_next_delay``; the sync and async loops around it only run attempts and wait.
+The decision "retry after this failure, and after how long?" lives in one
+method, :meth:`RetryPolicy._after_failure`, shared by the policy's own loops and
+the service proxy's; the loops around it only run attempts and wait.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
+import logging
 import math
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import ParamSpec, TypeVar, cast
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar, cast
 
 from ._validate import check_callable, check_int, check_number, check_optional_number
+from .budget import RetryBudget
 from .errors import CircuitOpenError, NoHealthyInstanceError
+from .events import EventListener, RetryGaveUp, RetryScheduled, publish
 
-__all__ = ["RetryOn", "RetryPolicy"]
+__all__ = [
+    "JITTER_MODES",
+    "RetryOn",
+    "RetryPolicy",
+    "disable_retries",
+    "set_testing",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -27,7 +39,72 @@ RetryOn = (
 )
 """Exception types to retry, or a predicate ``exc -> bool`` (or a delay in seconds to wait)."""
 
+JITTER_MODES = ("none", "full", "equal", "decorrelated")
+
+logger = logging.getLogger("codomyrmex.service_mesh")
+
 _MESH_REJECTIONS = (CircuitOpenError, NoHealthyInstanceError)
+
+# True while a retrying loop runs an attempt: an inner policy then makes one attempt only.
+_IN_RETRY: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "codomyrmex_service_mesh_in_retry", default=False
+)
+
+
+class _Testing:
+    """The process-wide testing switches (see :func:`set_testing`)."""
+
+    active = False
+    attempts: int | None = None
+
+
+class _Switch:
+    """Applies a testing setting at once; as a context manager, restores the old one on exit."""
+
+    def __init__(self, active: bool, attempts: int | None) -> None:
+        self._previous = (_Testing.active, _Testing.attempts)
+        _Testing.active, _Testing.attempts = active, attempts
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        _Testing.active, _Testing.attempts = self._previous
+
+
+def set_testing(testing: bool = True, *, attempts: int | None = 1) -> _Switch:
+    """In tests: make every backoff wait zero and cap every call at ``attempts`` attempts.
+
+    Takes effect at once; used as ``with set_testing(...):`` it is undone on exit.
+    ``attempts=None`` keeps each policy's own number of attempts.
+    """
+    if not isinstance(testing, bool):
+        raise TypeError(f"testing must be a bool, got {testing!r}")
+    if attempts is not None:
+        check_int("attempts", attempts, 1)
+    return _Switch(testing, attempts if testing else None)
+
+
+def disable_retries() -> _Switch:
+    """Turn retries off everywhere: every call makes exactly one attempt."""
+    return _Switch(True, 1)
+
+
+class _Attempts:
+    """One call's retry state (created at its first failure, never shared)."""
+
+    __slots__ = ("count", "nested", "previous", "started")
+
+    def __init__(self, started: float | None, nested: bool) -> None:
+        self.count = 1
+        self.started = started
+        self.previous = 0.0
+        self.nested = nested
 
 
 class RetryPolicy:
@@ -35,29 +112,41 @@ class RetryPolicy:
 
     The wait before retry ``n`` (``n = 0`` for the first retry) is
     ``min(max_delay, initial_delay * exponential_base ** n)``, drawn uniformly
-    from ``[0, that]`` when ``jitter`` is on (full jitter). By default every
+    from ``[0, that]`` with the default full jitter (``jitter`` may also be
+    ``"none"``/False, ``"equal"`` or ``"decorrelated"``). By default every
     ``Exception`` is retried except the mesh's own rejections, which are raised
-    at once. When attempts run out the last exception is re-raised as is.
+    at once. When attempts run out the last exception is re-raised as is (or,
+    for a result rejected by ``retry_on_result``, the last result is returned).
 
     ``attempt_timeout`` bounds each attempt of an async call; ``max_elapsed``
     bounds the whole call, counted from the first attempt: no attempt starts
-    after it (sync calls in progress are never interrupted).
+    after it (sync calls in progress are never interrupted). A ``budget`` caps
+    retries across all calls sharing the policy. Inside another retrying call,
+    a policy makes one attempt only, unless ``nested=True``.
     """
 
     __slots__ = (
         "_cap_attempt",
+        "_frozen",
         "_retryable",
         "_rng",
+        "_simple",
+        "_subscribers",
         "async_sleep",
         "attempt_timeout",
+        "budget",
         "clock",
         "exponential_base",
         "initial_delay",
         "jitter",
+        "jitter_mode",
         "max_delay",
         "max_elapsed",
         "max_retries",
+        "name",
+        "nested",
         "retry_on",
+        "retry_on_result",
         "sleep",
     )
 
@@ -67,25 +156,37 @@ class RetryPolicy:
         initial_delay: float = 0.1,
         max_delay: float = 10.0,
         exponential_base: float = 2.0,
-        jitter: bool = True,
+        jitter: bool | str = True,
         retry_on: RetryOn | None = None,
         *,
+        retry_on_result: Callable[[Any], bool] | None = None,
         sleep: Callable[[float], object] = time.sleep,
         async_sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
         attempt_timeout: float | None = None,
         max_elapsed: float | None = None,
+        budget: RetryBudget | None = None,
+        nested: bool = False,
+        name: str = "",
     ) -> None:
         self.max_retries = check_int("max_retries", max_retries, 0)
         self.initial_delay = check_number("initial_delay", initial_delay, 0.0)
         self.max_delay = check_number("max_delay", max_delay, 0.0)
         self.exponential_base = check_number("exponential_base", exponential_base, 1.0)
-        if not isinstance(jitter, bool):
-            raise TypeError(f"jitter must be a bool, got {jitter!r}")
+        if isinstance(jitter, bool):
+            mode = "full" if jitter else "none"
+        elif isinstance(jitter, str) and jitter in JITTER_MODES:
+            mode = jitter
+        else:
+            raise ValueError(f"jitter must be a bool or one of {JITTER_MODES}, got {jitter!r}")
         self.jitter = jitter
+        self.jitter_mode = mode
         self.retry_on = retry_on
         self._retryable = _retry_predicate(retry_on)
+        if retry_on_result is not None:
+            check_callable("retry_on_result", retry_on_result)
+        self.retry_on_result = retry_on_result
         self.sleep = check_callable("sleep", sleep)
         self.async_sleep = check_callable("async_sleep", async_sleep)
         if rng is not None and not isinstance(rng, random.Random):
@@ -98,47 +199,150 @@ class RetryPolicy:
                 raise ValueError(f"attempt_timeout must be > 0, got {attempt_timeout!r}")
         self.attempt_timeout = attempt_timeout
         self.max_elapsed = check_optional_number("max_elapsed", max_elapsed)
+        if budget is not None and not isinstance(budget, RetryBudget):
+            raise TypeError(f"budget must be a RetryBudget, got {budget!r}")
+        self.budget = budget
+        if not isinstance(nested, bool):
+            raise TypeError(f"nested must be a bool, got {nested!r}")
+        self.nested = nested
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, got {name!r}")
+        self.name = name
+        self._subscribers: tuple[EventListener, ...] = ()
         self._cap_attempt = _cap_attempt(self.initial_delay, self.max_delay, self.exponential_base)
+        # No budget, deadline or result predicate: the success path needs nothing else.
+        self._simple = budget is None and max_elapsed is None and retry_on_result is None
+        self._frozen = True
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if getattr(self, "_frozen", False):
+            raise AttributeError(f"RetryPolicy is immutable; cannot set {name!r}")
+        object.__setattr__(self, name, value)
 
     def __repr__(self) -> str:
         return (
             f"RetryPolicy(max_retries={self.max_retries}, initial_delay={self.initial_delay}, "
             f"max_delay={self.max_delay}, exponential_base={self.exponential_base}, "
-            f"jitter={self.jitter})"
+            f"jitter={self.jitter!r})"
         )
+
+    def subscribe(self, listener: EventListener) -> None:
+        """Deliver this policy's :class:`RetryScheduled` and :class:`RetryGaveUp` events."""
+        check_callable("listener", listener)
+        object.__setattr__(self, "_subscribers", (*self._subscribers, listener))
+
+    def unsubscribe(self, listener: EventListener) -> None:
+        """Stop delivering events to ``listener``."""
+        subscribers = tuple(x for x in self._subscribers if x is not listener)
+        object.__setattr__(self, "_subscribers", subscribers)
 
     # -- delays -----------------------------------------------------------------
 
-    def get_delay(self, attempt: int) -> float:
-        """Seconds to wait before retry number ``attempt`` (0 = before the first retry)."""
+    def get_delay(self, attempt: int, previous: float | None = None) -> float:
+        """Seconds to wait before retry number ``attempt`` (0 = before the first retry).
+
+        ``previous`` is the last wait, used by decorrelated jitter (by default the
+        un-jittered wait of the attempt before).
+        """
         check_int("attempt", attempt, 0)
-        if attempt >= self._cap_attempt:
-            delay = self.max_delay
-        else:
-            delay = min(self.max_delay, self.initial_delay * self.exponential_base**attempt)
-        if self.jitter and delay > 0.0:
+        delay = self._backoff(attempt)
+        mode = self.jitter_mode
+        if mode == "none" or delay <= 0.0:
+            return delay
+        if mode == "full":
             return self._rng.uniform(0.0, delay)
-        return delay
+        if mode == "equal":
+            return delay / 2 + self._rng.uniform(0.0, delay / 2)
+        base = self.initial_delay
+        if previous is None:
+            previous = self._backoff(attempt - 1) if attempt else base
+        return min(self.max_delay, self._rng.uniform(base, max(base, 3.0 * previous)))
+
+    def _backoff(self, attempt: int) -> float:
+        if attempt >= self._cap_attempt:
+            return self.max_delay
+        if self.initial_delay <= 0.0 or self.exponential_base <= 1.0:
+            return min(self.max_delay, self.initial_delay)
+        return min(self.max_delay, self.initial_delay * self.exponential_base**attempt)
+
+    def _past_deadline(self, calls: _Attempts) -> bool:
+        """Whether the overall deadline has passed (checked after each wait)."""
+        return (
+            calls.started is not None
+            and self.max_elapsed is not None
+            and self.clock() - calls.started >= self.max_elapsed
+        )
 
     def should_retry(self, exc: BaseException) -> bool:
         """Whether ``exc`` is a failure this policy retries (attempts aside)."""
         return bool(self._retryable(exc))
 
-    def _next_delay(self, exc: BaseException, attempt: int, started: float | None) -> float | None:
-        """The wait before retry ``attempt`` after ``exc``, or None to give up.
+    def _after_failure(
+        self,
+        calls: _Attempts,
+        failure: BaseException | None,
+        source: str,
+        subscribers: tuple[EventListener, ...],
+    ) -> float | None:
+        """Attempt ``calls.count`` failed (``failure`` None: its result was rejected).
 
-        A ``retry_on`` verdict that is a number (not a bool) overrides the
-        backoff delay, e.g. a server's ``Retry-After``; it is capped by ``max_delay``.
+        Return the wait before the next attempt, or None to give up. Publishes
+        :class:`RetryScheduled` / :class:`RetryGaveUp` and logs.
         """
-        if attempt >= self.max_retries:
+        budget = self.budget
+        if budget is not None:
+            budget.record_outcome(False)
+        delay = self._next_delay(failure, calls)
+        if delay is not None and budget is not None and not budget.try_retry():
+            delay = None
+        if delay is None:
+            if subscribers:
+                publish(subscribers, RetryGaveUp(source, calls.count, failure))
+            if logger.isEnabledFor(logging.INFO) and calls.count > 1:
+                logger.info(
+                    "%s: giving up after %d attempts: %r",
+                    source or "retry",
+                    calls.count,
+                    failure,
+                    extra={"service": source, "attempt": calls.count},
+                )
             return None
-        verdict = self._retryable(exc)
-        if verdict is True:
-            delay = self.get_delay(attempt)
-        elif not verdict or isinstance(verdict, bool):
+        calls.previous = delay
+        if subscribers:
+            publish(subscribers, RetryScheduled(source, calls.count, delay, failure))
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "%s: retry %d in %.3fs after %r",
+                source or "retry",
+                calls.count,
+                delay,
+                failure,
+                extra={"service": source, "attempt": calls.count, "delay": delay},
+            )
+        return delay
+
+    def _next_delay(self, failure: BaseException | None, calls: _Attempts) -> float | None:
+        """The wait before the next attempt, or None when this failure ends the call."""
+        max_retries = self.max_retries
+        if calls.nested and not self.nested:
             return None
+        if _Testing.attempts is not None:
+            max_retries = min(max_retries, _Testing.attempts - 1)
+        if calls.count > max_retries:
+            return None
+        if failure is None:
+            delay = self.get_delay(calls.count - 1, calls.previous or None)
         else:
-            delay = min(self.max_delay, max(0.0, float(verdict)))
+            verdict = self._retryable(failure)
+            if verdict is True:
+                delay = self.get_delay(calls.count - 1, calls.previous or None)
+            elif not verdict or isinstance(verdict, bool):
+                return None
+            else:
+                delay = min(self.max_delay, max(0.0, float(verdict)))
+        if _Testing.active:
+            delay = 0.0
+        started = calls.started
         if (
             started is not None
             and self.max_elapsed is not None
@@ -146,6 +350,24 @@ class RetryPolicy:
         ):
             return None
         return delay
+
+    @staticmethod
+    def _final(failure: BaseException | None, result: Any) -> Any:
+        """How a call that stops retrying ends: its last failure raised, or its last result."""
+        if failure is None:
+            return result
+        raise failure
+
+    def _rejects(self, result: object) -> bool:
+        """Whether ``retry_on_result`` asks for another attempt after ``result``."""
+        predicate = self.retry_on_result
+        if predicate is None:
+            return False
+        try:
+            return bool(predicate(result))
+        except Exception:
+            logger.exception("retry_on_result predicate raised; keeping the result")
+            return False
 
     def _remaining(self, started: float, timeout: float | None) -> float:
         """The time an async attempt may take under the overall deadline."""
@@ -155,53 +377,89 @@ class RetryPolicy:
             raise TimeoutError(f"retry deadline of {self.max_elapsed}s passed")
         return remaining if timeout is None else min(timeout, remaining)
 
+    def _start(self) -> float | None:
+        """Begin a call: count it against the budget; return its start for the deadline."""
+        if self.budget is not None:
+            self.budget.record_request()
+        return None if self.max_elapsed is None else self.clock()
+
     # -- running calls ----------------------------------------------------------
 
     def execute(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-        """Call ``fn(*args, **kwargs)``, retrying failures; return its first result."""
-        started = None if self.max_elapsed is None else self.clock()
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:
-            failure = exc
-        return self._retry(failure, started, fn, *args, **kwargs)
+        """Call ``fn(*args, **kwargs)``, retrying failures; return its first accepted result."""
+        return self._call(fn, args, kwargs)
 
     def wrap(self, fn: Callable[P, R]) -> Callable[P, R]:
         """``fn`` retried by this policy: the decorators' sync wrapper, kept flat for speed."""
-        retry = self._retry
-        clock = self.clock
+        policy = self
+        mark, unmark = _IN_RETRY.set, _IN_RETRY.reset
 
         @functools.wraps(fn)
         def call_with_retry(*args: P.args, **kwargs: P.kwargs) -> R:
-            started = None if self.max_elapsed is None else clock()
+            if not policy._simple:
+                return policy._call(fn, args, kwargs)
+            token = mark(True)
             try:
-                return fn(*args, **kwargs)
-            except Exception as exc:
-                return retry(exc, started, fn, *args, **kwargs)
+                try:
+                    return fn(*args, **kwargs)
+                except Exception as exc:
+                    failure = exc
+                return policy._retry(failure, None, None, token.old_value is True, fn, args, kwargs)
+            finally:
+                unmark(token)
 
         return call_with_retry
 
+    def _call(self, fn: Callable[..., R], args: Any, kwargs: Any) -> R:
+        token = _IN_RETRY.set(True)
+        try:
+            started = None if self._simple else self._start()
+            result = None
+            try:
+                result = fn(*args, **kwargs)
+            except Exception as exc:
+                failure: Exception | None = exc
+            else:
+                if self.retry_on_result is None or not self._rejects(result):
+                    if self.budget is not None:
+                        self.budget.record_outcome(True)
+                    return result
+                failure = None
+            return self._retry(failure, result, started, token.old_value is True, fn, args, kwargs)
+        finally:
+            _IN_RETRY.reset(token)
+
     def _retry(
         self,
-        failure: Exception,
+        failure: Exception | None,
+        result: Any,
         started: float | None,
-        fn: Callable[P, R],
-        *args: P.args,
-        **kwargs: P.kwargs,
+        nested: bool,
+        fn: Callable[..., R],
+        args: Any,
+        kwargs: Any,
     ) -> R:
         """The retries after a first failed attempt; raises the last failure when done."""
-        attempt = 0
+        calls = _Attempts(started, nested)
         while True:
-            delay = self._next_delay(failure, attempt, started)
+            delay = self._after_failure(calls, failure, self.name, self._subscribers)
             if delay is None:
-                raise failure
+                return cast(R, self._final(failure, result))
             if delay > 0.0:
                 self.sleep(delay)
-            attempt += 1
+                if self._past_deadline(calls):
+                    return cast(R, self._final(failure, result))
+            calls.count += 1
             try:
-                return fn(*args, **kwargs)
+                result = fn(*args, **kwargs)
             except Exception as exc:
                 failure = exc
+                continue
+            if not self._rejects(result):
+                if self.budget is not None:
+                    self.budget.record_outcome(True)
+                return cast(R, result)
+            failure = None
 
     async def execute_async(
         self, fn: Callable[P, Awaitable[R]], *args: P.args, **kwargs: P.kwargs
@@ -210,31 +468,54 @@ class RetryPolicy:
 
         Cancellation is never retried and propagates at once, also from the wait.
         """
-        started = None if self.max_elapsed is None else self.clock()
-        attempt = 0
-        while True:
-            timeout = self.attempt_timeout
-            try:
-                if started is not None:
-                    timeout = self._remaining(started, timeout)
-                if timeout is None:
-                    return await fn(*args, **kwargs)
-                return await asyncio.wait_for(_aw(fn(*args, **kwargs)), timeout)
-            except Exception as exc:
-                failure = exc
-            delay = self._next_delay(failure, attempt, started)
-            if delay is None:
-                raise failure
-            if delay > 0.0:
-                await self.async_sleep(delay)
-            attempt += 1
+        token = _IN_RETRY.set(True)
+        try:
+            started = self._start()
+            calls: _Attempts | None = None
+            result: Any = None
+            while True:
+                try:
+                    timeout = self.attempt_timeout
+                    if started is not None:
+                        timeout = self._remaining(started, timeout)
+                    if timeout is None:
+                        result = await fn(*args, **kwargs)
+                    else:
+                        result = await asyncio.wait_for(_aw(fn(*args, **kwargs)), timeout)
+                except Exception as exc:
+                    failure: Exception | None = exc
+                else:
+                    if not self._rejects(result):
+                        if self.budget is not None:
+                            self.budget.record_outcome(True)
+                        return result
+                    failure = None
+                if calls is None:
+                    calls = _Attempts(started, token.old_value is True)
+                delay = self._after_failure(calls, failure, self.name, self._subscribers)
+                if delay is None:
+                    return self._final(failure, result)
+                if delay > 0.0:
+                    await self.async_sleep(delay)
+                    if self._past_deadline(calls):
+                        return self._final(failure, result)
+                calls.count += 1
+        finally:
+            _IN_RETRY.reset(token)
+
+
+async def _aw(aw: Awaitable[R]) -> R:
+    """Wrap any awaitable in a coroutine (``wait_for`` wants a coroutine or future)."""
+    return await aw
 
 
 def _retry_predicate(retry_on: RetryOn | None) -> Callable[[BaseException], bool | float]:
     """Turn ``retry_on`` into a predicate, validating it."""
     if retry_on is None:
         return _default_retryable
-    if isinstance(retry_on, type) and issubclass(retry_on, BaseException):
+    if isinstance(retry_on, type):
+        if not issubclass(retry_on, BaseException):
+            raise TypeError(f"retry_on must be exception types or a predicate, got {retry_on!r}")
         types: tuple[type[BaseException], ...] = (retry_on,)
     elif isinstance(retry_on, tuple):
         if not retry_on or not all(
@@ -269,9 +550,4 @@ def _cap_attempt(initial: float, cap: float, base: float) -> float:
         return 0
     if initial <= 0.0 or base <= 1.0:
         return math.inf
-    return max(0, math.ceil(math.log(cap / initial, base)))
-
-
-async def _aw(aw: Awaitable[R]) -> R:
-    """Wrap any awaitable in a coroutine (``wait_for`` wants a coroutine or future)."""
-    return await aw
+    return max(0, math.ceil((math.log(cap) - math.log(initial)) / math.log(base)))

@@ -1,0 +1,141 @@
+"""Retry budgets: a cap on retries shared by every call through one policy or proxy.
+
+Without a budget, a dependency that fails everything receives ``max_retries + 1``
+times the normal load exactly when it can least take it. A budget lets retries
+through while they are a small part of the traffic and refuses them otherwise;
+a refused retry ends the call with its last real failure.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+
+from ._validate import check_callable, check_int, check_number
+
+__all__ = ["PercentageRetryBudget", "RetryBudget", "TokenBucketRetryBudget"]
+
+
+class RetryBudget:
+    """What a retry loop tells a budget, and asks of it. Subclasses must be thread-safe."""
+
+    def record_request(self) -> None:
+        """A new call (its first attempt) started."""
+
+    def record_outcome(self, success: bool) -> None:
+        """An attempt ended in success or failure."""
+
+    def try_retry(self) -> bool:
+        """Whether one more retry may start now; True spends it."""
+        raise NotImplementedError
+
+
+class TokenBucketRetryBudget(RetryBudget):
+    """gRPC's retry throttling: failures cost a token, successes refund ``token_ratio``.
+
+    Retries are allowed only while more than half of ``max_tokens`` remain.
+    """
+
+    __slots__ = ("_lock", "max_tokens", "token_ratio", "tokens")
+
+    def __init__(self, max_tokens: float = 10.0, token_ratio: float = 0.1) -> None:
+        self.max_tokens = check_number("max_tokens", max_tokens, 1.0)
+        self.token_ratio = check_number("token_ratio", token_ratio, 0.0)
+        self.tokens = self.max_tokens
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"TokenBucketRetryBudget(tokens={self.tokens:g}/{self.max_tokens:g})"
+
+    def record_outcome(self, success: bool) -> None:
+        with self._lock:
+            if success:
+                self.tokens = min(self.max_tokens, self.tokens + self.token_ratio)
+            else:
+                self.tokens = max(0.0, self.tokens - 1.0)
+
+    def try_retry(self) -> bool:
+        return self.tokens > self.max_tokens / 2
+
+
+class PercentageRetryBudget(RetryBudget):
+    """Finagle's and Envoy's budget: retries may be ``percent`` of the requests of the last
+    ``window_seconds``, plus ``min_retries_per_second`` so that low traffic can still retry.
+    """
+
+    __slots__ = (
+        "_buckets",
+        "_clock",
+        "_last_second",
+        "_lock",
+        "min_retries_per_second",
+        "percent",
+        "requests",
+        "retries",
+        "window_seconds",
+    )
+
+    def __init__(
+        self,
+        percent: float = 20.0,
+        min_retries_per_second: float = 10.0,
+        window_seconds: int = 10,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.percent = check_number("percent", percent, 0.0)
+        self.min_retries_per_second = check_number(
+            "min_retries_per_second", min_retries_per_second, 0.0
+        )
+        self.window_seconds = check_int("window_seconds", window_seconds, 1)
+        self._clock = check_callable("clock", clock)
+        self._lock = threading.Lock()
+        # Per second of the window: [requests, retries].
+        self._buckets = [[0, 0] for _ in range(self.window_seconds)]
+        self._last_second = -math.inf
+        self.requests = 0
+        self.retries = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"PercentageRetryBudget(percent={self.percent:g}, requests={self.requests}, "
+            f"retries={self.retries})"
+        )
+
+    def _advance(self) -> list[int]:
+        """Expire whole seconds that left the window; return the current second's bucket."""
+        second = math.floor(self._clock())
+        size = self.window_seconds
+        if second > self._last_second:
+            if second - self._last_second >= size:
+                for bucket in self._buckets:
+                    bucket[0] = bucket[1] = 0
+                self.requests = self.retries = 0
+            else:
+                for s in range(int(self._last_second) + 1, second + 1):
+                    bucket = self._buckets[s % size]
+                    self.requests -= bucket[0]
+                    self.retries -= bucket[1]
+                    bucket[0] = bucket[1] = 0
+            self._last_second = second
+        return self._buckets[second % size]
+
+    def record_request(self) -> None:
+        with self._lock:
+            self._advance()[0] += 1
+            self.requests += 1
+
+    def try_retry(self) -> bool:
+        with self._lock:
+            bucket = self._advance()
+            allowed = (
+                self.requests * self.percent / 100.0
+                + self.min_retries_per_second * self.window_seconds
+            )
+            if self.retries + 1 > allowed:
+                return False
+            bucket[1] += 1
+            self.retries += 1
+            return True

@@ -1,0 +1,176 @@
+"""Bulkhead: a cap on concurrent calls, with an optional bounded, timed wait queue.
+
+One bulkhead may be shared by threads and event loops at once: slots are
+counted under a lock, a freed slot is handed straight to the longest waiter,
+and an async waiter is woken on its own loop, so nothing blocks an event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from types import TracebackType
+
+from ._validate import check_int, check_optional_number
+from .errors import BulkheadFullError
+
+__all__ = ["Bulkhead"]
+
+
+class _Waiter:
+    __slots__ = ("event", "future", "granted", "loop")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop | None = None,
+        future: asyncio.Future[None] | None = None,
+    ) -> None:
+        self.granted = False
+        self.loop = loop
+        self.future = future
+        self.event = threading.Event() if future is None else None
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class Bulkhead:
+    """At most ``max_concurrent`` calls at once; up to ``max_queue`` more wait for a slot
+    (at most ``queue_timeout`` seconds, or forever with None); the rest are refused with
+    :class:`BulkheadFullError`.
+    """
+
+    __slots__ = (
+        "_in_flight",
+        "_lock",
+        "_waiters",
+        "max_concurrent",
+        "max_queue",
+        "name",
+        "queue_timeout",
+    )
+
+    def __init__(
+        self,
+        max_concurrent: int,
+        *,
+        max_queue: int = 0,
+        queue_timeout: float | None = None,
+        name: str = "",
+    ) -> None:
+        self.max_concurrent = check_int("max_concurrent", max_concurrent, 1)
+        self.max_queue = check_int("max_queue", max_queue, 0)
+        self.queue_timeout = check_optional_number("queue_timeout", queue_timeout)
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, got {name!r}")
+        self.name = name
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._waiters: deque[_Waiter] = deque()
+
+    def __repr__(self) -> str:
+        return (
+            f"Bulkhead(max_concurrent={self.max_concurrent}, max_queue={self.max_queue}, "
+            f"in_flight={self._in_flight}, queued={len(self._waiters)})"
+        )
+
+    @property
+    def in_flight(self) -> int:
+        """Calls holding a slot now."""
+        return self._in_flight
+
+    @property
+    def queued(self) -> int:
+        """Calls waiting for a slot now."""
+        return len(self._waiters)
+
+    def _full(self, reason: str) -> BulkheadFullError:
+        return BulkheadFullError(self.name, self.max_concurrent, reason)
+
+    def acquire(self) -> None:
+        """Take a slot, waiting in the queue if allowed; raise :class:`BulkheadFullError`."""
+        with self._lock:
+            if self._in_flight < self.max_concurrent and not self._waiters:
+                self._in_flight += 1
+                return
+            if len(self._waiters) >= self.max_queue:
+                raise self._full("full")
+            waiter = _Waiter()
+            self._waiters.append(waiter)
+        assert waiter.event is not None
+        if waiter.event.wait(self.queue_timeout):
+            return
+        with self._lock:
+            if waiter.granted:
+                return
+            self._waiters.remove(waiter)
+        raise self._full("queue_timeout")
+
+    async def acquire_async(self) -> None:
+        """The async twin of :meth:`acquire`: waits without blocking the event loop."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if self._in_flight < self.max_concurrent and not self._waiters:
+                self._in_flight += 1
+                return
+            if len(self._waiters) >= self.max_queue:
+                raise self._full("full")
+            future: asyncio.Future[None] = loop.create_future()
+            waiter = _Waiter(loop, future)
+            self._waiters.append(waiter)
+        try:
+            if self.queue_timeout is None:
+                await future
+            else:
+                await asyncio.wait_for(future, self.queue_timeout)
+        except BaseException as exc:
+            with self._lock:
+                granted = waiter.granted
+                if not granted:
+                    self._waiters.remove(waiter)
+            if granted:
+                self.release()  # the slot arrived as we gave up: pass it on
+            if isinstance(exc, asyncio.TimeoutError):
+                raise self._full("queue_timeout") from None
+            raise
+
+    def release(self) -> None:
+        """Free a slot, handing it to the longest waiter if there is one."""
+        with self._lock:
+            if self._waiters:
+                waiter = self._waiters.popleft()
+                waiter.granted = True
+                if waiter.event is not None:
+                    waiter.event.set()
+                else:
+                    assert waiter.loop is not None and waiter.future is not None
+                    waiter.loop.call_soon_threadsafe(_resolve, waiter.future)
+            elif self._in_flight > 0:
+                self._in_flight -= 1
+
+    def __enter__(self) -> Bulkhead:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+    async def __aenter__(self) -> Bulkhead:
+        await self.acquire_async()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
