@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,7 @@ from .peers import breaker_peer, ours, unique
 LB_SIZES = (10, 1_000, 10_000)
 SPEC_STRATEGIES = ("ROUND_ROBIN", "RANDOM", "WEIGHTED", "LEAST_CONNECTIONS")
 PROXY_INSTANCES = 10
+ROUTING_KEYS = 1_024  # keyed (consistent-hash) strategies cycle through this many keys
 PAYLOAD = {"order": 42}
 
 
@@ -46,6 +48,11 @@ def _balancer(strategy: str, size: int) -> Any:
     return lb
 
 
+def _keyed(strategy: str) -> bool:
+    """Consistent-hash strategies route by a key: they are measured with varying keys."""
+    return "HASH" in strategy or strategy == "MAGLEV"
+
+
 def _lb_label(strategy: str, size: int) -> str:
     return f"{strategy} @ {size:,}"
 
@@ -53,9 +60,14 @@ def _lb_label(strategy: str, size: int) -> str:
 def _lb_build(strategy: str, size: int) -> Callable[[Settings], Runner]:
     def build(settings: Settings) -> Runner:
         lb = _balancer(strategy, size)
-        if lb.get_instance() is None:
-            raise BenchSetupError("get_instance() returned None with healthy instances")
-        return LoopRunner("lb.get_instance()", {"lb": lb})
+        if not _keyed(strategy):
+            if lb.get_instance() is None:
+                raise BenchSetupError("get_instance() returned None with healthy instances")
+            return LoopRunner("lb.get_instance()", {"lb": lb})
+        keys = itertools.cycle([f"user-{k}" for k in range(ROUTING_KEYS)])
+        if lb.get_instance("user-0") is None:
+            raise BenchSetupError("get_instance(key) returned None with healthy instances")
+        return LoopRunner("lb.get_instance(next(keys))", {"lb": lb, "keys": keys})
 
     return build
 
@@ -63,7 +75,11 @@ def _lb_build(strategy: str, size: int) -> Callable[[Settings], Runner]:
 def lb_scale() -> Workload:
     strategies = _strategy_names()
     contenders = [
-        Contender(_lb_label(s, n), "ours", _lb_build(s, n)) for s in strategies for n in LB_SIZES
+        Contender(
+            _lb_label(s, n), "ours", _lb_build(s, n), f"{ROUTING_KEYS:,} keys" if _keyed(s) else ""
+        )
+        for s in strategies
+        for n in LB_SIZES
     ]
     pairs: list[Pair] = []
     for s in strategies:
@@ -76,7 +92,11 @@ def lb_scale() -> Workload:
         contenders=contenders,
         pairs=pairs,
         ratio_label="cost at N / cost at 10",
-        description="Weights 1..4, all instances healthy, no connections in flight.",
+        description=(
+            "Every LoadBalancerStrategy member present at run time. Weights 1..4, all "
+            "instances healthy, no connections in flight; consistent-hash strategies get "
+            "get_instance(key) with keys cycling over a fixed set."
+        ),
     )
 
 
