@@ -1,26 +1,67 @@
 """Load balancer: the registered instances of one service and the strategy that picks among them.
 
-Every strategy picks in constant or logarithmic time: the healthy instances are
-kept in registration order, and each strategy keeps the little extra state it
-needs (a round-robin cursor, cumulative weights, buckets of instances by
-connection count) up to date when membership changes rather than on each pick.
+Every strategy picks in constant or logarithmic time. The pickable instances
+(the *pool*: healthy and not ejected by outlier detection, or all of them in
+panic mode) are kept in registration order, and each strategy keeps the little
+extra state it needs (a round-robin cursor, an alias table of weights, buckets
+of instances by connection count, a hash ring or Maglev table) up to date when
+the pool changes rather than on each pick.
+
+Calls report their outcome back (:meth:`LoadBalancer._release`): PEAK_EWMA
+learns latencies from it and outlier detection ejects instances that keep
+failing. Only then is a clock read per call; the default path reads none.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import threading
-from bisect import bisect_left, bisect_right
-from collections.abc import Callable
+import time
+from array import array
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import Enum
 from types import TracebackType
 from typing import Any
 
-from ._validate import check_int, check_number, check_str
-from .errors import NoHealthyInstanceError
+from ._hashing import (
+    MAX_RING_POINTS,
+    OWNER_MASK,
+    POSITION_BITS,
+    build_maglev,
+    build_ring,
+    is_prime,
+    key_hash,
+    maglev_params,
+    ring_lookup,
+    ring_points,
+)
+from ._validate import check_callable, check_int, check_number, check_str
+from .errors import NoHealthyInstanceError, ServiceMeshError
+from .events import (
+    Event,
+    EventListener,
+    InstanceEjected,
+    InstanceHealthChanged,
+    InstancePicked,
+    InstanceReturned,
+    publish,
+)
+from .outlier import EJECTION_TIME_ELAPSED, HostState, OutlierDetectionConfig, OutlierDetector
 
-__all__ = ["ABORTED", "LoadBalancer", "LoadBalancerStrategy", "ServiceInstance"]
+__all__ = [
+    "ABORTED",
+    "LoadBalancer",
+    "LoadBalancerStrategy",
+    "ServiceInstance",
+    "SlowStartConfig",
+    "current_routing_key",
+    "routing_key",
+]
 
 
 class _Aborted(BaseException):
@@ -30,14 +71,56 @@ class _Aborted(BaseException):
 ABORTED = _Aborted()
 """The ``outcome`` passed to ``LoadBalancer._release`` for a call that was cut short."""
 
+RoutingKey = str | bytes
+
+_ROUTING_KEY: ContextVar[str | bytes | None] = ContextVar(
+    "codomyrmex_service_mesh_routing_key", default=None
+)
+
+
+def _check_key(key: Any) -> str | bytes:
+    if not isinstance(key, (str, bytes)):
+        raise TypeError(f"key must be a str or bytes, got {key!r}")
+    return key
+
+
+@contextmanager
+def routing_key(key: str | bytes) -> Iterator[None]:
+    """Route the calls made inside the block by ``key`` (RING_HASH and MAGLEV).
+
+    ``with routing_key("user-42"): proxy.call(handler)`` sends every call for
+    that user to the same instance while membership is stable. The key lives in
+    a context variable, so it follows the code through threads' and tasks' own
+    contexts and never leaks between concurrent calls.
+    """
+    token = _ROUTING_KEY.set(_check_key(key))
+    try:
+        yield
+    finally:
+        _ROUTING_KEY.reset(token)
+
+
+def current_routing_key() -> str | bytes | None:
+    """The key set by the innermost enclosing :func:`routing_key` block, or None."""
+    return _ROUTING_KEY.get()
+
 
 class LoadBalancerStrategy(Enum):
-    """How a load balancer chooses among healthy instances."""
+    """How a load balancer chooses among healthy instances.
+
+    The spec's four (ROUND_ROBIN, RANDOM, WEIGHTED, LEAST_CONNECTIONS) plus
+    POWER_OF_TWO (least-loaded of two random picks), PEAK_EWMA (Finagle's
+    latency-aware pick) and the consistent hashes RING_HASH and MAGLEV.
+    """
 
     ROUND_ROBIN = "round_robin"
     RANDOM = "random"
     WEIGHTED = "weighted"
     LEAST_CONNECTIONS = "least_connections"
+    POWER_OF_TWO = "power_of_two"
+    PEAK_EWMA = "peak_ewma"
+    RING_HASH = "ring_hash"
+    MAGLEV = "maglev"
 
     @classmethod
     def parse(cls, value: Any, field_name: str = "strategy") -> LoadBalancerStrategy:
@@ -51,6 +134,62 @@ class LoadBalancerStrategy(Enum):
             choices = ", ".join(m.value for m in cls)
             raise ValueError(f"{field_name} must be one of {choices}; got {value!r}")
         raise TypeError(f"{field_name} must be a LoadBalancerStrategy, got {value!r}")
+
+
+_RR = LoadBalancerStrategy.ROUND_ROBIN
+_RANDOM = LoadBalancerStrategy.RANDOM
+_WEIGHTED = LoadBalancerStrategy.WEIGHTED
+_LEAST = LoadBalancerStrategy.LEAST_CONNECTIONS
+_P2C = LoadBalancerStrategy.POWER_OF_TWO
+_EWMA = LoadBalancerStrategy.PEAK_EWMA
+_RING = LoadBalancerStrategy.RING_HASH
+_MAGLEV = LoadBalancerStrategy.MAGLEV
+_HASHING = frozenset({_RING, _MAGLEV})
+_USES_WEIGHT = frozenset({_WEIGHTED, _P2C, _EWMA, _RING, _MAGLEV})
+_SLOW_START_BY_REJECTION = frozenset({_RR, _RANDOM, _WEIGHTED})
+_SLOW_START_TRIES = 32
+_UNMEASURED_PENALTY = 1e12  # PEAK_EWMA cost of a busy instance with no latency sample yet
+_UNTRIED_WALK = 256  # slots a keyed retry walks along a ring or table for an untried instance
+_KEY_SHIFT = 64 - POSITION_BITS  # a 64-bit key hash -> a ring position
+
+
+@dataclass(frozen=True, slots=True)
+class SlowStartConfig:
+    """Ramp a newly registered or newly healthy instance's weight up over ``window`` seconds.
+
+    Envoy's formula: the effective weight is ``weight * max(min_weight_percent / 100,
+    (elapsed / window) ** (1 / aggression))``. Applies to ROUND_ROBIN, RANDOM and
+    WEIGHTED (picks of a ramping instance are accepted with that probability) and
+    to POWER_OF_TWO and PEAK_EWMA (its cost is divided by the factor); the hash
+    strategies keep key affinity and LEAST_CONNECTIONS keeps its exact minimum.
+    """
+
+    window: float
+    """Seconds until an instance takes its full share."""
+    aggression: float = 1.0
+    """1.0 ramps linearly; larger values ramp faster at the start."""
+    min_weight_percent: float = 10.0
+    """The share (percent of the full weight) an instance starts from."""
+
+    def __post_init__(self) -> None:
+        window = check_number("window", self.window, 0.0)
+        if window <= 0.0:
+            raise ValueError(f"window must be > 0, got {self.window!r}")
+        aggression = check_number("aggression", self.aggression, 0.0)
+        if aggression <= 0.0:
+            raise ValueError(f"aggression must be > 0, got {self.aggression!r}")
+        percent = check_number("min_weight_percent", self.min_weight_percent, 0.0)
+        if percent <= 0.0 or percent > 100.0:
+            raise ValueError(
+                f"min_weight_percent must be in (0, 100], got {self.min_weight_percent!r}"
+            )
+
+    def factor(self, elapsed: float) -> float:
+        """The fraction of its weight an instance has ``elapsed`` seconds into its ramp."""
+        if elapsed >= self.window:
+            return 1.0
+        ramp: float = (max(elapsed, 0.0) / self.window) ** (1.0 / self.aggression)
+        return max(self.min_weight_percent / 100.0, ramp)
 
 
 @dataclass(slots=True)
@@ -87,14 +226,38 @@ class ServiceInstance:
 class _Entry:
     """The balancer's bookkeeping for one registered instance."""
 
-    __slots__ = ("inst", "lc_count", "lc_pos", "listed", "seq")
+    __slots__ = (
+        "available",
+        "ejected",
+        "ewma",
+        "ewma_at",
+        "inst",
+        "lc_count",
+        "lc_pos",
+        "listed",
+        "maglev",
+        "measured",
+        "outlier",
+        "points",
+        "ramp_start",
+        "seq",
+    )
 
     def __init__(self, inst: ServiceInstance, seq: int) -> None:
         self.inst = inst
         self.seq = seq
-        self.listed = False  # in the healthy list (and the connection buckets, if kept)
+        self.listed = False  # in the pool (and the connection buckets, if kept)
+        self.available = False  # healthy and not ejected
+        self.ejected = False
         self.lc_count = 0
         self.lc_pos = 0
+        self.ewma = 0.0  # PEAK_EWMA latency estimate (seconds) as of ``ewma_at``
+        self.ewma_at = 0.0
+        self.measured = False
+        self.ramp_start: float | None = None  # slow start began here (None: full weight)
+        self.outlier: HostState | None = None
+        self.points: list[int] | None = None  # cached ring positions
+        self.maglev: tuple[int, int] | None = None  # cached Maglev (offset, skip)
 
 
 def _seq_of(entry: _Entry) -> int:
@@ -107,24 +270,53 @@ class LoadBalancer:
     ``get_instance()`` returns a healthy registered instance (the object itself)
     or None. Picks never scan all instances: cost at 10,000 instances stays
     within a small factor of the cost at 10.
+
+    Keyword options, each off or at today's behaviour by default:
+
+    - ``clock``: seconds from a monotonic origin (for latencies, ejections, slow start).
+    - ``slow_start``: a :class:`SlowStartConfig` ramping new or recovered instances up.
+    - ``outlier_detection``: an :class:`OutlierDetectionConfig`; instances that keep
+      failing are ejected (not picked) for a while, apart from ``mark_healthy``.
+    - ``panic_threshold``: percent; when fewer of the registered instances than this
+      are available (healthy and not ejected), pick among all of them, as Envoy does.
+    - ``ewma_decay``: seconds over which a PEAK_EWMA latency estimate decays.
+    - ``ring_replicas``: RING_HASH points per unit of weight.
+    - ``maglev_table_size``: MAGLEV lookup table size (a prime, ideally > 100 x instances).
     """
 
     __slots__ = (
+        "_alias",
+        "_available",
+        "_base_pick",
         "_buckets",
-        "_cum",
+        "_clock",
+        "_detector",
         "_entries",
-        "_healthy",
+        "_ewma_decay",
+        "_inner_pick",
         "_lock",
+        "_maglev",
+        "_maglev_size",
         "_min_count",
+        "_observe",
         "_observe_clock",
+        "_outbox",
+        "_panic",
+        "_panic_threshold",
         "_pick",
+        "_pool",
+        "_positive",
         "_random",
+        "_ring",
+        "_ring_replicas",
         "_rng",
         "_rr",
+        "_rr_seq",
         "_seq",
+        "_slow_start",
         "_strategy",
+        "_subscribers",
         "_tick",
-        "_total_weight",
         "name",
     )
 
@@ -134,35 +326,80 @@ class LoadBalancer:
         *,
         name: str = "",
         rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        slow_start: SlowStartConfig | None = None,
+        outlier_detection: OutlierDetectionConfig | None = None,
+        panic_threshold: float = 0.0,
+        ewma_decay: float = 10.0,
+        ring_replicas: int = 100,
+        maglev_table_size: int = 65537,
     ) -> None:
         if not isinstance(name, str):
             raise TypeError(f"name must be a str, got {name!r}")
         if rng is not None and not isinstance(rng, random.Random):
             raise TypeError(f"rng must be a random.Random, got {rng!r}")
+        check_callable("clock", clock)
+        if slow_start is not None and not isinstance(slow_start, SlowStartConfig):
+            raise TypeError(f"slow_start must be a SlowStartConfig, got {slow_start!r}")
+        if outlier_detection is not None and not isinstance(
+            outlier_detection, OutlierDetectionConfig
+        ):
+            raise TypeError(
+                f"outlier_detection must be an OutlierDetectionConfig, got {outlier_detection!r}"
+            )
+        panic = check_number("panic_threshold", panic_threshold, 0.0)
+        if panic > 100.0:
+            raise ValueError(
+                f"panic_threshold must be a percentage (0 to 100), got {panic_threshold!r}"
+            )
+        decay = check_number("ewma_decay", ewma_decay, 0.0)
+        if decay <= 0.0:
+            raise ValueError(f"ewma_decay must be > 0, got {ewma_decay!r}")
+        check_int("ring_replicas", ring_replicas, 1)
+        check_int("maglev_table_size", maglev_table_size, 3)
+        if not is_prime(maglev_table_size):
+            raise ValueError(f"maglev_table_size must be a prime, got {maglev_table_size!r}")
         self.name = name
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
-        self._healthy: list[_Entry] = []
+        self._pool: list[_Entry] = []
+        self._available = 0
+        self._panic = False
+        self._panic_threshold = panic
         self._seq = 0
         self._rr = 0
+        self._rr_seq = -1
         self._tick = 0
-        self._cum: list[float] | None = None
-        self._total_weight = 0.0
+        self._alias: tuple[array[float], array[int], list[_Entry]] | None = None
+        self._positive: list[_Entry] | None = None
+        self._ring: tuple[Any, Any, int, list[_Entry]] | None = None
+        self._maglev: tuple[Any, list[_Entry]] | None = None
         self._buckets: dict[int, list[_Entry]] | None = None
         self._min_count = 0
         self._rng = rng if rng is not None else random.Random()
-        # Set to a clock when a strategy or detector wants each call's outcome and latency;
-        # callers then pass ``start`` and ``outcome`` to :meth:`_release`.
-        self._observe_clock: Callable[[], float] | None = None
         self._random = self._rng.random
-        self._strategy = LoadBalancerStrategy.ROUND_ROBIN
+        self._clock = clock
+        self._slow_start = slow_start
+        self._detector = None if outlier_detection is None else OutlierDetector(outlier_detection)
+        self._ewma_decay = decay
+        self._ring_replicas = ring_replicas
+        self._maglev_size = maglev_table_size
+        self._subscribers: tuple[EventListener, ...] = ()
+        self._outbox: list[Event] = []
+        # Set to the clock when a strategy or the detector wants each call's outcome and
+        # latency; callers then pass ``start`` and ``outcome`` to :meth:`_release`.
+        self._observe_clock: Callable[[], float] | None = None
+        self._observe: Callable[[_Entry, float, BaseException | None], None] | None = None
+        self._strategy = _RR
+        self._base_pick: Callable[[], _Entry | None] = self._pick_round_robin
+        self._inner_pick: Callable[[], _Entry | None] = self._pick_round_robin
         self._pick: Callable[[], _Entry | None] = self._pick_round_robin
         self.strategy = strategy
 
     def __repr__(self) -> str:
         return (
             f"LoadBalancer(strategy={self._strategy.value}, instances={len(self._entries)}, "
-            f"healthy={len(self._healthy)})"
+            f"healthy={self._available})"
         )
 
     def __len__(self) -> int:
@@ -178,20 +415,74 @@ class LoadBalancer:
     @strategy.setter
     def strategy(self, value: LoadBalancerStrategy) -> None:
         strategy = LoadBalancerStrategy.parse(value)
-        pickers = {
-            LoadBalancerStrategy.ROUND_ROBIN: self._pick_round_robin,
-            LoadBalancerStrategy.RANDOM: self._pick_random,
-            LoadBalancerStrategy.WEIGHTED: self._pick_weighted,
-            LoadBalancerStrategy.LEAST_CONNECTIONS: self._pick_least_connections,
+        pickers: dict[LoadBalancerStrategy, Callable[[], _Entry | None]] = {
+            _RR: self._pick_round_robin,
+            _RANDOM: self._pick_random,
+            _WEIGHTED: self._pick_weighted,
+            _LEAST: self._pick_least_connections,
+            _P2C: self._pick_power_of_two,
+            _EWMA: self._pick_peak_ewma,
+            _RING: self._pick_ring_hash,
+            _MAGLEV: self._pick_maglev,
         }
         with self._lock:
             self._strategy = strategy
-            self._pick = pickers[strategy]
+            pick = self._base_pick = pickers[strategy]
+            if self._slow_start is not None and strategy in _SLOW_START_BY_REJECTION:
+                pick = self._pick_slow_start
+            self._inner_pick = pick
+            if self._detector is not None:
+                pick = self._pick_after_returns
+            self._pick = pick
+            observing = strategy is _EWMA or self._detector is not None
+            self._observe_clock = self._clock if observing else None
+            self._observe = self._observe_outcome if observing else None
             self._buckets = None
-            if strategy is LoadBalancerStrategy.LEAST_CONNECTIONS:
+            if strategy is _LEAST:
                 self._buckets = {}
-                for entry in self._healthy:
+                for entry in self._pool:
                     self._bucket_add(entry, entry.inst.connections)
+
+    @property
+    def slow_start(self) -> SlowStartConfig | None:
+        """The slow-start ramp, or None."""
+        return self._slow_start
+
+    @property
+    def outlier_detector(self) -> OutlierDetector | None:
+        """The outlier detector (its ``config`` and ``stats()``), or None when not configured."""
+        return self._detector
+
+    @property
+    def panic_threshold(self) -> float:
+        """Percent of available instances below which every registered instance is picked."""
+        return self._panic_threshold
+
+    @property
+    def panicking(self) -> bool:
+        """Whether the balancer is in panic mode (picking among all registered instances)."""
+        return self._panic
+
+    # -- events -----------------------------------------------------------------
+
+    def subscribe(self, listener: EventListener) -> None:
+        """Deliver this balancer's events to ``listener``.
+
+        :class:`InstancePicked` for each pick, :class:`InstanceHealthChanged`,
+        and :class:`InstanceEjected` / :class:`InstanceReturned` (with their
+        reason) from outlier detection. Listeners run outside the lock; one that
+        raises is logged and never breaks the call that caused the event.
+        """
+        check_callable("listener", listener)
+        with self._lock:
+            self._subscribers = (*self._subscribers, listener)
+
+    def unsubscribe(self, listener: EventListener) -> None:
+        """Stop delivering events to ``listener``; unknown listeners are ignored."""
+        with self._lock:
+            self._subscribers = tuple(x for x in self._subscribers if x is not listener)
+            if not self._subscribers:
+                self._outbox = []
 
     # -- membership -------------------------------------------------------------
 
@@ -205,17 +496,20 @@ class LoadBalancer:
                 entry = _Entry(instance, self._seq)
                 self._seq += 1
                 self._entries[instance.id] = entry
-                if instance.healthy:
-                    self._list(entry)
-                return
-            current = entry.inst
-            if current is not instance:
-                current.host = instance.host
-                current.port = instance.port
-                current.weight = instance.weight
-                current.metadata = instance.metadata
-            self._cum = None
-            self._set_health(entry, instance.healthy)
+                if self._detector is not None:
+                    entry.outlier = HostState(instance.id)
+                self._refresh(entry, ramp=True)
+            else:
+                current = entry.inst
+                if current is not instance:
+                    current.host = instance.host
+                    current.port = instance.port
+                    if current.weight != instance.weight:
+                        current.weight = instance.weight
+                        self._invalidate()
+                    current.metadata = instance.metadata
+                self._set_health(entry, instance.healthy)
+        self._flush()
 
     def deregister(self, instance_id: str) -> bool:
         """Remove an instance; True if it was registered. In-flight calls finish normally."""
@@ -223,12 +517,22 @@ class LoadBalancer:
             entry = self._entries.pop(instance_id, None)
             if entry is None:
                 return False
+            if entry.available:
+                self._available -= 1
+                entry.available = False
+            if entry.outlier is not None and self._detector is not None:
+                self._detector.forget(entry.outlier)
             if entry.listed:
                 self._unlist(entry)
+            self._sync_pool(None)
             return True
 
     def mark_healthy(self, instance_id: str, healthy: bool) -> bool:
-        """Set an instance's health; True if the id is registered, False (no-op) otherwise."""
+        """Set an instance's health; True if the id is registered, False (no-op) otherwise.
+
+        Health is the operator's (or a health checker's) word and is separate
+        from outlier ejection: an instance is picked when healthy and not ejected.
+        """
         if not isinstance(healthy, bool):
             raise TypeError(f"healthy must be a bool, got {healthy!r}")
         with self._lock:
@@ -236,7 +540,8 @@ class LoadBalancer:
             if entry is None:
                 return False
             self._set_health(entry, healthy)
-            return True
+        self._flush()
+        return True
 
     def get(self, instance_id: str) -> ServiceInstance | None:
         """The registered instance with this id, or None."""
@@ -251,21 +556,55 @@ class LoadBalancer:
 
     @property
     def healthy_instances(self) -> list[ServiceInstance]:
-        """The healthy instances, in registration order."""
+        """The available instances (healthy and not ejected), in registration order."""
         with self._lock:
-            return [entry.inst for entry in self._healthy]
+            self._return_due()
+            found = [entry.inst for entry in self._entries.values() if entry.available]
+        self._flush()
+        return found
+
+    @property
+    def ejected_instances(self) -> list[ServiceInstance]:
+        """The instances outlier detection has ejected right now, in registration order."""
+        with self._lock:
+            self._return_due()
+            found = [entry.inst for entry in self._entries.values() if entry.ejected]
+        self._flush()
+        return found
+
+    def is_ejected(self, instance_id: str) -> bool:
+        """Whether outlier detection has ejected the instance with this id right now."""
+        with self._lock:
+            self._return_due()
+            entry = self._entries.get(instance_id)
+            ejected = entry is not None and entry.ejected
+        self._flush()
+        return ejected
 
     # -- picking ----------------------------------------------------------------
 
-    def get_instance(self) -> ServiceInstance | None:
-        """Pick a healthy instance by the strategy, or None when there is none."""
+    def get_instance(self, key: str | bytes | None = None) -> ServiceInstance | None:
+        """Pick an available instance by the strategy, or None when there is none.
+
+        ``key`` routes RING_HASH and MAGLEV picks (the same key, the same
+        instance); other strategies ignore it. See also :func:`routing_key`.
+        """
+        token = None if key is None else _ROUTING_KEY.set(_check_key(key))
         lock = self._lock
         lock.acquire()
         try:
             entry = self._pick()
         finally:
             lock.release()
-        return None if entry is None else entry.inst
+            if token is not None:
+                _ROUTING_KEY.reset(token)
+        if entry is None:
+            if self._subscribers:
+                self._flush()
+            return None
+        if self._subscribers:
+            self._flush(entry.inst)
+        return entry.inst
 
     def connection(self) -> Connection:
         """Pick an instance and count a connection on it until the block ends.
@@ -282,16 +621,19 @@ class LoadBalancer:
         try:
             entry = self._pick()
             if entry is None:
-                return None
-            if tried and entry.inst.id in tried:
-                entry = self._pick_untried(entry, tried)
-            inst = entry.inst
-            inst.connections += 1
-            if self._buckets is not None:
-                self._bucket_shift(entry, 1)
-            return inst
+                inst = None
+            else:
+                if tried and entry.inst.id in tried:
+                    entry = self._pick_untried(entry, tried)
+                inst = entry.inst
+                inst.connections += 1
+                if self._buckets is not None:
+                    self._bucket_shift(entry, 1)
         finally:
             lock.release()
+        if self._subscribers:
+            self._flush(inst)
+        return inst
 
     def _release(
         self, inst: ServiceInstance, start: float = 0.0, outcome: BaseException | None = None
@@ -302,45 +644,58 @@ class LoadBalancer:
         :data:`ABORTED` for a call that ended with neither; ``start`` is the
         ``_observe_clock()`` reading when the call began (when observing).
         """
+        observe = self._observe
         lock = self._lock
         lock.acquire()
         try:
             if inst.connections > 0:
                 inst.connections -= 1
-            if self._buckets is not None:
+            if self._buckets is not None or observe is not None:
                 entry = self._entries.get(inst.id)
-                if entry is not None and entry.inst is inst and entry.listed:
-                    self._bucket_shift(entry, -1)
+                if entry is not None and entry.inst is inst:
+                    if self._buckets is not None and entry.listed:
+                        self._bucket_shift(entry, -1)
+                    if observe is not None:
+                        observe(entry, start, outcome)
         finally:
             lock.release()
+        if self._subscribers:
+            self._flush()
+
+    # -- strategies (lock held) ---------------------------------------------------
 
     def _pick_round_robin(self) -> _Entry | None:
-        healthy = self._healthy
-        if not healthy:
+        pool = self._pool
+        if not pool:
             return None
         i = self._rr
-        if i >= len(healthy):
+        if i >= len(pool):
             i = 0
         self._rr = i + 1
-        return healthy[i]
+        entry = pool[i]
+        self._rr_seq = entry.seq
+        return entry
 
     def _pick_random(self) -> _Entry | None:
-        healthy = self._healthy
-        if not healthy:
+        pool = self._pool
+        if not pool:
             return None
-        return healthy[int(self._random() * len(healthy))]
+        return pool[int(self._random() * len(pool))]
 
     def _pick_weighted(self) -> _Entry | None:
-        cum = self._cum
-        if cum is None:
-            cum = self._build_weights()
-        total = self._total_weight
-        if total <= 0.0:
+        """Walker's alias method: one uniform draw, O(1) whatever the weights."""
+        alias = self._alias
+        if alias is None:
+            alias = self._build_alias()
+        prob, other, entries = alias
+        n = len(prob)
+        if not n:
             return None
-        i = bisect_right(cum, self._random() * total)
-        if i >= len(cum):  # rounding put the draw on the total: take the last weighted one
-            i = bisect_left(cum, total)
-        return self._healthy[i]
+        u = self._random() * n
+        i = int(u)
+        if u - i < prob[i]:
+            return entries[i]
+        return entries[other[i]]
 
     def _pick_least_connections(self) -> _Entry | None:
         buckets = self._buckets
@@ -350,58 +705,398 @@ class LoadBalancer:
         self._tick += 1
         return bucket[self._tick % len(bucket)]
 
+    def _pick_power_of_two(self) -> _Entry | None:
+        """Two independent uniform draws; the one with fewer connections per weight wins."""
+        pool = self._positive
+        if pool is None:
+            pool = self._build_positive()
+        n = len(pool)
+        if not n:
+            return None
+        draw = self._random
+        a = pool[int(draw() * n)]
+        b = pool[int(draw() * n)]
+        if a is b:
+            return a
+        wa = a.inst.weight
+        wb = b.inst.weight
+        if a.ramp_start is not None or b.ramp_start is not None:
+            now = self._clock()
+            wa *= self._ramp(a, now)
+            wb *= self._ramp(b, now)
+        # (connections + 1) / weight, cross-multiplied; the first draw wins ties.
+        if (b.inst.connections + 1) * wa < (a.inst.connections + 1) * wb:
+            return b
+        return a
+
+    def _pick_peak_ewma(self) -> _Entry | None:
+        """Power of two choices over ``latency EWMA x (connections + 1) / weight``."""
+        pool = self._positive
+        if pool is None:
+            pool = self._build_positive()
+        n = len(pool)
+        if not n:
+            return None
+        draw = self._random
+        a = pool[int(draw() * n)]
+        b = pool[int(draw() * n)]
+        if a is b:
+            return a
+        now = self._clock()
+        if self._ewma_cost(b, now) < self._ewma_cost(a, now):
+            return b
+        return a
+
+    def _ewma_cost(self, entry: _Entry, now: float) -> float:
+        pending = entry.inst.connections
+        if not entry.measured:
+            # No latency yet: free while idle, then one call at a time (Finagle's penalty).
+            return _UNMEASURED_PENALTY + pending if pending else 0.0
+        estimate = entry.ewma
+        elapsed = now - entry.ewma_at
+        if elapsed > 0.0:
+            estimate *= math.exp(-elapsed / self._ewma_decay)
+        weight = entry.inst.weight
+        if entry.ramp_start is not None:
+            weight *= self._ramp(entry, now)
+        return estimate * (pending + 1) / weight
+
+    def _pick_ring_hash(self) -> _Entry | None:
+        ring = self._ring
+        if ring is None:
+            ring = self._build_ring()
+        points, starts, shift, entries = ring
+        if not entries:
+            return None
+        key = _ROUTING_KEY.get()
+        if key is None:
+            position = self._rng.getrandbits(POSITION_BITS)
+        else:
+            position = key_hash(key) >> _KEY_SHIFT
+        entry: _Entry = entries[points[ring_lookup(points, starts, shift, position)] & OWNER_MASK]
+        return entry
+
+    def _pick_maglev(self) -> _Entry | None:
+        maglev = self._maglev
+        if maglev is None:
+            maglev = self._build_maglev()
+        table, entries = maglev
+        if not entries:
+            return None
+        key = _ROUTING_KEY.get()
+        size = self._maglev_size
+        slot = int(self._random() * size) if key is None else key_hash(key) % size
+        entry: _Entry = entries[table[slot]]
+        return entry
+
+    def _pick_slow_start(self) -> _Entry | None:
+        """The strategy's pick; a ramping instance is kept with the chance of its ramp factor."""
+        pick = self._base_pick
+        entry = pick()
+        if entry is None or entry.ramp_start is None:
+            return entry
+        now = self._clock()
+        for _ in range(_SLOW_START_TRIES):
+            if entry.ramp_start is None or self._random() < self._ramp(entry, now):
+                return entry
+            retry = pick()
+            if retry is None:
+                break
+            entry = retry
+        return entry
+
+    def _pick_after_returns(self) -> _Entry | None:
+        """Return ejected instances whose time is up, then pick (outlier detection on)."""
+        detector = self._detector
+        if detector is not None and detector.next_due <= self._clock():
+            self._return_due()
+        return self._inner_pick()
+
     def _pick_untried(self, picked: _Entry, tried: set[str]) -> _Entry:
         """A retry's pick: an instance not tried yet in this call, if a usable one exists."""
+        if self._strategy in _HASHING and _ROUTING_KEY.get() is not None:
+            entry = self._walk_untried(tried)
+            if entry is not None:
+                return entry
         for _ in range(3):
             entry = self._pick()
             if entry is not None and entry.inst.id not in tried:
                 return entry
-        weighted = self._strategy is LoadBalancerStrategy.WEIGHTED
-        for entry in self._healthy:
+        weighted = self._strategy in _USES_WEIGHT
+        for entry in self._pool:
             if entry.inst.id not in tried and not (weighted and entry.inst.weight <= 0):
                 return entry
         return picked
 
-    # -- bookkeeping (lock held) ------------------------------------------------
+    def _walk_untried(self, tried: set[str]) -> _Entry | None:
+        """Walk on along the ring or table from the key's place to an instance not yet tried."""
+        key = _ROUTING_KEY.get()
+        assert key is not None
+        hashed = key_hash(key)
+        owners: Iterator[int]
+        if self._strategy is _RING:
+            points, starts, shift, entries = (
+                self._ring if self._ring is not None else self._build_ring()
+            )
+            size = len(points)
+            if not size:
+                return None
+            start = ring_lookup(points, starts, shift, hashed >> _KEY_SHIFT)
+            owners = (
+                points[(start + step) % size] & OWNER_MASK
+                for step in range(min(size, _UNTRIED_WALK))
+            )
+        else:
+            table, entries = self._maglev if self._maglev is not None else self._build_maglev()
+            size = len(table)
+            start = hashed % size
+            owners = (table[(start + step) % size] for step in range(min(size, _UNTRIED_WALK)))
+        if not entries:
+            return None
+        for owner in owners:
+            entry: _Entry = entries[owner]
+            if entry.inst.id not in tried:
+                return entry
+        return None
+
+    def _ramp(self, entry: _Entry, now: float) -> float:
+        """The slow-start factor of ``entry`` at ``now`` (ending its ramp when complete)."""
+        start = entry.ramp_start
+        config = self._slow_start
+        if start is None or config is None:
+            return 1.0
+        factor = config.factor(now - start)
+        if factor >= 1.0:
+            entry.ramp_start = None
+        return factor
+
+    # -- outcomes (lock held) -------------------------------------------------------
+
+    def _observe_outcome(self, entry: _Entry, start: float, outcome: BaseException | None) -> None:
+        """Feed one finished call to PEAK_EWMA and to outlier detection."""
+        now = self._clock()
+        if outcome is not None and isinstance(outcome, ServiceMeshError):
+            return  # refused by the mesh itself (an open breaker): nothing about the instance
+        aborted = outcome is ABORTED
+        if self._strategy is _EWMA:
+            # A failure or a cut-short call is no evidence of speed: it may raise the estimate only.
+            self._ewma_sample(entry, now - start, now, peak_only=outcome is not None)
+        detector = self._detector
+        if detector is None or aborted or entry.outlier is None:
+            return
+        if detector.next_due <= now:
+            self._return_due()
+        failed = outcome is not None and detector.is_failure(outcome)
+        reason = detector.record(entry.outlier, failed, now)
+        if reason is None:
+            return
+        if not detector.may_eject(len(self._entries)):
+            detector.refused()
+            return
+        duration = detector.eject(entry.outlier, now)
+        entry.ejected = True
+        self._refresh(entry, ramp=False)
+        self._emit(InstanceEjected(self.name, entry.inst.id, reason, duration))
+
+    def _ewma_sample(self, entry: _Entry, rtt: float, now: float, *, peak_only: bool) -> None:
+        """Fold one latency sample into the estimate: a slower sample is taken at once."""
+        rtt = max(rtt, 0.0)
+        if not entry.measured:
+            entry.ewma = rtt
+            entry.ewma_at = now
+            entry.measured = True
+            return
+        elapsed = max(now - entry.ewma_at, 0.0)
+        keep = math.exp(-elapsed / self._ewma_decay)
+        decayed = entry.ewma * keep
+        if rtt > decayed:
+            entry.ewma = rtt
+        elif peak_only:
+            return
+        else:
+            entry.ewma = decayed + (1.0 - keep) * rtt
+        entry.ewma_at = now
+
+    def _return_due(self) -> None:
+        """Put back in service every ejected instance whose ejection has ended."""
+        detector = self._detector
+        if detector is None or detector.next_due == math.inf:
+            return
+        for host in detector.pop_due(self._clock()):
+            entry = self._entries.get(host.instance_id)
+            if entry is None or entry.outlier is not host:
+                continue
+            entry.ejected = False
+            self._refresh(entry, ramp=False)
+            self._emit(InstanceReturned(self.name, host.instance_id, EJECTION_TIME_ELAPSED))
+
+    # -- events -----------------------------------------------------------------
+
+    def _emit(self, event: Event) -> None:
+        """Queue an event for delivery once the lock is released (lock held)."""
+        if self._subscribers:
+            self._outbox.append(event)
+
+    def _flush(self, picked: ServiceInstance | None = None) -> None:
+        """Deliver queued events (and a pick) to the subscribers, outside the lock."""
+        subscribers = self._subscribers
+        if not subscribers:
+            return
+        events: list[Event] = []
+        if self._outbox:
+            with self._lock:
+                events, self._outbox = self._outbox, []
+        if picked is not None:
+            events.append(InstancePicked(self.name, picked.id))
+        for event in events:
+            publish(subscribers, event)
+
+    # -- the pool (lock held) ---------------------------------------------------
 
     def _set_health(self, entry: _Entry, healthy: bool) -> None:
+        changed = entry.inst.healthy != healthy
         entry.inst.healthy = healthy
-        if healthy and not entry.listed:
+        self._refresh(entry, ramp=True)
+        if changed:
+            self._emit(InstanceHealthChanged(self.name, entry.inst.id, healthy))
+
+    def _refresh(self, entry: _Entry, *, ramp: bool) -> None:
+        """Recompute whether ``entry`` is available and pickable after a change."""
+        available = entry.inst.healthy and not entry.ejected
+        if available != entry.available:
+            entry.available = available
+            if available:
+                self._available += 1
+                if ramp and self._slow_start is not None:
+                    entry.ramp_start = self._clock()
+            else:
+                self._available -= 1
+        self._sync_pool(entry)
+
+    def _sync_pool(self, entry: _Entry | None) -> None:
+        """Enter or leave panic mode as needed; list or unlist ``entry``."""
+        threshold = self._panic_threshold
+        panic = threshold > 0.0 and self._available * 100.0 < threshold * len(self._entries)
+        if panic != self._panic:
+            self._panic = panic
+            self._rebuild_pool()
+            return
+        if entry is None:
+            return
+        wanted = panic or entry.available
+        if wanted and not entry.listed:
             self._list(entry)
-        elif not healthy and entry.listed:
+        elif not wanted and entry.listed:
             self._unlist(entry)
 
     def _list(self, entry: _Entry) -> None:
-        healthy = self._healthy
-        pos = bisect_left(healthy, entry.seq, key=_seq_of)
-        healthy.insert(pos, entry)
-        if pos < self._rr:
+        pool = self._pool
+        pos = bisect_left(pool, entry.seq, key=_seq_of)
+        pool.insert(pos, entry)
+        # Keep the cursor on the instance after the last pick (which may be this one, back).
+        if pos < self._rr or (pos == self._rr and entry.seq == self._rr_seq):
             self._rr += 1
         entry.listed = True
-        self._cum = None
+        self._invalidate()
         if self._buckets is not None:
             self._bucket_add(entry, entry.inst.connections)
 
     def _unlist(self, entry: _Entry) -> None:
-        healthy = self._healthy
-        pos = bisect_left(healthy, entry.seq, key=_seq_of)
-        del healthy[pos]
+        pool = self._pool
+        pos = bisect_left(pool, entry.seq, key=_seq_of)
+        del pool[pos]
         if pos < self._rr:
             self._rr -= 1
         entry.listed = False
-        self._cum = None
+        self._invalidate()
         if self._buckets is not None:
             self._bucket_remove(entry)
 
-    def _build_weights(self) -> list[float]:
-        cum: list[float] = []
-        total = 0.0
-        for entry in self._healthy:
-            total += entry.inst.weight
-            cum.append(total)
-        self._cum = cum
-        self._total_weight = total
-        return cum
+    def _rebuild_pool(self) -> None:
+        """Rebuild the pool after entering or leaving panic mode (keeping the cursor's place)."""
+        old = self._pool
+        following = -1
+        if old:
+            following = old[self._rr if self._rr < len(old) else 0].seq
+        for entry in old:
+            entry.listed = False
+        pool = [e for e in self._entries.values() if self._panic or e.available]
+        for entry in pool:
+            entry.listed = True
+        self._pool = pool
+        self._rr = bisect_left(pool, following, key=_seq_of) if following >= 0 else 0
+        self._invalidate()
+        if self._buckets is not None:
+            self._buckets = {}
+            for entry in pool:
+                self._bucket_add(entry, entry.inst.connections)
+
+    def _invalidate(self) -> None:
+        """Forget the tables derived from the pool; the next pick rebuilds what it needs."""
+        self._alias = None
+        self._positive = None
+        self._ring = None
+        self._maglev = None
+
+    def _build_positive(self) -> list[_Entry]:
+        positive = [e for e in self._pool if e.inst.weight > 0]
+        self._positive = positive
+        return positive
+
+    def _build_alias(self) -> tuple[array[float], array[int], list[_Entry]]:
+        """Vose's alias table over the pool's instances of positive weight."""
+        entries = self._positive if self._positive is not None else self._build_positive()
+        n = len(entries)
+        total = math.fsum(e.inst.weight for e in entries)
+        prob = [1.0] * n
+        other = list(range(n))
+        if n:
+            scaled = [e.inst.weight * n / total for e in entries]
+            small = [i for i, s in enumerate(scaled) if s < 1.0]
+            large = [i for i, s in enumerate(scaled) if s >= 1.0]
+            while small and large:
+                s = small.pop()
+                g = large[-1]
+                prob[s] = scaled[s]
+                other[s] = g
+                scaled[g] -= 1.0 - scaled[s]
+                if scaled[g] < 1.0:
+                    small.append(large.pop())
+        alias = (array("d", prob), array("l", other), entries)
+        self._alias = alias
+        return alias
+
+    def _build_ring(self) -> tuple[Any, Any, int, list[_Entry]]:
+        entries = self._positive if self._positive is not None else self._build_positive()
+        counts = [max(1, round(self._ring_replicas * e.inst.weight)) for e in entries]
+        total = sum(counts)
+        if total > MAX_RING_POINTS:
+            scale = MAX_RING_POINTS / total
+            counts = [max(1, int(c * scale)) for c in counts]
+        lists: list[list[int]] = []
+        for entry, count in zip(entries, counts, strict=True):
+            cached = entry.points
+            if cached is None or len(cached) < count:
+                cached = entry.points = ring_points(entry.inst.id, count)
+            lists.append(cached if len(cached) == count else cached[:count])
+        ring = (*build_ring(lists), entries)
+        self._ring = ring
+        return ring
+
+    def _build_maglev(self) -> tuple[Any, list[_Entry]]:
+        entries = self._positive if self._positive is not None else self._build_positive()
+        size = self._maglev_size
+        params: list[tuple[int, int]] = []
+        for entry in entries:
+            if entry.maglev is None:
+                entry.maglev = maglev_params(entry.inst.id, size)
+            params.append(entry.maglev)
+        table = build_maglev(params, [e.inst.weight for e in entries], size)
+        maglev = (table, entries)
+        self._maglev = maglev
+        return maglev
+
+    # -- connection buckets for LEAST_CONNECTIONS (lock held) -----------------------
 
     def _bucket_add(self, entry: _Entry, count: int) -> None:
         buckets = self._buckets

@@ -1,0 +1,151 @@
+"""Consistent-hashing tables for the RING_HASH and MAGLEV strategies.
+
+Pure functions of instance ids and weights: the load balancer rebuilds a table
+when its membership changes and looks keys up in it on each pick. Hashes are
+stable across processes and Python versions (BLAKE2b, and Mersenne Twister
+seeded from it), never Python's per-process ``hash()``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from array import array
+from bisect import bisect_left
+from hashlib import blake2b
+
+__all__ = [
+    "MAX_RING_POINTS",
+    "OWNER_BITS",
+    "OWNER_MASK",
+    "POSITION_BITS",
+    "build_maglev",
+    "build_ring",
+    "is_prime",
+    "key_hash",
+    "maglev_params",
+    "ring_lookup",
+    "ring_points",
+]
+
+MAX_RING_POINTS = 1 << 17
+"""Above this many ring points every instance's count is scaled down alike (build time, memory)."""
+
+POSITION_BITS = 40
+"""Ring positions are 40-bit; the owner's index is packed into the 24 bits below."""
+OWNER_BITS = 24
+OWNER_MASK = (1 << OWNER_BITS) - 1
+
+
+def key_hash(key: str | bytes) -> int:
+    """A 64-bit hash of a routing key."""
+    data = key.encode() if isinstance(key, str) else key
+    return int.from_bytes(blake2b(data, digest_size=8).digest(), "little")
+
+
+def ring_points(instance_id: str, count: int) -> list[int]:
+    """The first ``count`` ring positions of an instance (a longer list extends a shorter one)."""
+    seed = int.from_bytes(blake2b(instance_id.encode(), digest_size=16).digest(), "little")
+    bits = random.Random(seed).getrandbits
+    return [bits(POSITION_BITS) for _ in range(count)]
+
+
+def build_ring(point_lists: list[list[int]]) -> tuple[array[int], array[int], int]:
+    """Every instance's points in one sorted ring, with an index for O(1) lookups.
+
+    Returns ``(points, starts, shift)``: ``points`` holds ``position << OWNER_BITS |
+    owner_index`` in order; the points of positions ``p`` with ``p >> shift == b``
+    lie in ``points[starts[b]:starts[b + 1]]``. A key at position ``p`` belongs to
+    the first point at or after ``p << OWNER_BITS`` (wrapping around), whose low
+    bits name the owner; see :func:`ring_lookup`.
+    """
+    if len(point_lists) > OWNER_MASK:
+        raise ValueError(f"a ring holds at most {OWNER_MASK} instances")
+    packed: list[int] = []
+    for owner, points in enumerate(point_lists):
+        packed.extend([(p << OWNER_BITS) | owner for p in points])
+    packed.sort()
+    index_bits = min(max(len(packed).bit_length() - 1, 0), POSITION_BITS)
+    shift = POSITION_BITS - index_bits
+    step = 1 << (shift + OWNER_BITS)
+    starts = array("L", [bisect_left(packed, b * step) for b in range(1 << index_bits)])
+    starts.append(len(packed))
+    return array("Q", packed), starts, shift
+
+
+def ring_lookup(points: array[int], starts: array[int], shift: int, position: int) -> int:
+    """The index in ``points`` of the owner of ``position`` (``points`` must not be empty)."""
+    bucket = position >> shift
+    i = bisect_left(points, position << OWNER_BITS, starts[bucket], starts[bucket + 1])
+    return 0 if i == len(points) else i
+
+
+def maglev_params(instance_id: str, table_size: int) -> tuple[int, int]:
+    """An instance's Maglev permutation: ``(offset, skip)`` for a prime ``table_size``."""
+    digest = blake2b(instance_id.encode(), digest_size=16).digest()
+    offset = int.from_bytes(digest[:8], "little") % table_size
+    skip = int.from_bytes(digest[8:], "little") % (table_size - 1) + 1
+    return offset, skip
+
+
+def build_maglev(
+    params: list[tuple[int, int]], weights: list[float], table_size: int
+) -> array[int]:
+    """Fill a Maglev lookup table (slot -> owner index), weighted as Envoy does.
+
+    Each instance takes its next free slot along its own permutation when its
+    turn comes; an instance of weight ``w`` gets a turn every ``max_weight / w``
+    rounds, so its share of slots is proportional to its weight. Turns come
+    from a heap keyed by round, so skewed weights cost no empty rounds.
+    """
+    n = len(params)
+    table = array("l", [-1]) * table_size
+    if n == 0:
+        return table
+    top = max(weights)
+    offsets = [p[0] for p in params]
+    skips = [p[1] for p in params]
+    nexts = [0] * n
+    targets = [0.0] * n
+    turns = [(1, i) for i in range(n)]  # (round, owner): the first turn of each is round 1
+    filled = 0
+    while filled < table_size:
+        rnd, i = heapq.heappop(turns)
+        offset = offsets[i]
+        skip = skips[i]
+        j = nexts[i]
+        slot = (offset + j * skip) % table_size
+        while table[slot] >= 0:
+            j += 1
+            slot = (offset + j * skip) % table_size
+        table[slot] = i
+        nexts[i] = j + 1
+        filled += 1
+        targets[i] += top
+        heapq.heappush(turns, (_next_round(rnd, weights[i], targets[i]), i))
+    return table
+
+
+def _next_round(current: int, weight: float, target: float) -> int:
+    """The first round ``r > current`` with ``r * weight >= target``."""
+    r = max(current + 1, math.ceil(target / weight))
+    while (r - 1) > current and (r - 1) * weight >= target:
+        r -= 1
+    while r * weight < target:
+        r += 1
+    return r
+
+
+def is_prime(n: int) -> bool:
+    """Whether ``n`` is prime (trial division; table sizes are small)."""
+    if n < 2:
+        return False
+    if n % 2 == 0:
+        return n == 2
+    f = 3
+    while f * f <= n:
+        if n % f == 0:
+            return False
+        f += 2
+    return True

@@ -1,0 +1,264 @@
+"""Passive outlier detection: eject instances whose calls keep failing, return them later.
+
+Envoy's semantics. Every call a load balancer hands out reports its outcome;
+``consecutive_failures`` failures in a row (or, optionally, a failure rate of at
+least ``failure_rate_threshold`` percent over ``interval`` seconds) eject the
+instance for ``base_ejection_time x multiplier`` seconds, capped at
+``max_ejection_time``. The multiplier grows by one per ejection and shrinks by
+one for every ``interval`` the instance stays in service, starting
+``base_ejection_time`` after its return. At most ``max_ejection_percent`` of
+the instances are ejected at once, but one instance may always be.
+
+The detector keeps the per-instance state and decides; the load balancer owns
+the lock, applies the decisions (an ejected instance is not picked) and
+publishes :class:`~codomyrmex.service_mesh.events.InstanceEjected` and
+:class:`~codomyrmex.service_mesh.events.InstanceReturned` events.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ._validate import check_int, check_number
+
+__all__ = ["OutlierDetectionConfig", "OutlierDetector"]
+
+CONSECUTIVE_FAILURES = "consecutive_failures"
+FAILURE_RATE = "failure_rate"
+EJECTION_TIME_ELAPSED = "ejection_time_elapsed"
+
+
+def _check_percent(field: str, value: Any, *, allow_zero: bool = True) -> float:
+    number = check_number(field, value, 0.0)
+    if number > 100.0 or (number == 0.0 and not allow_zero):
+        low = "0" if allow_zero else "> 0"
+        raise ValueError(f"{field} must be a percentage ({low} to 100), got {value!r}")
+    return number
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierDetectionConfig:
+    """When an instance is ejected, for how long, and how many may be out at once.
+
+    Defaults are Envoy's. Failures are the calls that raised an ``Exception``
+    other than the mesh's own rejections (a breaker refusing a call is not the
+    instance's fault); ``failure_predicate`` narrows that (e.g. to 5xx errors).
+    """
+
+    consecutive_failures: int | None = 5
+    """Failures in a row that eject an instance; None disables this check."""
+    interval: float = 10.0
+    """Seconds of the failure-rate window, and of each step of the multiplier's decay."""
+    base_ejection_time: float = 30.0
+    """Seconds of the first ejection; later ones last ``base x multiplier``."""
+    max_ejection_time: float = 300.0
+    """Longest ejection in seconds (``base_ejection_time`` if that is longer)."""
+    max_ejection_percent: float = 10.0
+    """Most instances (percent of those registered) ejected at once; one may always be."""
+    failure_rate_threshold: float | None = None
+    """Failure percentage over ``interval`` that ejects an instance; None disables it."""
+    failure_rate_minimum_calls: int = 50
+    """Calls an instance must have had in the window before its failure rate is judged."""
+    failure_predicate: Callable[[BaseException], bool] | None = None
+    """If set, decides whether an exception counts as a failure (False: a success)."""
+
+    def __post_init__(self) -> None:
+        if self.consecutive_failures is not None:
+            check_int("consecutive_failures", self.consecutive_failures, 1)
+        interval = check_number("interval", self.interval, 0.0)
+        if interval <= 0.0:
+            raise ValueError(f"interval must be > 0, got {self.interval!r}")
+        base = check_number("base_ejection_time", self.base_ejection_time, 0.0)
+        if base <= 0.0:
+            raise ValueError(f"base_ejection_time must be > 0, got {self.base_ejection_time!r}")
+        check_number("max_ejection_time", self.max_ejection_time, 0.0)
+        _check_percent("max_ejection_percent", self.max_ejection_percent)
+        if self.failure_rate_threshold is not None:
+            _check_percent("failure_rate_threshold", self.failure_rate_threshold, allow_zero=False)
+        check_int("failure_rate_minimum_calls", self.failure_rate_minimum_calls, 1)
+        if self.failure_predicate is not None and not callable(self.failure_predicate):
+            raise TypeError(f"failure_predicate must be callable, got {self.failure_predicate!r}")
+        if self.consecutive_failures is None and self.failure_rate_threshold is None:
+            raise ValueError(
+                "outlier detection needs consecutive_failures or failure_rate_threshold, "
+                "both are None"
+            )
+
+
+class HostState:
+    """One instance's outlier bookkeeping (read-only outside the detector)."""
+
+    __slots__ = (
+        "calls",
+        "consecutive",
+        "ejected",
+        "ejected_until",
+        "failures",
+        "instance_id",
+        "multiplier",
+        "returned_at",
+        "times_ejected",
+        "window_start",
+    )
+
+    def __init__(self, instance_id: str) -> None:
+        self.instance_id = instance_id
+        self.consecutive = 0
+        self.window_start = -math.inf
+        self.calls = 0
+        self.failures = 0
+        self.ejected = False
+        self.ejected_until = 0.0
+        self.multiplier = 0
+        self.returned_at: float | None = None
+        self.times_ejected = 0
+
+    def __repr__(self) -> str:
+        state = f"ejected until {self.ejected_until:g}" if self.ejected else "in service"
+        return (
+            f"HostState({self.instance_id!r}, {state}, consecutive={self.consecutive}, "
+            f"multiplier={self.multiplier}, times_ejected={self.times_ejected})"
+        )
+
+    def _reset_counts(self) -> None:
+        self.consecutive = 0
+        self.window_start = -math.inf
+        self.calls = 0
+        self.failures = 0
+
+
+class OutlierDetector:
+    """The ejection state machine of one load balancer.
+
+    Not thread-safe on its own: the load balancer calls it under its lock.
+    ``next_due`` is the earliest scheduled return (``inf`` when none), so the
+    balancer checks for returns with one comparison per pick.
+    """
+
+    __slots__ = (
+        "_heap",
+        "_order",
+        "config",
+        "ejected_count",
+        "ejections_overflow",
+        "ejections_total",
+        "next_due",
+    )
+
+    def __init__(self, config: OutlierDetectionConfig) -> None:
+        if not isinstance(config, OutlierDetectionConfig):
+            raise TypeError(f"config must be an OutlierDetectionConfig, got {config!r}")
+        self.config = config
+        self._heap: list[tuple[float, int, HostState]] = []
+        self._order = 0
+        self.next_due = math.inf
+        self.ejected_count = 0
+        self.ejections_total = 0
+        self.ejections_overflow = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"OutlierDetector(ejected={self.ejected_count}, "
+            f"ejections_total={self.ejections_total}, "
+            f"ejections_overflow={self.ejections_overflow})"
+        )
+
+    def stats(self) -> dict[str, int]:
+        """Counters: instances ejected now, ejections so far, ejections refused by the cap."""
+        return {
+            "ejected": self.ejected_count,
+            "ejections_total": self.ejections_total,
+            "ejections_overflow": self.ejections_overflow,
+        }
+
+    def is_failure(self, error: BaseException) -> bool:
+        """Whether a call that raised ``error`` counts as a failure."""
+        predicate = self.config.failure_predicate
+        return True if predicate is None else bool(predicate(error))
+
+    def record(self, host: HostState, failed: bool, now: float) -> str | None:
+        """Count one call's outcome; return the reason to eject the instance, or None."""
+        if host.ejected:
+            return None  # a call that started before the ejection
+        config = self.config
+        if failed:
+            host.consecutive += 1
+        else:
+            host.consecutive = 0
+        if config.failure_rate_threshold is not None:
+            if now - host.window_start >= config.interval:
+                host.window_start = now
+                host.calls = 0
+                host.failures = 0
+            host.calls += 1
+            if failed:
+                host.failures += 1
+                if (
+                    host.calls >= config.failure_rate_minimum_calls
+                    and host.failures * 100.0 >= config.failure_rate_threshold * host.calls
+                ):
+                    return FAILURE_RATE
+        limit = config.consecutive_failures
+        if failed and limit is not None and host.consecutive >= limit:
+            return CONSECUTIVE_FAILURES
+        return None
+
+    def may_eject(self, instances: int) -> bool:
+        """Whether one more ejection stays within ``max_ejection_percent`` of ``instances``."""
+        ejected = self.ejected_count
+        if ejected == 0:
+            return True
+        return (ejected + 1) * 100.0 <= self.config.max_ejection_percent * instances
+
+    def eject(self, host: HostState, now: float) -> float:
+        """Eject ``host`` from ``now``; return how many seconds it stays out."""
+        config = self.config
+        base = config.base_ejection_time
+        multiplier = host.multiplier
+        if host.returned_at is not None and multiplier > 0:
+            served = now - host.returned_at
+            if served >= base:
+                multiplier = max(0, multiplier - 1 - int((served - base) // config.interval))
+        if multiplier * base < config.max_ejection_time:
+            multiplier += 1
+        host.multiplier = multiplier
+        duration = min(base * multiplier, max(config.max_ejection_time, base))
+        host.ejected = True
+        host.ejected_until = now + duration
+        host.times_ejected += 1
+        host._reset_counts()
+        self.ejected_count += 1
+        self.ejections_total += 1
+        self._order += 1
+        heapq.heappush(self._heap, (host.ejected_until, self._order, host))
+        self.next_due = self._heap[0][0]
+        return duration
+
+    def refused(self) -> None:
+        """Count an ejection the ``max_ejection_percent`` cap did not allow."""
+        self.ejections_overflow += 1
+
+    def pop_due(self, now: float) -> list[HostState]:
+        """Return to service every host whose ejection has ended by ``now``; return them."""
+        heap = self._heap
+        back: list[HostState] = []
+        while heap and heap[0][0] <= now:
+            until, _, host = heapq.heappop(heap)
+            if host.ejected and host.ejected_until == until:
+                host.ejected = False
+                host.returned_at = until
+                host._reset_counts()
+                self.ejected_count -= 1
+                back.append(host)
+        self.next_due = heap[0][0] if heap else math.inf
+        return back
+
+    def forget(self, host: HostState) -> None:
+        """Drop a deregistered instance (it no longer counts as ejected)."""
+        if host.ejected:
+            host.ejected = False
+            self.ejected_count -= 1
