@@ -1,16 +1,41 @@
-"""The mesh registry: a process's services and circuit breakers, by name."""
+"""The mesh registry: a process's services and circuit breakers, by name.
+
+It is also the mesh-wide event bus: :meth:`Mesh.subscribe` delivers the events
+of every registered breaker, proxy and load balancer (and of any other component
+handed to :meth:`Mesh.watch`), including components registered later. While
+nobody subscribes, the mesh attaches nothing to its components, so their hot
+paths stay as cheap as with no mesh at all.
+"""
 
 from __future__ import annotations
 
+import math
 import threading
-from typing import Any
+from typing import Any, Protocol
 
-from ._validate import check_str
+from ._validate import check_callable, check_str
 from .circuit_breaker import CircuitBreaker, CircuitBreakerConfig, Clock
-from .load_balancer import ServiceInstance
+from .events import Event, EventListener, publish
+from .load_balancer import LoadBalancer, ServiceInstance
 from .proxy import ServiceProxy
 
-__all__ = ["Mesh", "breaker_status", "default_mesh", "instance_status", "service_status"]
+__all__ = [
+    "EventSource",
+    "Mesh",
+    "balancer_status",
+    "breaker_status",
+    "default_mesh",
+    "instance_status",
+    "service_status",
+]
+
+
+class EventSource(Protocol):
+    """Anything that publishes events to subscribers (breaker, proxy, balancer, retry, chaos)."""
+
+    def subscribe(self, listener: EventListener) -> None: ...
+
+    def unsubscribe(self, listener: EventListener) -> None: ...
 
 
 class Mesh:
@@ -20,12 +45,26 @@ class Mesh:
     with the same name shares one breaker.
     """
 
-    __slots__ = ("_breakers", "_lock", "_services")
+    __slots__ = (
+        "_attached",
+        "_breakers",
+        "_dispatch",
+        "_listeners",
+        "_lock",
+        "_services",
+        "_watched",
+    )
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._breakers: dict[str, CircuitBreaker] = {}
         self._services: dict[str, ServiceProxy] = {}
+        self._listeners: tuple[EventListener, ...] = ()
+        self._watched: list[EventSource] = []
+        # Components that currently carry ``_dispatch``, by id (kept alive here).
+        self._attached: dict[int, EventSource] = {}
+        # One bound method, kept so that components can unsubscribe it by identity.
+        self._dispatch: EventListener = self._deliver
 
     def __repr__(self) -> str:
         return f"Mesh(services={sorted(self._services)}, breakers={sorted(self._breakers)})"
@@ -49,6 +88,7 @@ class Mesh:
                 else:
                     breaker = CircuitBreaker(name, config, clock=clock)
                 self._breakers[name] = breaker
+                self._sync()
             elif config is not None and config != breaker.config:
                 raise ValueError(
                     f"circuit breaker {name!r} is registered with {breaker.config!r}; "
@@ -62,6 +102,7 @@ class Mesh:
             raise TypeError(f"breaker must be a CircuitBreaker, got {breaker!r}")
         with self._lock:
             current = self._breakers.setdefault(breaker.name, breaker)
+            self._sync()
         if current is not breaker:
             raise ValueError(f"a different circuit breaker is registered as {breaker.name!r}")
         return breaker
@@ -78,7 +119,9 @@ class Mesh:
     def remove_circuit_breaker(self, name: str) -> bool:
         """Forget the breaker called ``name``; True if it was registered."""
         with self._lock:
-            return self._breakers.pop(name, None) is not None
+            removed = self._breakers.pop(name, None) is not None
+            self._sync()
+            return removed
 
     # -- services ---------------------------------------------------------------
 
@@ -89,6 +132,7 @@ class Mesh:
         with self._lock:
             self._services[proxy.service_name] = proxy
             self._breakers.setdefault(proxy.circuit_breaker.name, proxy.circuit_breaker)
+            self._sync()
         return proxy
 
     def get_service(self, name: str) -> ServiceProxy | None:
@@ -103,7 +147,75 @@ class Mesh:
     def remove_service(self, name: str) -> bool:
         """Forget service ``name``; True if it was registered."""
         with self._lock:
-            return self._services.pop(name, None) is not None
+            removed = self._services.pop(name, None) is not None
+            self._sync()
+            return removed
+
+    # -- events -----------------------------------------------------------------
+
+    def subscribe(self, listener: EventListener) -> None:
+        """Deliver the events of every component of this mesh to ``listener``.
+
+        That is every registered breaker, proxy (calls, retries) and its load
+        balancer (picks, health, ejections), those registered later included,
+        and every component passed to :meth:`watch`. A listener that raises is
+        logged and never breaks the call that caused the event.
+        """
+        check_callable("listener", listener)
+        with self._lock:
+            self._listeners = (*self._listeners, listener)
+            self._sync()
+
+    def unsubscribe(self, listener: EventListener) -> None:
+        """Stop delivering events to ``listener`` (compared with ``==``, so a bound method works).
+
+        When the last listener leaves, the mesh detaches from every component.
+        """
+        with self._lock:
+            self._listeners = tuple(x for x in self._listeners if x != listener)
+            self._sync()
+
+    def watch(self, source: EventSource) -> None:
+        """Also deliver the events of ``source`` (a standalone retry policy, a chaos
+        strategy, ...) to the mesh's subscribers, until :meth:`unwatch`."""
+        if not callable(getattr(source, "subscribe", None)) or not callable(
+            getattr(source, "unsubscribe", None)
+        ):
+            raise TypeError(f"source must have subscribe() and unsubscribe(), got {source!r}")
+        with self._lock:
+            if all(s is not source for s in self._watched):
+                self._watched.append(source)
+            self._sync()
+
+    def unwatch(self, source: EventSource) -> None:
+        """Stop relaying the events of ``source``; unknown sources are ignored."""
+        with self._lock:
+            self._watched = [s for s in self._watched if s is not source]
+            self._sync()
+
+    def _deliver(self, event: Event) -> None:
+        publish(self._listeners, event)
+
+    def _sync(self) -> None:
+        """Attach the dispatcher to exactly the mesh's components (none without listeners).
+
+        Lock held. Components never call back into the mesh while holding their
+        own lock, so taking theirs here cannot deadlock.
+        """
+        wanted: dict[int, EventSource] = {}
+        if self._listeners:
+            sources: list[EventSource] = list(self._breakers.values())
+            for proxy in self._services.values():
+                sources += (proxy, proxy.circuit_breaker, proxy.load_balancer)
+            sources += self._watched
+            wanted = {id(source): source for source in sources}
+        attached = self._attached
+        for key in [key for key in attached if key not in wanted]:
+            attached.pop(key).unsubscribe(self._dispatch)
+        for key, source in wanted.items():
+            if key not in attached:
+                source.subscribe(self._dispatch)
+                attached[key] = source
 
     # -- status -----------------------------------------------------------------
 
@@ -124,10 +236,12 @@ class Mesh:
         }
 
     def clear(self) -> None:
-        """Forget every service and breaker."""
+        """Forget every service, breaker and watched component (subscribers stay)."""
         with self._lock:
             self._services.clear()
             self._breakers.clear()
+            self._watched.clear()
+            self._sync()
 
 
 _DEFAULT = Mesh()
@@ -138,8 +252,8 @@ def default_mesh() -> Mesh:
     return _DEFAULT
 
 
-def instance_status(instance: ServiceInstance) -> dict[str, Any]:
-    """One instance as plain JSON types."""
+def instance_status(instance: ServiceInstance, *, ejected: bool = False) -> dict[str, Any]:
+    """One instance as plain JSON types; ``ejected`` says whether outlier detection ejected it."""
     return {
         "id": instance.id,
         "host": instance.host,
@@ -147,35 +261,52 @@ def instance_status(instance: ServiceInstance) -> dict[str, Any]:
         "address": instance.address,
         "weight": instance.weight,
         "healthy": instance.healthy,
+        "ejected": ejected,
         "connections": instance.connections,
         "metadata": dict(instance.metadata),
     }
 
 
-def service_status(proxy: ServiceProxy, *, include_instances: bool = False) -> dict[str, Any]:
-    """One service as plain JSON types (the MCP ``service_mesh_status`` shape)."""
-    balancer = proxy.load_balancer
+def balancer_status(balancer: LoadBalancer, *, include_instances: bool = False) -> dict[str, Any]:
+    """A load balancer's strategy and counts as plain JSON types.
+
+    ``healthy_count`` counts the instances picks can choose from (healthy and
+    not ejected), ``ejected_count`` those outlier detection has ejected.
+    """
     instances = balancer.instances
+    ejected = {i.id for i in balancer.ejected_instances}
     status: dict[str, Any] = {
-        "name": proxy.service_name,
         "strategy": balancer.strategy.value,
         "instance_count": len(instances),
-        "healthy_count": sum(1 for i in instances if i.healthy),
-        "circuit_breaker": proxy.circuit_breaker.name,
+        "healthy_count": sum(1 for i in instances if i.healthy and i.id not in ejected),
+        "ejected_count": len(ejected),
     }
     if include_instances:
-        status["instances"] = [instance_status(i) for i in instances]
+        status["instances"] = [instance_status(i, ejected=i.id in ejected) for i in instances]
     return status
 
 
+def service_status(proxy: ServiceProxy, *, include_instances: bool = False) -> dict[str, Any]:
+    """One service as plain JSON types (the MCP ``service_mesh_status`` shape, plus
+    ``ejected_count``, ``circuit_breaker`` and each instance's ``ejected``)."""
+    return {
+        "name": proxy.service_name,
+        **balancer_status(proxy.load_balancer, include_instances=include_instances),
+        "circuit_breaker": proxy.circuit_breaker.name,
+    }
+
+
 def breaker_status(breaker: CircuitBreaker) -> dict[str, Any]:
-    """One breaker as plain JSON types (the MCP ``circuit_breaker_status`` shape)."""
+    """One breaker as plain JSON types (the MCP ``circuit_breaker_status`` shape, plus
+    ``retry_after``: seconds until a probe, null when FORCED_OPEN). ``state`` is the
+    breaker's own state, operator states included."""
     last = breaker.last_failure_time
+    retry_after = breaker.retry_after()
     return {
         "name": breaker.name,
         "state": breaker.state.value,
         "failure_count": breaker.failure_count,
         "failure_threshold": breaker.config.failure_threshold,
         "last_failure_time": None if last is None else last.isoformat(),
-        "retry_after": round(breaker.retry_after(), 6),
+        "retry_after": None if math.isinf(retry_after) else round(retry_after, 6),
     }

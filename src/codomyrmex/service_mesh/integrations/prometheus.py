@@ -1,0 +1,290 @@
+"""Prometheus metrics for a mesh: a ``prometheus_client`` collector (the ``[prometheus]`` extra).
+
+Counters and the latency histogram are fed by the mesh's events; gauges (breaker
+state, instance health, in-flight connections) are read from the mesh at scrape
+time. Register it like any custom collector::
+
+    collector = MeshCollector(mesh)
+    REGISTRY.register(collector)      # or instrument_mesh(mesh)
+
+Metric names (with the default ``namespace="service_mesh"``):
+
+=======================================================  =========  ==============================
+name                                                     type       labels
+=======================================================  =========  ==============================
+``service_mesh_calls_total``                             counter    service, outcome
+``service_mesh_call_duration_seconds``                   histogram  service, outcome
+``service_mesh_rejections_total``                        counter    source, reason
+``service_mesh_retries_total``                           counter    service
+``service_mesh_retry_give_ups_total``                    counter    service
+``service_mesh_circuit_breaker_transitions_total``       counter    breaker, from_state, to_state
+``service_mesh_circuit_breaker_state``                   gauge      breaker, state
+``service_mesh_circuit_breaker_failures``                gauge      breaker
+``service_mesh_instance_picks_total``                    counter    service, instance
+``service_mesh_instance_health_changes_total``           counter    service, instance, healthy
+``service_mesh_instance_ejections_total``                counter    service, instance, reason
+``service_mesh_instance_healthy``                        gauge      service, instance
+``service_mesh_instance_ejected``                        gauge      service, instance
+``service_mesh_instance_connections``                    gauge      service, instance
+``service_mesh_faults_injected_total``                   counter    source, kind
+=======================================================  =========  ==============================
+
+``calls_total`` counts attempts by outcome: ``success``, ``failure`` (ran and
+failed) and ``rejected`` (refused by the breaker, or a call refused at the proxy
+for want of an instance or bulkhead room). The duration histogram holds the
+attempts that ran (``success`` and ``failure``).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import threading
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+from prometheus_client.core import (
+    REGISTRY,
+    CollectorRegistry,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from ..chaos import FaultInjected
+from ..events import (
+    CallFailed,
+    CallRejected,
+    CallSucceeded,
+    Event,
+    EventListener,
+    InstanceEjected,
+    InstanceHealthChanged,
+    InstancePicked,
+    RetryGaveUp,
+    RetryScheduled,
+    StateTransition,
+)
+from ..mesh import Mesh, default_mesh
+from ._metrics import (
+    BREAKER_STATES,
+    DURATION_BUCKETS,
+    failed_outcome,
+    is_proxy_rejection,
+    read_breakers,
+    read_instances,
+)
+
+__all__ = ["MeshCollector", "instrument_mesh"]
+
+_Labels = tuple[str, ...]
+
+
+class _Histogram:
+    """Observation counts per bucket (not cumulative), their sum and count."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self, size: int) -> None:
+        self.counts = [0] * size
+        self.sum = 0.0
+
+
+class MeshCollector:
+    """A ``prometheus_client`` custom collector over one :class:`Mesh` (default: the default mesh).
+
+    It subscribes to the mesh when created; :meth:`close` unsubscribes. Events of
+    other components (a chaos strategy, a standalone retry policy) are counted
+    too when they reach :meth:`observe`, e.g. through ``mesh.watch(chaos)``.
+    """
+
+    def __init__(
+        self,
+        mesh: Mesh | None = None,
+        *,
+        namespace: str = "service_mesh",
+        buckets: Sequence[float] = DURATION_BUCKETS,
+    ) -> None:
+        bounds = [float(b) for b in buckets]
+        if not bounds or bounds != sorted(set(bounds)) or bounds[0] < 0:
+            raise ValueError(f"buckets must be increasing non-negative bounds, got {buckets!r}")
+        self.mesh = mesh if mesh is not None else default_mesh()
+        self.namespace = namespace
+        self._prefix = f"{namespace}_" if namespace else ""
+        self._bounds = bounds
+        self._lock = threading.Lock()
+        self._calls: Counter[_Labels] = Counter()
+        self._durations: dict[_Labels, _Histogram] = {}
+        self._rejections: Counter[_Labels] = Counter()
+        self._retries: Counter[_Labels] = Counter()
+        self._give_ups: Counter[_Labels] = Counter()
+        self._transitions: Counter[_Labels] = Counter()
+        self._picks: Counter[_Labels] = Counter()
+        self._health_changes: Counter[_Labels] = Counter()
+        self._ejections: Counter[_Labels] = Counter()
+        self._faults: Counter[_Labels] = Counter()
+        self._listener: EventListener = self.observe
+        self.mesh.subscribe(self._listener)
+
+    def __repr__(self) -> str:
+        return f"MeshCollector({self.mesh!r}, namespace={self.namespace!r})"
+
+    def close(self) -> None:
+        """Stop counting the mesh's events (the gauges keep reading the mesh)."""
+        self.mesh.unsubscribe(self._listener)
+
+    # -- events -------------------------------------------------------------------
+
+    def observe(self, event: Event) -> None:
+        """Count one event (the mesh-wide listener; subscribe it to other components too)."""
+        with self._lock:
+            if isinstance(event, CallSucceeded):
+                self._calls[event.source, "success"] += 1
+                self._time(event.source, "success", event.duration)
+            elif isinstance(event, CallFailed):
+                outcome = failed_outcome(event)
+                self._calls[event.source, outcome] += 1
+                if outcome == "failure":
+                    self._time(event.source, outcome, event.duration)
+            elif isinstance(event, CallRejected):
+                self._rejections[event.source, event.reason] += 1
+                if is_proxy_rejection(event):
+                    self._calls[event.source, "rejected"] += 1
+            elif isinstance(event, InstancePicked):
+                self._picks[event.source, event.instance_id] += 1
+            elif isinstance(event, RetryScheduled):
+                self._retries[(event.source,)] += 1
+            elif isinstance(event, RetryGaveUp):
+                self._give_ups[(event.source,)] += 1
+            elif isinstance(event, StateTransition):
+                self._transitions[event.source, event.old.value, event.new.value] += 1
+            elif isinstance(event, InstanceHealthChanged):
+                healthy = "true" if event.healthy else "false"
+                self._health_changes[event.source, event.instance_id, healthy] += 1
+            elif isinstance(event, InstanceEjected):
+                self._ejections[event.source, event.instance_id, event.reason] += 1
+            elif isinstance(event, FaultInjected):
+                self._faults[event.source, event.kind] += 1
+
+    def _time(self, service: str, outcome: str, seconds: float) -> None:
+        histogram = self._durations.get((service, outcome))
+        if histogram is None:
+            histogram = self._durations[service, outcome] = _Histogram(len(self._bounds) + 1)
+        histogram.counts[bisect.bisect_left(self._bounds, seconds)] += 1
+        histogram.sum += seconds
+
+    # -- the collector protocol ----------------------------------------------------
+
+    def describe(self) -> Iterable[Metric]:
+        """The metric families without samples (lets a registry check names up front)."""
+        return self._families(with_samples=False)
+
+    def collect(self) -> Iterable[Metric]:
+        """Every metric family with its current samples."""
+        return self._families(with_samples=True)
+
+    def _families(self, *, with_samples: bool) -> list[Metric]:
+        p = self._prefix
+        counters = [
+            (f"{p}calls", "Call attempts through a service proxy, by outcome.",
+             ("service", "outcome"), self._calls),
+            (f"{p}rejections", "Calls refused without running, by who refused and why.",
+             ("source", "reason"), self._rejections),
+            (f"{p}retries", "Retries scheduled.", ("service",), self._retries),
+            (f"{p}retry_give_ups", "Calls that failed for good after retrying.",
+             ("service",), self._give_ups),
+            (f"{p}circuit_breaker_transitions", "Circuit breaker state transitions.",
+             ("breaker", "from_state", "to_state"), self._transitions),
+            (f"{p}instance_picks", "Instances picked by a service's load balancer.",
+             ("service", "instance"), self._picks),
+            (f"{p}instance_health_changes", "Instances marked healthy or unhealthy.",
+             ("service", "instance", "healthy"), self._health_changes),
+            (f"{p}instance_ejections", "Instances ejected by outlier detection.",
+             ("service", "instance", "reason"), self._ejections),
+            (f"{p}faults_injected", "Faults injected by chaos strategies, by kind.",
+             ("source", "kind"), self._faults),
+        ]  # fmt: skip
+        families: list[Metric] = []
+        with self._lock:
+            for name, documentation, labels, counts in counters:
+                counter = CounterMetricFamily(name, documentation, labels=labels)
+                if with_samples:
+                    for values, count in sorted(counts.items()):
+                        counter.add_metric(values, count)
+                families.append(counter)
+            histogram = HistogramMetricFamily(
+                f"{p}call_duration_seconds",
+                "Duration of call attempts that ran, by outcome.",
+                labels=("service", "outcome"),
+                unit="seconds",
+            )
+            if with_samples:
+                for values, observed in sorted(self._durations.items()):
+                    histogram.add_metric(values, self._buckets(observed), observed.sum)
+            families.append(histogram)
+        families.extend(self._gauges(with_samples=with_samples))
+        return families
+
+    def _buckets(self, observed: _Histogram) -> list[tuple[str, float]]:
+        buckets: list[tuple[str, float]] = []
+        total = 0
+        for bound, count in zip([*self._bounds, math.inf], observed.counts, strict=True):
+            total += count
+            buckets.append(("+Inf" if bound == math.inf else repr(bound), total))
+        return buckets
+
+    def _gauges(self, *, with_samples: bool) -> list[Metric]:
+        p = self._prefix
+        state = GaugeMetricFamily(
+            f"{p}circuit_breaker_state",
+            "1 for the state each circuit breaker is in, 0 for the others.",
+            labels=("breaker", "state"),
+        )
+        failures = GaugeMetricFamily(
+            f"{p}circuit_breaker_failures",
+            "Failures a circuit breaker counts now (consecutive, or in its window).",
+            labels=("breaker",),
+        )
+        healthy = GaugeMetricFamily(
+            f"{p}instance_healthy",
+            "1 if an instance is marked healthy.",
+            labels=("service", "instance"),
+        )
+        ejected = GaugeMetricFamily(
+            f"{p}instance_ejected",
+            "1 if outlier detection has ejected an instance.",
+            labels=("service", "instance"),
+        )
+        connections = GaugeMetricFamily(
+            f"{p}instance_connections",
+            "Calls in flight on an instance.",
+            labels=("service", "instance"),
+        )
+        if with_samples:
+            for breaker in read_breakers(self.mesh):
+                for value in BREAKER_STATES:
+                    state.add_metric((breaker.name, value), float(value == breaker.state))
+                failures.add_metric((breaker.name,), breaker.failure_count)
+            for instance in read_instances(self.mesh):
+                labels = (instance.service, instance.instance)
+                healthy.add_metric(labels, float(instance.healthy))
+                ejected.add_metric(labels, float(instance.ejected))
+                connections.add_metric(labels, instance.connections)
+        return [state, failures, healthy, ejected, connections]
+
+
+def instrument_mesh(
+    mesh: Mesh | None = None,
+    registry: CollectorRegistry = REGISTRY,
+    *,
+    namespace: str = "service_mesh",
+) -> MeshCollector:
+    """Create a :class:`MeshCollector` over ``mesh`` and register it in ``registry``."""
+    collector = MeshCollector(mesh, namespace=namespace)
+    try:
+        registry.register(collector)
+    except Exception:
+        collector.close()
+        raise
+    return collector
