@@ -89,42 +89,42 @@ def maglev_params(instance_id: str, table_size: int) -> tuple[int, int]:
     return offset, skip
 
 
-def build_maglev(
-    params: list[tuple[int, int]], weights: list[float], table_size: int
-) -> array[int]:
+def build_maglev(params: list[tuple[int, int]], weights: list[float], table_size: int) -> array[int]:
     """Fill a Maglev lookup table (slot -> owner index), weighted as Envoy does.
 
     Each instance takes its next free slot along its own permutation when its
     turn comes; an instance of weight ``w`` gets a turn every ``max_weight / w``
-    rounds, so its share of slots is proportional to its weight. Turns come
-    from a heap keyed by round, so skewed weights cost no empty rounds.
+    rounds, so its share of slots is proportional to its weight. With unequal
+    weights the turns come from a heap keyed by round, so skewed weights cost
+    no empty rounds.
     """
     n = len(params)
-    table = array("l", [-1]) * table_size
+    table = [-1] * table_size
     if n == 0:
-        return table
+        return array("l", table)
+    slots = [offset for offset, _ in params]  # each instance's next candidate slot
+    skips = [skip for _, skip in params]
     top = max(weights)
-    offsets = [p[0] for p in params]
-    skips = [p[1] for p in params]
-    nexts = [0] * n
+    equal = min(weights) == top
+    turns = [(1, i) for i in range(n)]  # (round, owner): everyone's first turn is round 1
     targets = [0.0] * n
-    turns = [(1, i) for i in range(n)]  # (round, owner): the first turn of each is round 1
-    filled = 0
-    while filled < table_size:
-        rnd, i = heapq.heappop(turns)
-        offset = offsets[i]
+    for filled in range(table_size):
+        if equal:
+            i = filled % n
+        else:
+            rnd, i = heapq.heappop(turns)
+            targets[i] += top
+            heapq.heappush(turns, (_next_round(rnd, weights[i], targets[i]), i))
+        slot = slots[i]
         skip = skips[i]
-        j = nexts[i]
-        slot = (offset + j * skip) % table_size
         while table[slot] >= 0:
-            j += 1
-            slot = (offset + j * skip) % table_size
+            slot += skip
+            if slot >= table_size:
+                slot -= table_size
         table[slot] = i
-        nexts[i] = j + 1
-        filled += 1
-        targets[i] += top
-        heapq.heappush(turns, (_next_round(rnd, weights[i], targets[i]), i))
-    return table
+        slot += skip
+        slots[i] = slot - table_size if slot >= table_size else slot
+    return array("l", table)
 
 
 def _next_round(current: int, weight: float, target: float) -> int:

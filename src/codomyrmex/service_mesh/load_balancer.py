@@ -581,6 +581,15 @@ class LoadBalancer:
         self._flush()
         return ejected
 
+    def latency_estimate(self, instance_id: str) -> float | None:
+        """PEAK_EWMA's current latency estimate (seconds) of an instance, or None if unmeasured."""
+        with self._lock:
+            entry = self._entries.get(instance_id)
+            if entry is None or not entry.measured:
+                return None
+            elapsed = max(self._clock() - entry.ewma_at, 0.0)
+            return entry.ewma * math.exp(-elapsed / self._ewma_decay)
+
     # -- picking ----------------------------------------------------------------
 
     def get_instance(self, key: str | bytes | None = None) -> ServiceInstance | None:
@@ -1084,7 +1093,10 @@ class LoadBalancer:
         return ring
 
     def _build_maglev(self) -> tuple[Any, list[_Entry]]:
-        entries = self._positive if self._positive is not None else self._build_positive()
+        positive = self._positive if self._positive is not None else self._build_positive()
+        # Maglev's table depends on the order instances claim slots: use the ids' order, so
+        # every balancer with the same instances builds the same table.
+        entries = sorted(positive, key=lambda e: e.inst.id)
         size = self._maglev_size
         params: list[tuple[int, int]] = []
         for entry in entries:
