@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pytest
@@ -48,7 +48,7 @@ def make_lb(
     strategy: LoadBalancerStrategy,
     ids: Iterable[str] = "abc",
     *,
-    weights: dict[str, float] | None = None,
+    weights: Mapping[str, float] | None = None,
     seed: int = 0,
     **options: Any,
 ) -> LoadBalancer:
@@ -395,7 +395,9 @@ def test_slow_start_ramps_weight_linearly(clock: Any, strategy: LoadBalancerStra
 
 
 def test_slow_start_aggression_and_floor(clock: Any) -> None:
-    lb = ramped(clock, WEIGHTED, SlowStartConfig(window=100.0, aggression=2.0, min_weight_percent=30))
+    lb = ramped(
+        clock, WEIGHTED, SlowStartConfig(window=100.0, aggression=2.0, min_weight_percent=30)
+    )
     clock.advance(4.0)  # (4/100) ** (1/2) = 0.2, below the 30% floor
     assert_shares(shares(lb), {"a": 1 / 2.3, "b": 1 / 2.3, "c": 0.3 / 2.3})
     clock.advance(21.0)  # (25/100) ** (1/2) = 0.5

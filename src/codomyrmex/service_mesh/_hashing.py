@@ -89,7 +89,9 @@ def maglev_params(instance_id: str, table_size: int) -> tuple[int, int]:
     return offset, skip
 
 
-def build_maglev(params: list[tuple[int, int]], weights: list[float], table_size: int) -> array[int]:
+def build_maglev(
+    params: list[tuple[int, int]], weights: list[float], table_size: int
+) -> array[int]:
     """Fill a Maglev lookup table (slot -> owner index), weighted as Envoy does.
 
     Each instance takes its next free slot along its own permutation when its
