@@ -19,7 +19,7 @@ import random
 import threading
 import time
 from array import array
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -1022,18 +1022,14 @@ class LoadBalancer:
             self._bucket_remove(entry)
 
     def _rebuild_pool(self) -> None:
-        """Rebuild the pool after entering or leaving panic mode (keeping the cursor's place)."""
-        old = self._pool
-        following = -1
-        if old:
-            following = old[self._rr if self._rr < len(old) else 0].seq
-        for entry in old:
+        """Rebuild the pool on entering or leaving panic mode (round robin goes on in order)."""
+        for entry in self._pool:
             entry.listed = False
         pool = [e for e in self._entries.values() if self._panic or e.available]
         for entry in pool:
             entry.listed = True
         self._pool = pool
-        self._rr = bisect_left(pool, following, key=_seq_of) if following >= 0 else 0
+        self._rr = bisect_right(pool, self._rr_seq, key=_seq_of)  # the one after the last pick
         self._invalidate()
         if self._buckets is not None:
             self._buckets = {}
