@@ -188,6 +188,13 @@ class CircuitBreakerConfig:
         )
 
     @property
+    def minimum_calls(self) -> int:
+        """``minimum_number_of_calls``, capped by a count window's size (it holds no more)."""
+        if self.sliding_window_type == "count":
+            return min(self.minimum_number_of_calls, self.sliding_window_size)
+        return self.minimum_number_of_calls
+
+    @property
     def default_classification(self) -> bool:
         """Whether every ``Exception`` is a failure and nothing else is looked at."""
         return (
@@ -494,7 +501,7 @@ class CircuitBreaker:
     def remove_listener(self, listener: StateListener) -> None:
         """Stop calling ``listener``; unknown listeners are ignored."""
         with self._lock:
-            self._listeners = tuple(x for x in self._listeners if x is not listener)
+            self._listeners = tuple(x for x in self._listeners if x != listener)
 
     def subscribe(self, listener: EventListener) -> None:
         """Deliver this breaker's events (:class:`StateTransition`, :class:`CallRejected`)."""
@@ -505,7 +512,7 @@ class CircuitBreaker:
     def unsubscribe(self, listener: EventListener) -> None:
         """Stop delivering events to ``listener``; unknown listeners are ignored."""
         with self._lock:
-            self._subscribers = tuple(x for x in self._subscribers if x is not listener)
+            self._subscribers = tuple(x for x in self._subscribers if x != listener)
 
     # -- the state machine -----------------------------------------------------
 
@@ -638,7 +645,7 @@ class CircuitBreaker:
         window = self._window
         if window is not None:
             window.record(now, not success, slow)
-            if state is CLOSED and window.calls >= self.config.minimum_number_of_calls:
+            if state is CLOSED and window.calls >= self.config.minimum_calls:
                 config = self.config
                 tripped = (
                     config.failure_rate_threshold is not None
