@@ -1,0 +1,458 @@
+"""Active health checks: probe every instance of a load balancer and mark it healthy or not.
+
+A :class:`HealthChecker` probes each registered instance every ``interval``
+seconds (plus up to ``jitter``), with a TCP connect (:class:`TcpProbe`) or an
+HTTP GET (:class:`HttpProbe`), and flips an instance's health after
+``unhealthy_threshold`` failed or ``healthy_threshold`` passed probes in a row,
+through ``LoadBalancer.mark_healthy``. It runs in a background thread
+(``start()``/``stop()``, ``with checker:``) or as an asyncio task
+(``await start_async()``/``stop_async()``, ``async with checker:``).
+
+Stopping is prompt: the interval wait is a ``threading.Event`` wait, and a probe
+in progress is woken through a socket pair instead of running out its timeout.
+Only the standard library is used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import random
+import selectors
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Protocol
+
+from ._validate import check_int, check_number, check_str
+from .load_balancer import LoadBalancer, ServiceInstance
+
+__all__ = ["HealthCheckConfig", "HealthChecker", "HttpProbe", "Probe", "TcpProbe"]
+
+logger = logging.getLogger("codomyrmex.service_mesh")
+
+_MAX_STATUS_LINE = 8192
+_IN_PROGRESS = {
+    errno.EINPROGRESS,
+    errno.EWOULDBLOCK,
+    errno.EAGAIN,
+    getattr(errno, "WSAEWOULDBLOCK", errno.EWOULDBLOCK),
+}
+
+
+class _Stopped(Exception):
+    """The checker was stopped while a probe was waiting."""
+
+
+def _check_timeout(value: float) -> float:
+    timeout = check_number("timeout", value, 0.0)
+    if timeout <= 0.0:
+        raise ValueError(f"timeout must be > 0, got {value!r}")
+    return timeout
+
+
+class Probe(Protocol):
+    """One way to tell whether an instance is healthy, blocking or awaited."""
+
+    def check(self, instance: ServiceInstance, wake: socket.socket | None = None) -> bool:
+        """Probe ``instance`` now; ``wake`` becoming readable aborts the probe (raises)."""
+        ...
+
+    async def check_async(self, instance: ServiceInstance) -> bool:
+        """Probe ``instance`` now, without blocking the event loop."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class TcpProbe:
+    """Healthy when a TCP connection to the instance's ``host:port`` opens within ``timeout``."""
+
+    timeout: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_timeout(self.timeout)
+
+    def check(self, instance: ServiceInstance, wake: socket.socket | None = None) -> bool:
+        deadline = time.monotonic() + self.timeout
+        try:
+            sock = _connect(instance.host, instance.port, deadline, wake)
+        except OSError:
+            return False
+        sock.close()
+        return True
+
+    async def check_async(self, instance: ServiceInstance) -> bool:
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(instance.host, instance.port), self.timeout
+            )
+        except (OSError, asyncio.TimeoutError):
+            return False
+        writer.close()
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class HttpProbe:
+    """Healthy when ``GET path`` answers with a status in ``expected_statuses`` within ``timeout``.
+
+    Only the status line is read; the connection is then closed.
+    """
+
+    path: str = "/health"
+    expected_statuses: range = range(200, 300)
+    timeout: float = 1.0
+    host_header: str | None = None
+    """The ``Host`` header; the instance's ``host:port`` when None."""
+
+    def __post_init__(self) -> None:
+        check_str("path", self.path)
+        if not self.path.startswith("/") or any(c in self.path for c in " \r\n"):
+            raise ValueError(f"path must start with '/' and hold no spaces, got {self.path!r}")
+        statuses = self.expected_statuses
+        if not isinstance(statuses, range) or len(statuses) == 0:
+            raise TypeError(f"expected_statuses must be a non-empty range, got {statuses!r}")
+        if statuses[0] < 100 or statuses[-1] > 599:
+            raise ValueError(f"expected_statuses must lie within 100-599, got {statuses!r}")
+        _check_timeout(self.timeout)
+        if self.host_header is not None:
+            check_str("host_header", self.host_header)
+
+    def request(self, instance: ServiceInstance) -> bytes:
+        """The request bytes sent to ``instance``."""
+        host = self.host_header or instance.address
+        return (
+            f"GET {self.path} HTTP/1.1\r\nHost: {host}\r\n"
+            "User-Agent: codomyrmex-service-mesh-health\r\nConnection: close\r\n\r\n"
+        ).encode("latin-1")
+
+    def accepts(self, status_line: bytes) -> bool:
+        """Whether an HTTP status line (``b"HTTP/1.1 200 OK"``) means healthy."""
+        parts = status_line.split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+            return False
+        return int(parts[1]) in self.expected_statuses
+
+    def check(self, instance: ServiceInstance, wake: socket.socket | None = None) -> bool:
+        deadline = time.monotonic() + self.timeout
+        try:
+            sock = _connect(instance.host, instance.port, deadline, wake)
+        except OSError:
+            return False
+        try:
+            pending = memoryview(self.request(instance))
+            while pending:
+                if not _wait(sock, selectors.EVENT_WRITE, deadline, wake):
+                    return False
+                pending = pending[sock.send(pending) :]
+            received = b""
+            while b"\r\n" not in received and len(received) < _MAX_STATUS_LINE:
+                if not _wait(sock, selectors.EVENT_READ, deadline, wake):
+                    return False
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                received += chunk
+            return self.accepts(received.split(b"\r\n", 1)[0])
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return False
+        finally:
+            sock.close()
+
+    async def check_async(self, instance: ServiceInstance) -> bool:
+        try:
+            return await asyncio.wait_for(self._exchange(instance), self.timeout)
+        except (
+            OSError,
+            asyncio.TimeoutError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+        ):
+            return False
+
+    async def _exchange(self, instance: ServiceInstance) -> bool:
+        reader, writer = await asyncio.open_connection(instance.host, instance.port)
+        try:
+            writer.write(self.request(instance))
+            await writer.drain()
+            line = await reader.readuntil(b"\r\n")
+            return self.accepts(line)
+        finally:
+            writer.close()
+
+
+def _wait(sock: socket.socket, event: int, deadline: float, wake: socket.socket | None) -> bool:
+    """Wait until ``sock`` is ready for ``event``: False on timeout, raises when woken."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0.0:
+        return False
+    with selectors.DefaultSelector() as selector:
+        selector.register(sock, event)
+        if wake is not None:
+            selector.register(wake, selectors.EVENT_READ)
+        ready = selector.select(remaining)
+    if wake is not None and any(key.fileobj is wake for key, _ in ready):
+        raise _Stopped
+    return bool(ready)
+
+
+def _connect(host: str, port: int, deadline: float, wake: socket.socket | None) -> socket.socket:
+    """A connected non-blocking socket, or OSError (TimeoutError when out of time)."""
+    last: OSError = OSError(f"no address for {host!r}")
+    for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            code = sock.connect_ex(address)
+            if code in _IN_PROGRESS:
+                if not _wait(sock, selectors.EVENT_WRITE, deadline, wake):
+                    raise TimeoutError(f"connecting to {host}:{port} timed out")
+                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code:
+                raise OSError(
+                    code, f"connecting to {host}:{port}: {errno.errorcode.get(code, code)}"
+                )
+            return sock
+        except _Stopped:
+            sock.close()
+            raise
+        except OSError as exc:
+            sock.close()
+            last = exc
+    raise last
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheckConfig:
+    """How often instances are probed and how many results in a row change their health."""
+
+    interval: float = 10.0
+    """Seconds between the start of one round of probes and the next (plus jitter)."""
+    jitter: float = 0.0
+    """Up to this many seconds, drawn uniformly, are added to each interval."""
+    healthy_threshold: int = 2
+    """Passed probes in a row that mark an unhealthy instance healthy."""
+    unhealthy_threshold: int = 3
+    """Failed probes in a row that mark a healthy instance unhealthy."""
+
+    def __post_init__(self) -> None:
+        interval = check_number("interval", self.interval, 0.0)
+        if interval <= 0.0:
+            raise ValueError(f"interval must be > 0, got {self.interval!r}")
+        check_number("jitter", self.jitter, 0.0)
+        check_int("healthy_threshold", self.healthy_threshold, 1)
+        check_int("unhealthy_threshold", self.unhealthy_threshold, 1)
+
+
+class HealthChecker:
+    """Probes one load balancer's instances and keeps their health up to date.
+
+    ``check_once()`` runs one round in the calling thread (what the background
+    thread repeats); ``streak(id)`` is an instance's run of results (positive:
+    passes in a row, negative: failures in a row).
+    """
+
+    def __init__(
+        self,
+        balancer: LoadBalancer,
+        probe: Probe | None = None,
+        config: HealthCheckConfig | None = None,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not isinstance(balancer, LoadBalancer):
+            raise TypeError(f"balancer must be a LoadBalancer, got {balancer!r}")
+        probe = TcpProbe() if probe is None else probe
+        if not callable(getattr(probe, "check", None)) or not callable(
+            getattr(probe, "check_async", None)
+        ):
+            raise TypeError(f"probe must have check() and check_async(), got {probe!r}")
+        config = HealthCheckConfig() if config is None else config
+        if not isinstance(config, HealthCheckConfig):
+            raise TypeError(f"config must be a HealthCheckConfig, got {config!r}")
+        if rng is not None and not isinstance(rng, random.Random):
+            raise TypeError(f"rng must be a random.Random, got {rng!r}")
+        self.balancer = balancer
+        self.probe = probe
+        self.config = config
+        self._rng = rng if rng is not None else random.Random()
+        self._lock = threading.Lock()
+        self._streaks: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._wake: tuple[socket.socket, socket.socket] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"HealthChecker({self.balancer.name!r}, {self.probe!r}, {state})"
+
+    @property
+    def running(self) -> bool:
+        """Whether a background thread or task is probing."""
+        thread = self._thread
+        task = self._task
+        return (thread is not None and thread.is_alive()) or (task is not None and not task.done())
+
+    def streak(self, instance_id: str) -> int:
+        """Passed (> 0) or failed (< 0) probes in a row of an instance; 0 before any."""
+        with self._lock:
+            return self._streaks.get(instance_id, 0)
+
+    def next_delay(self) -> float:
+        """The wait before the next round: ``interval`` plus a jitter drawn from the rng."""
+        jitter = self.config.jitter
+        return self.config.interval + (self._rng.uniform(0.0, jitter) if jitter else 0.0)
+
+    # -- one round ------------------------------------------------------------------
+
+    def check_once(self) -> dict[str, bool]:
+        """Probe every registered instance now, in this thread; return each result by id."""
+        return self._round(None)
+
+    async def check_once_async(self) -> dict[str, bool]:
+        """Probe every registered instance now, concurrently; return each result by id."""
+        instances = self.balancer.instances
+        results = await asyncio.gather(*(self.probe.check_async(i) for i in instances))
+        outcome = {}
+        for instance, ok in zip(instances, results, strict=True):
+            self._record(instance.id, ok)
+            outcome[instance.id] = ok
+        self._forget_others(outcome)
+        return outcome
+
+    def _round(self, wake: socket.socket | None) -> dict[str, bool]:
+        outcome: dict[str, bool] = {}
+        for instance in self.balancer.instances:
+            if self._stop.is_set() and wake is not None:
+                raise _Stopped
+            ok = self._probe(instance, wake)
+            self._record(instance.id, ok)
+            outcome[instance.id] = ok
+        self._forget_others(outcome)
+        return outcome
+
+    def _probe(self, instance: ServiceInstance, wake: socket.socket | None) -> bool:
+        """One probe; a probe that raises (a bug, not a sick instance) is logged as failed."""
+        try:
+            return bool(self.probe.check(instance, wake))
+        except _Stopped:
+            raise
+        except Exception:
+            logger.exception("health probe %r raised on %s", self.probe, instance.address)
+            return False
+
+    def _record(self, instance_id: str, ok: bool) -> None:
+        """Count one probe result and change the instance's health at a threshold."""
+        with self._lock:
+            streak = self._streaks.get(instance_id, 0)
+            streak = max(streak, 0) + 1 if ok else min(streak, 0) - 1
+            self._streaks[instance_id] = streak
+        instance = self.balancer.get(instance_id)
+        if instance is None:
+            return
+        config = self.config
+        if ok and not instance.healthy and streak >= config.healthy_threshold:
+            self.balancer.mark_healthy(instance_id, True)
+        elif not ok and instance.healthy and -streak >= config.unhealthy_threshold:
+            self.balancer.mark_healthy(instance_id, False)
+
+    def _forget_others(self, seen: dict[str, bool]) -> None:
+        with self._lock:
+            for gone in [i for i in self._streaks if i not in seen]:
+                del self._streaks[gone]
+
+    # -- background thread ------------------------------------------------------------
+
+    def start(self) -> HealthChecker:
+        """Start probing in a background thread (first round at once)."""
+        with self._lock:
+            if self.running:
+                raise RuntimeError("the health checker is already running")
+            self._stop.clear()
+            self._wake = socket.socketpair()
+            name = f"codomyrmex-health-{self.balancer.name or id(self.balancer)}"
+            self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the background thread and wait for it; a probe in progress is cut short."""
+        with self._lock:
+            thread, wake = self._thread, self._wake
+            self._thread = None
+            self._wake = None
+        self._stop.set()
+        if wake is not None:
+            try:
+                wake[1].send(b"x")
+            except OSError:
+                pass
+        if thread is not None:
+            thread.join()
+        if wake is not None:
+            wake[0].close()
+            wake[1].close()
+
+    def _run(self) -> None:
+        wake = self._wake
+        reader = None if wake is None else wake[0]
+        try:
+            while not self._stop.is_set():
+                self._round(reader)
+                if self._stop.wait(self.next_delay()):
+                    return
+        except _Stopped:
+            return
+
+    def __enter__(self) -> HealthChecker:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- asyncio task ---------------------------------------------------------------------
+
+    async def start_async(self) -> HealthChecker:
+        """Start probing as a task of the running event loop (first round at once)."""
+        if self.running:
+            raise RuntimeError("the health checker is already running")
+        self._task = asyncio.get_running_loop().create_task(self._run_async())
+        return self
+
+    async def stop_async(self) -> None:
+        """Cancel the probing task and wait until it has ended."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        await asyncio.wait({task})  # a cancellation of this caller still propagates
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            raise error
+
+    async def _run_async(self) -> None:
+        while True:
+            await self.check_once_async()
+            await asyncio.sleep(self.next_delay())
+
+    async def __aenter__(self) -> HealthChecker:
+        return await self.start_async()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop_async()
