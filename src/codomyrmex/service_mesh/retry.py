@@ -233,7 +233,7 @@ class RetryPolicy:
 
     def unsubscribe(self, listener: EventListener) -> None:
         """Stop delivering events to ``listener``."""
-        subscribers = tuple(x for x in self._subscribers if x is not listener)
+        subscribers = tuple(x for x in self._subscribers if x != listener)
         object.__setattr__(self, "_subscribers", subscribers)
 
     # -- delays -----------------------------------------------------------------
@@ -336,9 +336,9 @@ class RetryPolicy:
             verdict = self._retryable(failure)
             if verdict is True:
                 delay = self.get_delay(calls.count - 1, calls.previous or None)
-            elif not verdict or isinstance(verdict, bool):
+            elif verdict is None or isinstance(verdict, bool):
                 return None
-            else:
+            else:  # a delay override; 0 means at once (Retry-After: 0)
                 delay = min(self.max_delay, max(0.0, float(verdict)))
         if _Testing.active:
             delay = 0.0
@@ -488,17 +488,17 @@ class RetryPolicy:
                     if not self._rejects(result):
                         if self.budget is not None:
                             self.budget.record_outcome(True)
-                        return result
+                        return cast(R, result)
                     failure = None
                 if calls is None:
                     calls = _Attempts(started, token.old_value is True)
                 delay = self._after_failure(calls, failure, self.name, self._subscribers)
                 if delay is None:
-                    return self._final(failure, result)
+                    return cast(R, self._final(failure, result))
                 if delay > 0.0:
                     await self.async_sleep(delay)
                     if self._past_deadline(calls):
-                        return self._final(failure, result)
+                        return cast(R, self._final(failure, result))
                 calls.count += 1
         finally:
             _IN_RETRY.reset(token)
@@ -524,7 +524,7 @@ def _retry_predicate(retry_on: RetryOn | None) -> Callable[[BaseException], bool
             raise TypeError(f"retry_on must hold exception types, got {retry_on!r}")
         types = retry_on
     elif callable(retry_on):
-        return cast(Callable[[BaseException], bool | float], retry_on)
+        return retry_on
     else:
         raise TypeError(f"retry_on must be exception types or a predicate, got {retry_on!r}")
 
