@@ -183,7 +183,7 @@ def configure(
     proxy = mesh.get_service(service_name) if service_name else None
 
     def error(message: str) -> dict[str, Any]:
-        return {**_config(service_name, proxy), "status": "error", "message": message}
+        return {"status": "error", **_config(service_name, proxy), "message": message}
 
     if not service_name:
         return error("missing parameter: service_name")
