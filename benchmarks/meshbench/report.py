@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import os
 import platform
+import subprocess
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -28,6 +29,31 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+def source_revision() -> str:
+    """The commit measured, marked "+dirty" when src/ has uncommitted changes."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{head}+dirty" if dirty else head
+
+
 def machine_info(settings: Settings, argv: list[str]) -> dict[str, Any]:
     return {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -39,6 +65,7 @@ def machine_info(settings: Settings, argv: list[str]) -> dict[str, Any]:
         "cores": os.cpu_count(),
         "quick": settings.quick,
         "repeats": settings.repeats,
+        "revision": source_revision(),
         "versions": {dist: version_of(dist) for dist in DISTRIBUTIONS},
     }
 
@@ -144,7 +171,8 @@ def markdown(info: dict[str, Any], results: list[WorkloadResult]) -> str:
         "### Benchmark results",
         "",
         f"- Command: `{info['command']}` (runs `.venv/bin/python benchmarks/run.py`)",
-        f"- Date: {info['date']}; {mode}, median of {info['repeats']} interleaved repeats",
+        f"- Date: {info['date']}; {mode}, median of {info['repeats']} interleaved repeats; "
+        f"source revision {info['revision']}",
         f"- Python {info['python']} ({info['implementation']}) on {info['platform']}",
         f"- CPU: {info['cpu']} ({info['cores']} cores)",
         "",
