@@ -10,6 +10,12 @@ While calls need no probe slot (CLOSED, DISABLED, METRICS_ONLY) the admission
 token ``_closed_epoch`` is the current epoch and admission takes no lock; a
 success that changes nothing (no failures counted, no window to feed) takes
 none either.
+
+With a ``store`` (:mod:`.store`) the breaker shares its state with every
+process bound to the same name. The store is consulted only on slow paths
+(failures, counted successes, HALF_OPEN admission and release, operator
+actions); the fleet's transitions arrive through ``_adopt``. Without a store
+the code paths are those of a purely in-memory breaker.
 """
 
 from __future__ import annotations
@@ -24,12 +30,15 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
 from types import TracebackType
-from typing import Any, Literal, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, ParamSpec, TypeVar, cast
 
 from ._validate import check_callable, check_int, check_number, check_str
 from .errors import CircuitOpenError
 from .events import CallRejected, EventListener, StateTransition, publish
 from .windows import CountWindow, OutcomeWindow, TimeWindow
+
+if TYPE_CHECKING:
+    from .store import BreakerLink, BreakerStore, SharedState
 
 __all__ = [
     "TRANSITIONS",
@@ -76,7 +85,8 @@ _OPERATOR_STATES = frozenset({FORCED_OPEN, DISABLED, METRICS_ONLY})
 
 # Every legal transition, in one place. The automatic ones are CLOSED -> OPEN,
 # OPEN -> HALF_OPEN, HALF_OPEN -> OPEN | CLOSED; an operator may move any state to
-# an operator state, and ``reset()`` may move any state to CLOSED.
+# an operator state, and ``reset()`` may move any state to CLOSED. A breaker with a
+# store also adopts whatever state its fleet is in (``_adopt``), which may skip states.
 TRANSITIONS: dict[CircuitState, frozenset[CircuitState]] = {
     CLOSED: frozenset({OPEN}) | _OPERATOR_STATES,
     OPEN: frozenset({HALF_OPEN, CLOSED}) | _OPERATOR_STATES,
@@ -224,6 +234,7 @@ class CircuitBreaker:
         "_failures",
         "_in_flight",
         "_last_failure_at",
+        "_link",
         "_listeners",
         "_lock",
         "_must_record",
@@ -246,6 +257,7 @@ class CircuitBreaker:
         *,
         clock: Clock = time.monotonic,
         on_state_change: StateListener | None = None,
+        store: BreakerStore | None = None,
     ) -> None:
         check_str("name", name)
         if config is None:
@@ -285,6 +297,10 @@ class CircuitBreaker:
         self._subscribers: tuple[EventListener, ...] = ()
         if on_state_change is not None:
             self.add_listener(on_state_change)
+        # Set last: binding may make the breaker adopt the fleet's current state.
+        self._link: BreakerLink | None = None
+        if store is not None:
+            self._link = store.bind(self)
 
     def __repr__(self) -> str:
         return f"CircuitBreaker({self.name!r}, state={self.state.value}, config={self.config!r})"
@@ -485,6 +501,8 @@ class CircuitBreaker:
                 self._window.reset()
             self._must_record = self._wants_record()
         self._notify(changes)
+        if self._link is not None:
+            self._link.operate(new)
 
     # -- listeners --------------------------------------------------------------
 
@@ -526,6 +544,7 @@ class CircuitBreaker:
         if self._state is OPEN and now < self._open_until:
             raise self._rejection(OPEN, self._open_until - now, "circuit_open")
         changes: _Changes = []
+        probe = 0
         try:
             with self._lock:
                 self._refresh(now, changes)
@@ -533,17 +552,40 @@ class CircuitBreaker:
                 if state is HALF_OPEN:
                     if self._in_flight < self.config.half_open_max_calls:
                         self._in_flight += 1
-                        return self._epoch
+                        if self._link is None:
+                            return self._epoch
+                        probe = self._epoch
                 elif self._closed_epoch:
                     return self._epoch
         finally:
             if changes:
                 self._notify(changes)
+        if probe:
+            return self._acquire_shared(probe)
+        return self._refuse(state, now)
+
+    def _refuse(self, state: CircuitState, now: float) -> NoReturn:
+        """Raise the rejection for a call refused in ``state``."""
         if state is OPEN:
             raise self._rejection(OPEN, max(0.0, self._open_until - now), "circuit_open")
         if state is HALF_OPEN:
             raise self._rejection(HALF_OPEN, 0.0, "half_open_full")
         raise self._rejection(state, math.inf, "forced_open")
+
+    def _acquire_shared(self, epoch: int) -> int:
+        """Ask the fleet for a probe slot, the local one (for ``epoch``) already taken."""
+        link = cast("BreakerLink", self._link)
+        granted = link.acquire_probe(epoch)
+        if granted is None or granted:
+            return epoch
+        with self._lock:
+            if epoch == self._epoch and self._state is HALF_OPEN:
+                self._in_flight -= 1
+            state = self._state
+            closed_epoch = self._closed_epoch
+        if closed_epoch:
+            return closed_epoch
+        return self._refuse(state, self._clock())
 
     def _rejection(self, state: CircuitState, retry_after: float, reason: str) -> CircuitOpenError:
         """The error for a refused call (announced to subscribers)."""
@@ -599,9 +641,14 @@ class CircuitBreaker:
         with self._lock:
             if epoch == self._epoch and self._state is HALF_OPEN:
                 self._in_flight -= 1
+        if self._link is not None:
+            self._link.release(epoch)
 
     def _record(self, epoch: int, success: bool, slow: bool = False) -> None:
         """Record the outcome of a call admitted under ``epoch`` (stale epochs are ignored)."""
+        if self._link is not None:
+            self._record_shared(epoch, success, slow)
+            return
         changes: _Changes = []
         with self._lock:
             if epoch != self._epoch:
@@ -614,6 +661,9 @@ class CircuitBreaker:
             self._notify(changes)
 
     def _record_manual(self, success: bool) -> None:
+        if self._link is not None:
+            self._record_shared(0, success, False)
+            return
         changes: _Changes = []
         with self._lock:
             now = self._clock()
@@ -623,9 +673,18 @@ class CircuitBreaker:
             self._notify(changes)
 
     def _apply(
-        self, state: CircuitState, success: bool, slow: bool, now: float, changes: _Changes
+        self,
+        state: CircuitState,
+        success: bool,
+        slow: bool,
+        now: float,
+        changes: _Changes,
+        decide: bool = True,
     ) -> None:
-        """Apply one outcome to ``state``. Caller holds the lock."""
+        """Apply one outcome to ``state``. Caller holds the lock.
+
+        ``decide=False`` counts the outcome but leaves transitions to the fleet.
+        """
         if state is DISABLED or state is OPEN or state is FORCED_OPEN:
             # A failure reported while OPEN neither counts nor extends the open period.
             if not success and state is not DISABLED:
@@ -634,6 +693,8 @@ class CircuitBreaker:
         if not success:
             self._last_failure_at = now
         if state is HALF_OPEN:
+            if not decide:
+                return
             if success and not slow:
                 self._probe_successes += 1
                 if self._probe_successes >= self.config.success_threshold:
@@ -645,17 +706,13 @@ class CircuitBreaker:
         window = self._window
         if window is not None:
             window.record(now, not success, slow)
-            if state is CLOSED and window.calls >= self.config.minimum_calls:
-                config = self.config
-                tripped = (
-                    config.failure_rate_threshold is not None
-                    and window.failure_rate() >= config.failure_rate_threshold
-                ) or (
-                    config.slow_call_duration_threshold is not None
-                    and window.slow_rate() >= config.slow_call_rate_threshold
-                )
-                if tripped:
-                    self._enter(OPEN, now, changes)
+            if (
+                decide
+                and state is CLOSED
+                and window.calls >= self.config.minimum_calls
+                and self._window_tripped(window)
+            ):
+                self._enter(OPEN, now, changes)
             return
         if success:
             self._failures = 0
@@ -663,8 +720,89 @@ class CircuitBreaker:
             return
         self._failures += 1
         self._must_record = True
-        if state is CLOSED and self._failures >= self.config.failure_threshold:
+        if decide and state is CLOSED and self._failures >= self.config.failure_threshold:
             self._enter(OPEN, now, changes)
+
+    def _window_tripped(self, window: OutcomeWindow) -> bool:
+        """Whether the window's failure or slow-call rate opens the circuit. Lock held."""
+        config = self.config
+        return (
+            config.failure_rate_threshold is not None
+            and window.failure_rate() >= config.failure_rate_threshold
+        ) or (
+            config.slow_call_duration_threshold is not None
+            and window.slow_rate() >= config.slow_call_rate_threshold
+        )
+
+    # -- sharing state through a store -------------------------------------------
+
+    def _record_shared(self, epoch: int, success: bool, slow: bool) -> None:
+        """:meth:`_record` with a store (``epoch`` 0: a manual record, no slot).
+
+        Counts locally (the fallback state), then lets the fleet decide; if the
+        store cannot take the outcome, the breaker decides on its own counts.
+        """
+        link = cast("BreakerLink", self._link)
+        changes: _Changes = []
+        with self._lock:
+            now = self._clock()
+            if epoch:
+                current = epoch == self._epoch
+            else:
+                self._refresh(now, changes)
+                current = True
+            state = self._state
+            shared = False
+            if current:
+                if epoch and state is HALF_OPEN:
+                    self._in_flight -= 1
+                shared = (state is CLOSED or state is HALF_OPEN) and link.online
+                self._apply(state, success, slow, now, changes, decide=not shared)
+        if changes:
+            self._notify(changes)
+        if not shared:
+            if epoch:
+                link.release(epoch)
+            return
+        if link.record(epoch, state, success, slow):
+            return
+        changes = []
+        with self._lock:
+            if self._state is state and (not epoch or epoch == self._epoch):
+                self._judge(state, success, slow, self._clock(), changes)
+        if changes:
+            self._notify(changes)
+
+    def _judge(
+        self, state: CircuitState, success: bool, slow: bool, now: float, changes: _Changes
+    ) -> None:
+        """Make the decision ``_apply(..., decide=False)`` left to a store. Lock held."""
+        if state is HALF_OPEN:
+            self._apply(state, success, slow, now, changes)
+            return
+        window = self._window
+        if window is None:
+            tripped = self._failures >= self.config.failure_threshold
+        else:
+            tripped = window.calls >= self.config.minimum_calls and (self._window_tripped(window))
+        if tripped:
+            self._enter(OPEN, now, changes)
+
+    def _adopt(self, shared: SharedState) -> _Changes:
+        """Take the fleet's state (called by a store's link); return transitions to announce."""
+        changes: _Changes = []
+        with self._lock:
+            now = self._clock()
+            new = shared.state
+            self._reopen_count = shared.reopens
+            if new is not self._state:
+                self._enter(new, now, changes, adopted=True)
+            if new is OPEN:
+                self._open_until = now + shared.retry_after
+            elif new is CLOSED and self._window is None:
+                self._failures = shared.failures
+                self._must_record = self._wants_record()
+        return changes
 
     def _refresh(self, now: float, changes: _Changes) -> None:
         """Make the lazy OPEN -> HALF_OPEN transition if its time has come. Lock held."""
@@ -689,10 +827,12 @@ class CircuitBreaker:
             return False
         return self._window is not None or self._failures > 0 or state is METRICS_ONLY
 
-    def _enter(self, new: CircuitState, now: float, changes: _Changes) -> None:
+    def _enter(
+        self, new: CircuitState, now: float, changes: _Changes, adopted: bool = False
+    ) -> None:
         """Move to ``new``, starting a new epoch. Lock held."""
         old = self._state
-        if new is not old and new not in TRANSITIONS[old]:
+        if new is not old and new not in TRANSITIONS[old] and not adopted:
             raise AssertionError(f"illegal circuit transition {old.value} -> {new.value}")
         self._closed_epoch = 0
         self._epoch += 1
