@@ -33,7 +33,8 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the installed SDK
     raise ImportError(
         "codomyrmex.service_mesh.integrations.mcp needs the MCP Python SDK 2.x: "
-        "pip install 'codomyrmex-service-mesh[mcp]'"
+        "pip install 'codomyrmex-service-mesh[mcp]'",
+        name="mcp",
     ) from exc
 
 from ..circuit_breaker import CircuitBreaker, CircuitBreakerConfig, CircuitState
