@@ -157,7 +157,7 @@ class ServiceProxy:
     def unsubscribe(self, listener: EventListener) -> None:
         """Stop delivering events to ``listener``."""
         with self._lock:
-            self._subscribers = tuple(x for x in self._subscribers if x is not listener)
+            self._subscribers = tuple(x for x in self._subscribers if x != listener)
             if not self._subscribers:
                 self._event_clock = None
 
@@ -271,7 +271,7 @@ class ServiceProxy:
             balancer._release(instance, start, ABORTED)
             raise
         balancer._release(instance, start, None)
-        self._succeeded(instance, start, None)
+        self._succeeded(instance, start, None, refund=False)  # the hedging loop refunds once
         return result
 
     def _hedged(self, handler_fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
@@ -463,7 +463,7 @@ class ServiceProxy:
             balancer._release(instance, start, ABORTED)
             raise
         balancer._release(instance, start, None)
-        self._succeeded(instance, start, None)
+        self._succeeded(instance, start, None, refund=False)  # the hedging loop refunds once
         return result
 
     async def _hedged_async(self, handler_fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
@@ -542,10 +542,16 @@ class ServiceProxy:
                 publish(self._subscribers, CallRejected(self.service_name, "bulkhead_full"))
             raise
 
-    def _succeeded(self, instance: ServiceInstance, start: float, calls: _Attempts | None) -> None:
+    def _succeeded(
+        self,
+        instance: ServiceInstance,
+        start: float,
+        calls: _Attempts | None,
+        refund: bool = True,
+    ) -> None:
         """Close the books on a successful call: budget refund and event."""
         budget = self.retry_policy.budget
-        if budget is not None:
+        if refund and budget is not None:
             budget.record_outcome(True)
         if self._subscribers:
             clock = self._event_clock or self.clock

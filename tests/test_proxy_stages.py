@@ -1,0 +1,657 @@
+"""The proxy's optional stages (issue 5): fallback, hedging, bulkhead, per-attempt timeout.
+
+Behaviour shared by ``call`` and ``call_async`` runs once per flavour. Hedging
+differs by design (attempts on a thread pool vs tasks), so each has its own
+tests. Backoff waits go to the fake clock; a slow attempt is one blocked on an
+event the test sets, never one that sleeps. Real timers appear only where the
+stage is a real timer: a few milliseconds of ``hedging_delay`` and
+``attempt_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from codomyrmex.service_mesh import (
+    Bulkhead,
+    BulkheadFullError,
+    CircuitBreaker,
+    CircuitBreakerConfig,
+    CircuitOpenError,
+    CircuitState,
+    LoadBalancer,
+    LoadBalancerStrategy,
+    NoHealthyInstanceError,
+    PercentageRetryBudget,
+    RetryPolicy,
+    ServiceInstance,
+    ServiceProxy,
+    TokenBucketRetryBudget,
+)
+from codomyrmex.service_mesh.budget import RetryBudget
+from codomyrmex.service_mesh.events import CallRejected, Event
+
+WAIT = 5.0  # upper bound on any wait for another thread or task
+
+
+class Boom(Exception):
+    """A handler's failure."""
+
+
+class Abort(BaseException):
+    """A non-Exception interruption."""
+
+
+def _async_loops() -> list[Any]:
+    params: list[Any] = [pytest.param(asyncio.new_event_loop, id="asyncio")]
+    try:
+        import uvloop
+    except ImportError:
+        params.append(pytest.param(None, id="uvloop", marks=pytest.mark.skip("no uvloop")))
+    else:
+        params.append(pytest.param(uvloop.new_event_loop, id="uvloop"))
+    return params
+
+
+@pytest.fixture(params=_async_loops())
+def run_async(request: pytest.FixtureRequest) -> Callable[[Any], Any]:
+    def run(coro: Any) -> Any:
+        with asyncio.Runner(loop_factory=request.param) as runner:
+            return runner.run(coro)
+
+    return run
+
+
+def make_lb(ids: str = "ab") -> LoadBalancer:
+    lb = LoadBalancer(LoadBalancerStrategy.ROUND_ROBIN, rng=random.Random(0))
+    for k, i in enumerate(ids):
+        lb.register(ServiceInstance(id=i, host=f"10.0.0.{k + 1}", port=8080))
+    return lb
+
+
+def make_proxy(
+    clock: Any,
+    lb: LoadBalancer | None = None,
+    *,
+    failure_threshold: int = 100,
+    breaker: CircuitBreaker | None = None,
+    bulkhead: Bulkhead | None = None,
+    hedging_delay: float | None = None,
+    max_hedged_attempts: int = 2,
+    fallback: Callable[[Exception], Any] | None = None,
+    **policy_kwargs: Any,
+) -> ServiceProxy:
+    policy_kwargs.setdefault("jitter", False)
+    policy = RetryPolicy(
+        sleep=clock.sleep, async_sleep=clock.async_sleep, clock=clock, **policy_kwargs
+    )
+    if breaker is None:
+        config = CircuitBreakerConfig(failure_threshold=failure_threshold)
+        breaker = CircuitBreaker("orders", config, clock=clock)
+    return ServiceProxy(
+        "orders",
+        load_balancer=lb if lb is not None else make_lb(),
+        circuit_breaker=breaker,
+        retry_policy=policy,
+        bulkhead=bulkhead,
+        hedging_delay=hedging_delay,
+        max_hedged_attempts=max_hedged_attempts,
+        fallback=fallback,
+    )
+
+
+def connections(proxy: ServiceProxy) -> dict[str, int]:
+    return {i.id: i.connections for i in proxy.load_balancer.instances}
+
+
+def wait_until(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for another thread"
+        time.sleep(0.001)
+
+
+class Recorder:
+    """A fallback that records the exception it was given."""
+
+    def __init__(self, result: Any = "fallback") -> None:
+        self.result = result
+        self.errors: list[Exception] = []
+
+    def __call__(self, error: Exception) -> Any:
+        self.errors.append(error)
+        return self.result
+
+
+# -- fallback ---------------------------------------------------------------------------------
+
+
+def test_fallback_supplies_the_result_when_the_circuit_is_open(flavour: Any, clock: Any) -> None:
+    fallback = Recorder()
+    proxy = make_proxy(clock, fallback=fallback)
+    proxy.circuit_breaker.force_open()
+    ran: list[str] = []
+    assert flavour.proxy(proxy, lambda inst: ran.append(inst.id)) == "fallback"
+    assert ran == []
+    [error] = fallback.errors
+    assert isinstance(error, CircuitOpenError)
+    assert error.state is CircuitState.FORCED_OPEN
+
+
+def test_fallback_supplies_the_result_when_no_instance_is_healthy(flavour: Any, clock: Any) -> None:
+    fallback = Recorder()
+    proxy = make_proxy(clock, make_lb(""), fallback=fallback)
+    assert flavour.proxy(proxy, lambda inst: "never") == "fallback"
+    [error] = fallback.errors
+    assert isinstance(error, NoHealthyInstanceError)
+    assert error.service_name == "orders"
+
+
+def test_fallback_supplies_the_result_when_the_bulkhead_is_full(flavour: Any, clock: Any) -> None:
+    fallback = Recorder()
+    bulkhead = Bulkhead(1, name="orders")
+    proxy = make_proxy(clock, bulkhead=bulkhead, fallback=fallback)
+    bulkhead.acquire()  # someone else holds the only slot
+    assert flavour.proxy(proxy, lambda inst: "never") == "fallback"
+    [error] = fallback.errors
+    assert isinstance(error, BulkheadFullError)
+    assert bulkhead.in_flight == 1  # the refused call took nothing
+    bulkhead.release()
+    assert flavour.proxy(proxy, lambda inst: inst.id) == "a"
+    assert bulkhead.in_flight == 0
+
+
+def test_fallback_gets_the_last_failure_when_retries_run_out(flavour: Any, clock: Any) -> None:
+    fallback = Recorder()
+    raised: list[Boom] = []
+
+    def handler(inst: ServiceInstance) -> str:
+        raised.append(Boom(inst.id))
+        raise raised[-1]
+
+    proxy = make_proxy(clock, fallback=fallback, max_retries=2)
+    assert flavour.proxy(proxy, handler) == "fallback"
+    assert len(raised) == 3
+    assert fallback.errors == [raised[-1]]
+    assert fallback.errors[0] is raised[-1]
+    assert connections(proxy) == {"a": 0, "b": 0}
+
+
+def test_fallback_gets_the_last_failure_when_the_budget_refuses(flavour: Any, clock: Any) -> None:
+    fallback = Recorder()
+    budget = TokenBucketRetryBudget(max_tokens=2, token_ratio=0.1)
+    proxy = make_proxy(clock, fallback=fallback, max_retries=5, budget=budget)
+    raised: list[Boom] = []
+
+    def handler(inst: ServiceInstance) -> str:
+        raised.append(Boom())
+        raise raised[-1]
+
+    assert flavour.proxy(proxy, handler) == "fallback"
+    assert len(raised) == 1  # 2 -> 1 token: not above half, no retry
+    assert fallback.errors[0] is raised[0]
+    assert clock.sleeps == []
+
+
+def test_fallback_is_not_called_on_success(flavour: Any, clock: Any) -> None:
+    fallback = Recorder()
+    proxy = make_proxy(clock, fallback=fallback)
+    assert flavour.proxy(proxy, lambda inst: inst.id) == "a"
+    assert fallback.errors == []
+
+
+def test_an_exception_from_the_fallback_propagates(flavour: Any, clock: Any) -> None:
+    def fallback(error: Exception) -> Any:
+        raise KeyError("no cached value") from error
+
+    proxy = make_proxy(clock, fallback=fallback, max_retries=0)
+
+    def handler(inst: ServiceInstance) -> str:
+        raise Boom
+
+    with pytest.raises(KeyError) as caught:
+        flavour.proxy(proxy, handler)
+    assert isinstance(caught.value.__cause__, Boom)
+
+
+def test_interruptions_bypass_the_fallback(flavour: Any, clock: Any) -> None:
+    fallback = Recorder()
+    bulkhead = Bulkhead(1)
+    proxy = make_proxy(clock, bulkhead=bulkhead, fallback=fallback)
+
+    def handler(inst: ServiceInstance) -> str:
+        raise Abort
+
+    with pytest.raises(Abort):
+        flavour.proxy(proxy, handler)
+    assert fallback.errors == []
+    assert bulkhead.in_flight == 0
+    assert connections(proxy) == {"a": 0, "b": 0}
+
+
+def test_an_async_fallback_may_be_a_coroutine_function(run_async: Any, clock: Any) -> None:
+    async def fallback(error: Exception) -> str:
+        await asyncio.sleep(0)
+        return f"cached after {type(error).__name__}"
+
+    proxy = make_proxy(clock, make_lb(""), fallback=fallback)
+
+    async def handler(inst: ServiceInstance) -> str:
+        return "never"
+
+    assert run_async(proxy.call_async(handler)) == "cached after NoHealthyInstanceError"
+
+
+def test_a_result_still_rejected_after_the_last_retry_is_returned_not_replaced(
+    flavour: Any, clock: Any
+) -> None:
+    """The fallback is for exceptions; a rejected result is returned as the policy says."""
+    fallback = Recorder()
+    proxy = make_proxy(
+        clock, fallback=fallback, max_retries=1, retry_on_result=lambda r: r == "busy"
+    )
+    assert flavour.proxy(proxy, lambda inst: "busy") == "busy"
+    assert fallback.errors == []
+
+
+# -- bulkhead as a stage -------------------------------------------------------------------------
+
+
+def test_the_bulkhead_caps_concurrent_calls_through_the_proxy(run_async: Any, clock: Any) -> None:
+    events: list[Event] = []
+    bulkhead = Bulkhead(2, name="orders")
+    proxy = make_proxy(clock, bulkhead=bulkhead, max_retries=0)
+    proxy.subscribe(events.append)
+
+    async def main() -> None:
+        release = asyncio.Event()
+        started: list[str] = []
+
+        async def handler(inst: ServiceInstance) -> str:
+            started.append(inst.id)
+            await release.wait()
+            return inst.id
+
+        calls = [asyncio.create_task(proxy.call_async(handler)) for _ in range(2)]
+        for _ in range(100):
+            if len(started) == 2:
+                break
+            await asyncio.sleep(0)
+        assert bulkhead.in_flight == 2
+        with pytest.raises(BulkheadFullError):
+            await proxy.call_async(handler)
+        release.set()
+        assert sorted(await asyncio.gather(*calls)) == ["a", "b"]
+
+    run_async(main())
+    assert bulkhead.in_flight == 0
+    assert [e.reason for e in events if isinstance(e, CallRejected)] == ["bulkhead_full"]
+
+
+def test_the_bulkhead_holds_one_slot_for_a_whole_retried_call(flavour: Any, clock: Any) -> None:
+    bulkhead = Bulkhead(1)
+    proxy = make_proxy(clock, bulkhead=bulkhead, max_retries=3)
+    seen: list[int] = []
+
+    def handler(inst: ServiceInstance) -> str:
+        seen.append(bulkhead.in_flight)
+        if len(seen) < 3:
+            raise Boom
+        return "ok"
+
+    assert flavour.proxy(proxy, handler) == "ok"
+    assert seen == [1, 1, 1]  # retries do not queue behind their own call
+    assert bulkhead.in_flight == 0
+
+
+# -- hedging (sync: a thread pool) --------------------------------------------------------------
+
+
+class Gate:
+    """A handler whose attempt on ``slow`` instances blocks until the test opens the gate."""
+
+    def __init__(self, slow: str = "a", fail: str = "") -> None:
+        self.slow = slow
+        self.fail = fail
+        self.open = threading.Event()
+        self.attempts: list[str] = []
+        self.finished: list[str] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, inst: ServiceInstance) -> str:
+        with self.lock:
+            self.attempts.append(inst.id)
+        if inst.id in self.slow:
+            assert self.open.wait(WAIT)
+        with self.lock:
+            self.finished.append(inst.id)
+        if inst.id in self.fail:
+            raise Boom(inst.id)
+        return inst.id
+
+
+def test_a_slow_first_attempt_gets_a_hedge_on_another_instance(clock: Any) -> None:
+    proxy = make_proxy(clock, hedging_delay=0.01)
+    gate = Gate(slow="a")
+    try:
+        assert proxy.call(gate) == "b"  # the hedge answered first and won
+        assert gate.attempts == ["a", "b"]
+        assert connections(proxy) == {"a": 1, "b": 0}  # the loser is still running...
+        gate.open.set()
+        wait_until(lambda: connections(proxy) == {"a": 0, "b": 0})  # ...then is released
+        assert gate.finished == ["b", "a"]
+    finally:
+        gate.open.set()
+        proxy.close()
+
+
+def test_a_fast_first_attempt_gets_no_hedge(clock: Any) -> None:
+    proxy = make_proxy(clock, hedging_delay=60.0)
+    gate = Gate(slow="")
+    try:
+        started = time.monotonic()
+        assert proxy.call(gate) == "a"
+        assert time.monotonic() - started < 30.0  # it did not wait out the hedging delay
+        assert gate.attempts == ["a"]
+        assert connections(proxy) == {"a": 0, "b": 0}
+    finally:
+        proxy.close()
+
+
+def test_a_failed_attempt_starts_the_next_hedge_at_once(clock: Any) -> None:
+    proxy = make_proxy(clock, hedging_delay=60.0)
+    gate = Gate(slow="", fail="a")
+    try:
+        assert proxy.call(gate) == "b"
+        assert gate.attempts == ["a", "b"]
+    finally:
+        proxy.close()
+
+
+def test_when_every_hedge_fails_the_last_failure_is_raised(clock: Any) -> None:
+    proxy = make_proxy(clock, make_lb("abc"), hedging_delay=60.0, max_hedged_attempts=3)
+    gate = Gate(slow="", fail="abc")
+    try:
+        with pytest.raises(Boom) as caught:
+            proxy.call(gate)
+        assert gate.attempts == ["a", "b", "c"]
+        assert caught.value.args == ("c",)
+        assert connections(proxy) == {"a": 0, "b": 0, "c": 0}
+    finally:
+        proxy.close()
+
+
+def test_hedging_launches_at_most_max_hedged_attempts(clock: Any) -> None:
+    proxy = make_proxy(clock, make_lb("abc"), hedging_delay=0.0, max_hedged_attempts=2)
+    gate = Gate(slow="abc")
+    try:
+        result: list[str] = []
+        caller = threading.Thread(target=lambda: result.append(proxy.call(gate)), daemon=True)
+        caller.start()
+        wait_until(lambda: len(gate.attempts) == 2)
+        gate.open.set()
+        caller.join(WAIT)
+        assert result and result[0] in ("a", "b")
+        assert sorted(gate.attempts) == ["a", "b"]
+        wait_until(lambda: connections(proxy) == {"a": 0, "b": 0, "c": 0})
+    finally:
+        gate.open.set()
+        proxy.close()
+
+
+class CountingBudget(RetryBudget):
+    """A budget that refuses every retry and says when it was asked."""
+
+    def __init__(self) -> None:
+        self.asked = threading.Event()
+        self.requests = 0
+
+    def record_request(self) -> None:
+        self.requests += 1
+
+    def try_retry(self) -> bool:
+        self.asked.set()
+        return False
+
+
+def test_a_hedge_needs_the_retry_budget(clock: Any) -> None:
+    budget = CountingBudget()
+    proxy = make_proxy(clock, hedging_delay=0.005, budget=budget)
+    gate = Gate(slow="a")
+    try:
+        result: list[str] = []
+        caller = threading.Thread(target=lambda: result.append(proxy.call(gate)), daemon=True)
+        caller.start()
+        assert budget.asked.wait(WAIT)  # the hedge was asked for, and refused
+        gate.open.set()
+        caller.join(WAIT)
+        assert result == ["a"]
+        assert gate.attempts == ["a"]
+        assert budget.requests == 1
+    finally:
+        gate.open.set()
+        proxy.close()
+
+
+def test_a_hedge_spends_the_percentage_budget(clock: Any) -> None:
+    budget = PercentageRetryBudget(
+        percent=100.0, min_retries_per_second=0.0, window_seconds=10, clock=clock
+    )
+    proxy = make_proxy(
+        clock, make_lb("abc"), hedging_delay=60.0, max_hedged_attempts=3, budget=budget
+    )
+    gate = Gate(slow="", fail="abc")
+    try:
+        with pytest.raises(Boom):
+            proxy.call(gate)  # 1 request: 1 hedge allowed, the third attempt refused
+        assert gate.attempts == ["a", "b"]
+        assert (budget.requests, budget.retries) == (1, 1)
+    finally:
+        proxy.close()
+
+
+def test_a_hedged_success_refunds_the_token_bucket_once(clock: Any) -> None:
+    budget = TokenBucketRetryBudget(max_tokens=10, token_ratio=1.0)
+    budget.tokens = 6.0
+    proxy = make_proxy(clock, hedging_delay=60.0, budget=budget)
+    try:
+        assert proxy.call(lambda inst: inst.id) == "a"
+        assert budget.tokens == 7.0
+    finally:
+        proxy.close()
+
+
+# -- hedging (async: tasks) -----------------------------------------------------------------------
+
+
+class AsyncGate:
+    """The async twin of :class:`Gate`; records attempts that were cancelled."""
+
+    def __init__(self, slow: str = "a", fail: str = "") -> None:
+        self.slow = slow
+        self.fail = fail
+        self.open: asyncio.Event | None = None
+        self.attempts: list[str] = []
+        self.cancelled: list[str] = []
+
+    async def __call__(self, inst: ServiceInstance) -> str:
+        if self.open is None:
+            self.open = asyncio.Event()
+        self.attempts.append(inst.id)
+        try:
+            if inst.id in self.slow:
+                await self.open.wait()
+            else:
+                await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            self.cancelled.append(inst.id)
+            raise
+        if inst.id in self.fail:
+            raise Boom(inst.id)
+        return inst.id
+
+
+def test_async_slow_first_attempt_is_hedged_and_the_loser_cancelled(
+    run_async: Any, clock: Any
+) -> None:
+    proxy = make_proxy(clock, hedging_delay=0.0)
+    gate = AsyncGate(slow="a")
+    assert run_async(proxy.call_async(gate)) == "b"
+    assert gate.attempts == ["a", "b"]
+    assert gate.cancelled == ["a"]
+    assert connections(proxy) == {"a": 0, "b": 0}  # released before the call returned
+    assert proxy.circuit_breaker.failure_count == 0  # a cancelled loser is no failure
+
+
+def test_async_hedge_after_a_real_delay(run_async: Any, clock: Any) -> None:
+    proxy = make_proxy(clock, hedging_delay=0.01)
+    gate = AsyncGate(slow="a")
+    assert run_async(proxy.call_async(gate)) == "b"
+    assert gate.cancelled == ["a"]
+
+
+def test_async_fast_first_attempt_gets_no_hedge(run_async: Any, clock: Any) -> None:
+    proxy = make_proxy(clock, hedging_delay=60.0)
+    gate = AsyncGate(slow="")
+    assert run_async(proxy.call_async(gate)) == "a"
+    assert gate.attempts == ["a"]
+
+
+def test_async_failed_attempt_starts_the_next_hedge_at_once(run_async: Any, clock: Any) -> None:
+    proxy = make_proxy(clock, hedging_delay=60.0)
+    gate = AsyncGate(slow="", fail="a")
+    assert run_async(proxy.call_async(gate)) == "b"
+    assert gate.attempts == ["a", "b"]
+
+
+def test_async_every_hedge_failing_goes_to_the_fallback(run_async: Any, clock: Any) -> None:
+    fallback = Recorder()
+    proxy = make_proxy(clock, hedging_delay=60.0, fallback=fallback)
+    gate = AsyncGate(slow="", fail="ab")
+    assert run_async(proxy.call_async(gate)) == "fallback"
+    assert [e.args for e in fallback.errors] == [("b",)]
+
+
+def test_async_hedge_needs_the_retry_budget(run_async: Any, clock: Any) -> None:
+    budget = PercentageRetryBudget(
+        percent=0.0, min_retries_per_second=0.0, window_seconds=10, clock=clock
+    )
+    proxy = make_proxy(clock, hedging_delay=0.0, budget=budget)
+
+    async def main() -> str:
+        gate = AsyncGate(slow="a")
+        call = asyncio.create_task(proxy.call_async(gate))
+        for _ in range(50):  # the proxy keeps asking; the budget keeps refusing
+            await asyncio.sleep(0)
+        assert gate.attempts == ["a"]
+        assert gate.open is not None
+        gate.open.set()
+        return await asyncio.wait_for(call, WAIT)
+
+    assert run_async(main()) == "a"
+    assert (budget.requests, budget.retries) == (1, 0)
+
+
+def test_async_hedged_success_refunds_the_token_bucket_once(run_async: Any, clock: Any) -> None:
+    budget = TokenBucketRetryBudget(max_tokens=10, token_ratio=1.0)
+    budget.tokens = 6.0
+    proxy = make_proxy(clock, hedging_delay=60.0, budget=budget)
+    assert run_async(proxy.call_async(AsyncGate(slow=""))) == "a"
+    assert budget.tokens == 7.0
+
+
+def test_cancelling_a_hedged_call_cancels_every_attempt(run_async: Any, clock: Any) -> None:
+    proxy = make_proxy(clock, hedging_delay=0.0)
+    gate = AsyncGate(slow="ab")
+
+    async def main() -> None:
+        call = asyncio.create_task(proxy.call_async(gate))
+        for _ in range(100):
+            if len(gate.attempts) == 2:
+                break
+            await asyncio.sleep(0)
+        assert connections(proxy) == {"a": 1, "b": 1}
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+
+    run_async(main())
+    assert sorted(gate.cancelled) == ["a", "b"]
+    assert connections(proxy) == {"a": 0, "b": 0}
+
+
+# -- per-attempt timeout ---------------------------------------------------------------------------
+
+
+def test_a_timed_out_attempt_is_a_breaker_failure(run_async: Any, clock: Any) -> None:
+    breaker = CircuitBreaker("orders", CircuitBreakerConfig(failure_threshold=2), clock=clock)
+    proxy = make_proxy(clock, breaker=breaker, max_retries=1, attempt_timeout=0.01)
+    gate = AsyncGate(slow="ab")
+    with pytest.raises(TimeoutError):
+        run_async(proxy.call_async(gate))
+    assert gate.attempts == ["a", "b"]  # the timeout was retried on the other instance
+    assert gate.cancelled == ["a", "b"]  # each timed-out attempt was cancelled
+    assert breaker.state is CircuitState.OPEN  # two failures recorded by the breaker
+    assert connections(proxy) == {"a": 0, "b": 0}
+
+
+# -- describe() -----------------------------------------------------------------------------------
+
+
+def test_describe_lists_the_default_stages_in_order(clock: Any) -> None:
+    proxy = make_proxy(clock, max_retries=2)
+    assert proxy.describe().split(" -> ") == [
+        "retry(max_retries=2)",
+        "pick instance(round_robin, counts connections)",
+        "circuit breaker(orders)",
+        "handler",
+    ]
+
+
+def test_describe_lists_every_configured_stage_in_order(clock: Any) -> None:
+    proxy = make_proxy(
+        clock,
+        bulkhead=Bulkhead(4),
+        hedging_delay=0.05,
+        max_hedged_attempts=3,
+        fallback=Recorder(),
+        attempt_timeout=0.5,
+    )
+    stages = [stage.split("(")[0] for stage in proxy.describe().split(" -> ")]
+    assert stages == [
+        "fallback",
+        "bulkhead",
+        "hedging",
+        "pick instance",
+        "circuit breaker",
+        "attempt timeout",
+        "handler",
+    ]
+    assert "max_concurrent=4" in proxy.describe()
+    assert "delay=0.05s, max_attempts=3" in proxy.describe()
+
+
+# -- nested retries through the proxy --------------------------------------------------------------
+
+
+def test_a_retried_function_inside_a_proxy_call_makes_one_attempt_per_proxy_attempt(
+    flavour: Any, clock: Any
+) -> None:
+    attempts: list[str] = []
+    inner = RetryPolicy(max_retries=5, sleep=clock.sleep)
+
+    def fetch(inst: ServiceInstance) -> str:
+        attempts.append(inst.id)
+        raise Boom
+
+    proxy = make_proxy(clock, max_retries=1)
+    with pytest.raises(Boom):
+        flavour.proxy(proxy, lambda inst: inner.execute(fetch, inst))
+    assert attempts == ["a", "b"]  # 2 proxy attempts x 1, not 2 x 6
