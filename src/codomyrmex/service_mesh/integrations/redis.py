@@ -1112,7 +1112,7 @@ class RedisRegistry:
         self.channel = f"{self.prefix}svc:events"
         self._lock = threading.Lock()
         self._own: dict[tuple[str, str], str] = {}
-        self._followers: weakref.WeakSet[RegistryFollower] = weakref.WeakSet()
+        self._followers: set[RegistryFollower] = set()
         self._register = self.client.register_script(_REGISTER)
         self._deregister = self.client.register_script(_DEREGISTER)
         self._list = self.client.register_script(_LIST)
@@ -1276,6 +1276,10 @@ class RedisRegistry:
         flat = self._backend.call(lambda: self._list(keys=keys, args=[self.channel, service]))
         return {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
 
+    def _unfollow(self, follower: RegistryFollower) -> None:
+        with self._lock:
+            self._followers.discard(follower)
+
     def _followers_of(self, service: str) -> list[RegistryFollower]:
         with self._lock:
             return [f for f in self._followers if f.service == service and f.active]
@@ -1343,6 +1347,7 @@ class RegistryFollower:
     def stop(self) -> None:
         """Stop following (the balancer keeps its instances)."""
         self.active = False
+        self.registry._unfollow(self)
 
     def apply_up(self, instance_id: str, data: Any) -> None:
         """An instance was registered or changed."""

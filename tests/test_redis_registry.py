@@ -1,0 +1,195 @@
+"""The Redis service registry (integrations.redis.RedisRegistry) on a real Redis.
+
+A LoadBalancer follows a registry through its public API; instances come from
+other processes, leave on clean shutdown, and expire when their process dies.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+
+import redis_server
+from codomyrmex.service_mesh import LoadBalancer, ServiceInstance
+from codomyrmex.service_mesh.integrations.redis import RedisRegistry, RegistryUnavailableError
+from redis_server import SPAWN, RedisServer, wait_for
+
+pytestmark = pytest.mark.redis
+
+# The shared Redis fixtures (see redis_server.py).
+redis_url = redis_server.redis_url
+private_redis = redis_server.private_redis
+prefix = redis_server.prefix
+
+
+@pytest.fixture
+def registries(redis_url: str, prefix: str) -> Iterator[Callable[..., RedisRegistry]]:
+    made: list[RedisRegistry] = []
+
+    def make(**options: Any) -> RedisRegistry:
+        options.setdefault("prefix", prefix)
+        options.setdefault("deregister_at_exit", False)
+        registry = RedisRegistry(redis_url, **options)
+        made.append(registry)
+        return registry
+
+    yield make
+    for registry in made:
+        registry.close()
+
+
+def ids(balancer: LoadBalancer) -> set[str]:
+    return {instance.id for instance in balancer.instances}
+
+
+def registering_worker(
+    url: str, prefix: str, ttl: float, instance_id: str, registered: Any, then: str
+) -> None:
+    """Worker: register one instance, report when, then exit cleanly or hang (to be killed)."""
+    registry = RedisRegistry(url, prefix=prefix, ttl=ttl)
+    registry.register("orders", ServiceInstance(instance_id, "10.0.0.7", 8080, weight=2))
+    registered.put(time.time())
+    if then == "exit":
+        return  # interpreter exit deregisters (atexit)
+    time.sleep(60)
+
+
+def test_registered_in_one_process_picked_in_another_then_expires_after_a_crash(
+    registries: Callable[..., RedisRegistry], redis_url: str, prefix: str
+) -> None:
+    balancer = LoadBalancer()
+    registries(resync_interval=0.2).follow("orders", balancer)
+    registered = SPAWN.Queue()
+    worker = SPAWN.Process(
+        target=registering_worker, args=(redis_url, prefix, 1.5, "orders-7", registered, "hang")
+    )
+    worker.start()
+    try:
+        registered_at = registered.get(timeout=30)
+        assert wait_for(lambda: balancer.get_instance() is not None, 2.0)
+        picked_after = time.time() - registered_at
+        instance = balancer.get_instance()
+        assert instance is not None
+        assert (instance.id, instance.address, instance.weight) == ("orders-7", "10.0.0.7:8080", 2)
+        assert picked_after < 1.0, picked_after
+        os.kill(worker.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        worker.join(timeout=10)
+        killed_at = time.time()
+        assert wait_for(lambda: not ids(balancer), 1.5 + 0.2 + 1.0)
+        gone_after = time.time() - registered_at
+        assert gone_after >= 1.5 - 0.3  # not before its TTL ran out ...
+        assert time.time() - killed_at < 1.5 + 1.0  # ... and soon after it
+    finally:
+        if worker.is_alive():
+            worker.kill()
+
+
+def test_clean_shutdown_deregisters_at_once(
+    registries: Callable[..., RedisRegistry], redis_url: str, prefix: str
+) -> None:
+    balancer = LoadBalancer()
+    registries(resync_interval=5.0).follow("orders", balancer)
+    registered = SPAWN.Queue()
+    worker = SPAWN.Process(
+        target=registering_worker, args=(redis_url, prefix, 30.0, "orders-8", registered, "exit")
+    )
+    worker.start()
+    registered.get(timeout=30)
+    assert wait_for(lambda: ids(balancer) == {"orders-8"}, 2.0)
+    worker.join(timeout=30)
+    assert worker.exitcode == 0
+    # Long TTL and slow resync: only the published deregistration can remove it this fast.
+    assert wait_for(lambda: not ids(balancer), 1.0)
+
+
+def test_health_changes_and_deregistrations_reach_followers(
+    registries: Callable[..., RedisRegistry],
+) -> None:
+    owner = registries(ttl=30.0, resync_interval=5.0)
+    balancer = LoadBalancer()
+    registries(resync_interval=5.0).follow("orders", balancer)
+    owner.register("orders", ServiceInstance("a", "10.0.0.1", 80))
+    owner.register("orders", ServiceInstance("b", "10.0.0.2", 80))
+    assert wait_for(lambda: ids(balancer) == {"a", "b"}, 1.0)
+    assert owner.set_health("orders", "a", False)
+    assert wait_for(lambda: [i.id for i in balancer.healthy_instances] == ["b"], 1.0)
+    assert owner.set_health("orders", "a", True)
+    assert wait_for(lambda: len(balancer.healthy_instances) == 2, 1.0)
+    assert owner.deregister("orders", "b")
+    assert wait_for(lambda: ids(balancer) == {"a"}, 1.0)
+    assert not owner.deregister("orders", "b")
+    assert [i.id for i in owner.instances("orders")] == ["a"]
+
+
+def test_follower_only_removes_what_it_added(registries: Callable[..., RedisRegistry]) -> None:
+    owner = registries(ttl=30.0)
+    balancer = LoadBalancer()
+    balancer.register(ServiceInstance("local", "127.0.0.1", 9000))
+    follower = registries(resync_interval=0.1).follow("orders", balancer)
+    owner.register("orders", ServiceInstance("remote", "10.0.0.3", 80))
+    assert wait_for(lambda: ids(balancer) == {"local", "remote"}, 1.0)
+    owner.deregister("orders", "remote")
+    assert wait_for(lambda: ids(balancer) == {"local"}, 1.0)
+    follower.stop()
+    owner.register("orders", ServiceInstance("late", "10.0.0.4", 80))
+    time.sleep(0.3)
+    assert ids(balancer) == {"local"}
+
+
+def test_malformed_entries_are_skipped_and_logged(
+    registries: Callable[..., RedisRegistry],
+    redis_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    owner = registries(ttl=30.0)
+    owner.register("orders", ServiceInstance("good", "10.0.0.5", 80))
+    client = redis.Redis.from_url(redis_url)
+    instances_key, deadlines_key = owner.keys("orders")
+    client.hset(instances_key, "bad", "{not json")
+    client.zadd(deadlines_key, {"bad": int(time.time() * 1000) + 60_000})
+    client.close()
+    with caplog.at_level(logging.WARNING, logger="codomyrmex.service_mesh.redis"):
+        assert [i.id for i in owner.instances("orders")] == ["good"]
+    assert any("malformed" in r.getMessage() for r in caplog.records)
+
+
+def test_registry_outage_keeps_instances_and_recovers(private_redis: RedisServer) -> None:
+    options: dict[str, Any] = {
+        "prefix": "regout:",
+        "ttl": 2.0,
+        "resync_interval": 0.1,
+        "reconnect_interval": 0.05,
+        "deregister_at_exit": False,
+    }
+    owner = RedisRegistry(private_redis.url, **options)
+    follower_side = RedisRegistry(private_redis.url, **options)
+    try:
+        balancer = LoadBalancer()
+        follower_side.follow("orders", balancer)
+        owner.register("orders", ServiceInstance("a", "10.0.0.1", 80))
+        assert wait_for(lambda: ids(balancer) == {"a"}, 1.0)
+        private_redis.stop()
+        assert wait_for(lambda: not owner.online and not follower_side.online, 5.0)
+        owner.register("orders", ServiceInstance("b", "10.0.0.2", 80))  # no exception
+        with pytest.raises(RegistryUnavailableError):
+            owner.instances("orders")
+        assert ids(balancer) == {"a"}  # the last known instances stay
+        private_redis.start()  # empty: the heartbeat registers both again
+        assert wait_for(lambda: ids(balancer) == {"a", "b"}, 10.0)
+    finally:
+        owner.close()
+        follower_side.close()
+
+
+def test_invalid_options_name_the_field(redis_url: str) -> None:
+    with pytest.raises(ValueError, match="heartbeat_interval"):
+        RedisRegistry(redis_url, ttl=1.0, heartbeat_interval=2.0)
+    with pytest.raises(ValueError, match="ttl"):
+        RedisRegistry(redis_url, ttl=0)
