@@ -116,7 +116,7 @@ _IDENTITY_ONLY = pytest.mark.xfail(
     [
         pytest.param(lambda: CircuitBreaker("cb"), id="breaker"),
         pytest.param(lambda: RetryPolicy(), id="retry"),
-        pytest.param(lambda: ServiceProxy("svc"), id="proxy", marks=_IDENTITY_ONLY),
+        pytest.param(lambda: ServiceProxy("svc"), id="proxy"),
         pytest.param(lambda: LoadBalancer(name="svc"), id="balancer", marks=_IDENTITY_ONLY),
     ],
 )
