@@ -110,7 +110,6 @@ class InstanceCircuitOpen(ServiceMeshError):
     def __init__(self, error: CircuitOpenError) -> None:
         super().__init__(error)
         self.error = error
-        self.retry_after = 0.0
 
     def __str__(self) -> str:
         return f"instance circuit {self.error.name!r} is {self.error.state.value}"
@@ -281,7 +280,8 @@ class _Router:
         if response.status_code not in self._failure_statuses:
             return None
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        return FailureStatus(request, response, retry_after)
+        # "Retry now" is left to the policy's backoff: a zero delay reads as "give up" to it.
+        return FailureStatus(request, response, retry_after or None)
 
     @staticmethod
     def settle(exc: Exception, call: _Call) -> httpx.Response:

@@ -1,0 +1,383 @@
+"""The ``service-mesh`` command (also ``python -m codomyrmex.service_mesh``).
+
+    service-mesh demo                        # the main job: real backends, without/with the mesh
+    service-mesh demo --requests 300 --json  # quick, machine-readable
+    service-mesh demo --report report.html   # plus a self-contained HTML page with charts
+    service-mesh status [--url URL] [--json] # the mesh status of a running demo or app
+
+``status`` asks a running process for its mesh: a mesh lives inside one process,
+so it reads the JSON snapshot (``Mesh.status()``) that the process serves over
+HTTP, and prints it. The demo serves its mesh at
+``http://127.0.0.1:8742/status`` while it runs (``--status-port``); an
+application serves its own with :func:`serve_status` from this module (stdlib
+``http.server`` on a daemon thread, loopback by default), and ``status --url``
+points at it. An MCP command can expose the same snapshot as a tool.
+
+Subcommands live in one table: a function decorated with ``@command(name, help)``
+receives its ``argparse`` parser, adds its options, and returns the function
+that runs it. Adding a subcommand (``mcp``, say) is one such function.
+
+Optional dependencies are imported only by the subcommands that need them, so
+``service-mesh --help`` and ``status`` work with the standard library alone
+(``status`` draws its tables with rich when it is installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+
+from . import __version__
+from .demo.options import DEFAULT_STATUS_PORT, DemoOptions
+from .mesh import Mesh
+
+__all__ = ["COMMANDS", "StatusServer", "build_parser", "command", "main", "serve_status"]
+
+Run = Callable[[argparse.Namespace], int]
+"""Runs a parsed subcommand; returns the exit status."""
+Configure = Callable[[argparse.ArgumentParser], Run]
+"""Adds a subcommand's options to its parser and returns the function that runs it."""
+
+
+@dataclass(frozen=True)
+class Command:
+    """One row of the subcommand table."""
+
+    help: str
+    configure: Configure
+
+
+COMMANDS: dict[str, Command] = {}
+"""The subcommands, by name, in the order ``--help`` lists them."""
+
+
+def command(name: str, help: str) -> Callable[[Configure], Configure]:
+    """Register the decorated function as subcommand ``name`` (see the module docstring)."""
+
+    def register(configure: Configure) -> Configure:
+        COMMANDS[name] = Command(help, configure)
+        return configure
+
+    return register
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line: one sub-parser per registered subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="service-mesh",
+        description="Resilient service-to-service calls: see them work on real HTTP servers.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for name, entry in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=entry.help, description=entry.help)
+        sub.set_defaults(run=entry.configure(sub))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``service-mesh`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    run: Run | None = getattr(args, "run", None)
+    if run is None:
+        parser.print_help()
+        return 2
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("service-mesh: interrupted", file=sys.stderr)
+        return 130
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
+    return value
+
+
+def _missing(extra: str, error: ImportError, hint: str = "") -> int:
+    print(
+        f"service-mesh: this needs {error.name}: pip install 'codomyrmex-service-mesh[{extra}]'"
+        f"{hint}",
+        file=sys.stderr,
+    )
+    return 2
+
+
+# -- demo ---------------------------------------------------------------------------
+
+
+@command(
+    "demo",
+    "Start five real HTTP backends on 127.0.0.1 (healthy, slow, flaky, one that dies and "
+    "comes back, one that starts late) and send the same requests twice: from a plain httpx "
+    "client, then through the mesh. Shows both live, then compares them.",
+)
+def _demo(parser: argparse.ArgumentParser) -> Run:
+    defaults = DemoOptions()
+    parser.add_argument(
+        "--requests",
+        type=_positive_int,
+        default=defaults.requests,
+        help="requests per run (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=defaults.concurrency,
+        help="requests in flight at most (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=defaults.seed,
+        help="fixes the request stream and the backends' behaviour (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--rate",
+        type=_positive_float,
+        default=defaults.rate,
+        help="requests started per second (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print a machine-readable summary on stdout instead of the live view",
+    )
+    parser.add_argument(
+        "--report",
+        metavar="PATH",
+        help="also write a self-contained HTML report with charts to PATH",
+    )
+    parser.add_argument(
+        "--status-port",
+        type=int,
+        default=defaults.status_port,
+        metavar="PORT",
+        help="serve the mesh status as JSON on 127.0.0.1:PORT while running, for "
+        "`service-mesh status` (default: %(default)s; 0: any free port; -1: none)",
+    )
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            from .demo.runner import run_demo
+        except ImportError as error:
+            return _missing("cli", error)
+        options = DemoOptions(
+            requests=args.requests,
+            concurrency=args.concurrency,
+            seed=args.seed,
+            rate=args.rate,
+            status_port=None if args.status_port < 0 else args.status_port,
+        )
+        # Breaker transitions are the live view's business; as log lines they would tear it.
+        logging.getLogger("codomyrmex.service_mesh").setLevel(logging.ERROR)
+        if args.json:
+            result = run_demo(options)
+            print(json.dumps(result.summary(), indent=2))
+        else:
+            try:
+                from rich.console import Console
+
+                from .demo.live import LiveView, print_summary
+            except ImportError as error:
+                return _missing("cli", error, " (or use --json)")
+            console = Console()
+            console.print(
+                f"[bold]service-mesh demo[/bold]: {options.requests} requests, "
+                f"{options.concurrency} at a time, {options.rate:g}/s, seed {options.seed}; "
+                "five backends on 127.0.0.1. First a plain client, then the mesh."
+            )
+            result = run_demo(options, LiveView(console))
+            print_summary(console, result)
+        if args.report:
+            from .demo.report import write_report
+
+            write_report(result, args.report)
+            print(f"report written to {args.report}", file=sys.stderr)
+        return 0
+
+    return run
+
+
+# -- status -------------------------------------------------------------------------
+
+
+class StatusServer:
+    """Serves ``mesh.status()`` as JSON at ``GET /status`` from a daemon thread.
+
+    Use as a context manager, or call :meth:`close`. ``url`` is the address to
+    give ``service-mesh status --url``.
+    """
+
+    def __init__(self, mesh: Mesh, host: str = "127.0.0.1", port: int = 0) -> None:
+        if not isinstance(mesh, Mesh):
+            raise TypeError(f"mesh must be a Mesh, got {mesh!r}")
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                if urllib.parse.urlsplit(self.path).path.rstrip("/") not in ("", "/status"):
+                    self.send_error(404, "the mesh status is at /status")
+                    return
+                body = json.dumps(mesh.status()).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self.host = host
+        self.port: int = self._server.server_address[1]
+        self.url = f"http://{host}:{self.port}/status"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.2},
+            name="service-mesh-status",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def __enter__(self) -> StatusServer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop serving and release the port (idempotent)."""
+        if self._thread.is_alive():
+            self._server.shutdown()
+            self._thread.join()
+        self._server.server_close()
+
+
+def serve_status(mesh: Mesh, host: str = "127.0.0.1", port: int = 0) -> StatusServer:
+    """Serve ``mesh.status()`` on ``host:port`` (0: any free port) until the server is closed."""
+    return StatusServer(mesh, host, port)
+
+
+@command(
+    "status",
+    "Print the mesh status (services, instances, breakers) of a running `service-mesh demo` "
+    "or of an app that serves it with serve_status().",
+)
+def _status(parser: argparse.ArgumentParser) -> Run:
+    parser.add_argument(
+        "--url",
+        default=f"http://127.0.0.1:{DEFAULT_STATUS_PORT}/status",
+        help="where the status is served (default: %(default)s)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the raw JSON")
+    parser.add_argument(
+        "--timeout", type=_positive_float, default=3.0, help="seconds to wait (default: 3)"
+    )
+
+    def run(args: argparse.Namespace) -> int:
+        url = args.url if "://" in args.url else f"http://{args.url}"
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https"):
+            print(f"service-mesh status: not an http(s) URL: {args.url}", file=sys.stderr)
+            return 2
+        if parts.path in ("", "/"):
+            url = urllib.parse.urlunsplit(parts._replace(path="/status"))
+        try:
+            with urllib.request.urlopen(url, timeout=args.timeout) as response:
+                status = json.load(response)
+        except (urllib.error.URLError, OSError) as error:
+            reason = getattr(error, "reason", error)
+            print(
+                f"service-mesh status: nothing answered at {url} ({reason}).\n"
+                "Start `service-mesh demo` (it serves its mesh there while it runs), or serve "
+                "your app's mesh with codomyrmex.service_mesh.cli.serve_status(mesh, host, port).",
+                file=sys.stderr,
+            )
+            return 1
+        except ValueError as error:
+            print(f"service-mesh status: {url} did not answer JSON: {error}", file=sys.stderr)
+            return 1
+        if args.json:
+            print(json.dumps(status, indent=2))
+        else:
+            _print_status(status, url)
+        return 0
+
+    return run
+
+
+def _print_status(status: dict[str, Any], url: str) -> None:
+    """Services, instances and breakers as tables (rich when installed, else plain text)."""
+    instances = [
+        [
+            service["name"],
+            inst["id"],
+            inst["address"],
+            "yes" if inst["healthy"] else "no",
+            str(inst["connections"]),
+        ]
+        for service in status.get("services", [])
+        for inst in service.get("instances", [])
+    ]
+    breakers = [
+        [
+            b["name"],
+            b["state"],
+            f"{b['failure_count']}/{b['failure_threshold']}",
+            f"{b['retry_after']:.2f}s",
+        ]
+        for b in status.get("breakers", [])
+    ]
+    headline = (
+        f"{status.get('total_services', 0)} services, {status.get('healthy_instances', 0)}/"
+        f"{status.get('total_instances', 0)} instances healthy, "
+        f"{status.get('total_breakers', 0)} breakers ({url})"
+    )
+    instance_head = ["service", "instance", "address", "healthy", "connections"]
+    breaker_head = ["breaker", "state", "failures", "retry after"]
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        print(headline)
+        for head, rows in ((instance_head, instances), (breaker_head, breakers)):
+            widths = [max(len(str(c)) for c in column) for column in zip(head, *rows, strict=True)]
+            for row in (head, *rows):
+                print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+            print()
+        return
+    console = Console()
+    console.print(headline)
+    for head, rows in ((instance_head, instances), (breaker_head, breakers)):
+        table = Table(*head)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)

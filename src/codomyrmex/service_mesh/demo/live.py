@@ -1,0 +1,156 @@
+"""The demo's terminal output (rich): the live view of each run and the final comparison.
+
+The live view polls what is already there eight times a second: the run's
+counters, the farm's up/down flags, and for the mesh run the load balancer's
+instances and the breakers. Nothing in the request path reports to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from ..mesh import Mesh
+from .backends import BackendFarm
+from .runner import SERVICE, DemoResult, Refresh, RunStats
+
+__all__ = ["LiveView", "comparison_table", "print_summary"]
+
+_STATE_STYLE = {
+    "closed": "green",
+    "open": "bold red",
+    "half_open": "yellow",
+    "forced_open": "bold red",
+    "disabled": "dim",
+    "metrics_only": "cyan",
+}
+
+
+class LiveView:
+    """Shows a run while it goes on; ``watch`` is the :class:`~.runner.RunView` hook."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._run_number = 0
+
+    @contextmanager
+    def watch(
+        self, stats: RunStats, farm: BackendFarm, mesh: Mesh | None, status_url: str | None
+    ) -> Iterator[Refresh]:
+        self._run_number += 1
+        number = self._run_number
+
+        def render() -> Panel:
+            return _render(stats, farm, mesh, number, status_url)
+
+        # No refresh thread: the run redraws from its event loop (see RunView).
+        with Live(get_renderable=render, console=self.console, auto_refresh=False) as live:
+            yield live.refresh
+
+
+def _render(
+    stats: RunStats, farm: BackendFarm, mesh: Mesh | None, number: int, status_url: str | None
+) -> Panel:
+    table = Table(expand=False, box=None, padding=(0, 1), header_style="bold")
+    table.add_column("backend", no_wrap=True)
+    table.add_column("behaviour", style="dim", no_wrap=True)
+    table.add_column("server", no_wrap=True)
+    if mesh is not None:
+        table.add_column("pool", no_wrap=True)
+        table.add_column("breaker", no_wrap=True)
+    table.add_column("picks", justify="right", no_wrap=True)
+    table.add_column("busy", justify="right", no_wrap=True)
+    table.add_column("failed", justify="right", no_wrap=True)
+    proxy = mesh.get_service(SERVICE) if mesh is not None else None
+    for backend in farm.backends:
+        name = backend.spec.name
+        server = Text("up", "green") if backend.up else Text("down", "bold red")
+        cells: list[Text | str] = [name, backend.spec.role, server]
+        in_flight = stats.in_flight[name]
+        if mesh is not None and proxy is not None:
+            instance = proxy.load_balancer.get(name)
+            healthy = instance is not None and instance.healthy
+            cells.append(Text("in", "green") if healthy else Text("out", "red"))
+            breaker = mesh.get_circuit_breaker(f"{SERVICE}/{name}")
+            state = breaker.state.value if breaker is not None else "-"
+            cells.append(Text(state, _STATE_STYLE.get(state, "")))
+            if instance is not None:
+                in_flight = instance.connections
+        failures = stats.failures[name]
+        cells += [
+            str(stats.attempts[name]),
+            str(in_flight),
+            Text(str(failures), "red" if failures else ""),
+        ]
+        table.add_row(*cells)
+
+    rate = stats.success_rate
+    rate_style = "green" if rate >= 99 else "yellow" if rate >= 90 else "red"
+    line = Text.assemble(
+        (f"{stats.done}/{stats.total} requests", "bold"),
+        f"  {stats.elapsed:5.1f} s   success ",
+        (f"{rate:5.1f}%", f"bold {rate_style}"),
+        f"   retries {stats.retries}   sent to dead backends ",
+        (str(stats.dead_backend_requests), "red" if stats.dead_backend_requests else ""),
+    )
+    parts: list[Text | Table] = [line]
+    if mesh is not None and proxy is not None:
+        state = proxy.circuit_breaker.state.value
+        parts.append(
+            Text.assemble(
+                f"service breaker {SERVICE!r}: ",
+                (state, _STATE_STYLE.get(state, "")),
+                f"   strategy {proxy.load_balancer.strategy.value}",
+                f"   status JSON at {status_url}" if status_url else "",
+                style="dim",
+            )
+        )
+    parts.append(table)
+    title = f"run {number}/2: {stats.name}"
+    return Panel(Group(*parts), title=title, title_align="left", expand=False)
+
+
+def comparison_table(result: DemoResult) -> Table:
+    """Both runs side by side: what the mesh changed."""
+    plain, mesh = result.plain.summary(), result.mesh.summary()
+    table = Table(title="the same requests, twice", title_style="bold", header_style="bold")
+    table.add_column("")
+    table.add_column("plain client", justify="right")
+    table.add_column("through the mesh", justify="right")
+    rows = [
+        ("success rate", f"{plain['success_rate']:.2f}%", f"{mesh['success_rate']:.2f}%"),
+        ("failed requests", str(plain["failed"]), str(mesh["failed"])),
+        ("p50 latency", f"{plain['p50_ms']:.1f} ms", f"{mesh['p50_ms']:.1f} ms"),
+        ("p99 latency", f"{plain['p99_ms']:.1f} ms", f"{mesh['p99_ms']:.1f} ms"),
+        (
+            "sent to dead backends",
+            str(plain["dead_backend_requests"]),
+            str(mesh["dead_backend_requests"]),
+        ),
+        ("sent to an open breaker", "-", str(mesh["open_breaker_requests"])),
+        ("retries", str(plain["retries"]), str(mesh["retries"])),
+        ("duration", f"{plain['duration_s']:.1f} s", f"{mesh['duration_s']:.1f} s"),
+    ]
+    for label, left, right in rows:
+        table.add_row(label, left, Text(right, "bold"))
+    return table
+
+
+def print_summary(console: Console, result: DemoResult) -> None:
+    """The comparison table and a one-line verdict."""
+    console.print(comparison_table(result))
+    plain, mesh = result.plain.summary(), result.mesh.summary()
+    console.print(
+        f"The mesh turned {plain['failed']} failed requests into {mesh['failed']} and sent "
+        f"{mesh['dead_backend_requests']} requests to dead backends instead of "
+        f"{plain['dead_backend_requests']}; p99 went from {plain['p99_ms']:.0f} ms to "
+        f"{mesh['p99_ms']:.0f} ms."
+    )
+    stopped = "every backend stopped" if result.servers_stopped else "SOME PORTS STILL OPEN"
+    console.print(f"[dim]{len(result.ports)} backends on 127.0.0.1, {stopped}.[/dim]")
