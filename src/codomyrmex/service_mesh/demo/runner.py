@@ -441,12 +441,12 @@ def run_demo(options: DemoOptions | None = None, view: RunView | None = None) ->
             options, list(BACKENDS), farm.ports, plain, meshed, status.url if status else None
         )
 
-        def watching(stats: RunStats, with_mesh: Mesh | None) -> AbstractContextManager[object]:
-            return (
-                nullcontext()
-                if view is None
-                else view.watch(stats, farm, with_mesh, result.status_url)
-            )
+        def watching(
+            stats: RunStats, with_mesh: Mesh | None
+        ) -> AbstractContextManager[Refresh | None]:
+            if view is None:
+                return nullcontext(None)
+            return view.watch(stats, farm, with_mesh, result.status_url)
 
         farm.reset()
         with watching(plain, None) as refresh:
