@@ -105,7 +105,7 @@ def _axes(frame: _Frame, y_ticks: Sequence[tuple[float, str]], y_label: str) -> 
     parts.append(
         f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{HEIGHT - BOTTOM}" y2="{HEIGHT - BOTTOM}" '
         f'class="axis"/><text x="{(LEFT + WIDTH - RIGHT) / 2}" y="{HEIGHT - 6}" '
-        f'text-anchor="middle">seconds since the run started</text>'
+        f'text-anchor="middle">request sent at (seconds since the run started)</text>'
         f'<text x="14" y="{(TOP + HEIGHT - BOTTOM) / 2}" text-anchor="middle" '
         f'transform="rotate(-90 14 {(TOP + HEIGHT - BOTTOM) / 2})">{html.escape(y_label)}</text>'
     )
@@ -185,7 +185,7 @@ def _traffic_chart(result: DemoResult) -> str:
     row, bar = 44, 14
     height = TOP + row * len(names) + BOTTOM
     left = 110
-    scale = (WIDTH - left - RIGHT - 60) / most
+    scale = (WIDTH - left - RIGHT - 130) / most  # room for the labels after the bars
     parts = []
     for index, name in enumerate(names):
         y = TOP + index * row
@@ -234,8 +234,11 @@ svg .event-label { font-size: 10px; fill: #777; }
 
 def render_report(result: DemoResult) -> str:
     """The whole page as a string."""
-    x_max = max(result.plain.elapsed, result.mesh.elapsed, 0.1)
-    width = max(0.25, x_max / 60)
+    last_start = max(
+        t for run in (result.plain, result.mesh) for t, _, _ in [*run.samples, (0, 0, 0)]
+    )
+    width = max(0.25, last_start / 60)
+    x_max = max(last_start + width, 0.5)
     plain, mesh = result.plain.summary(), result.mesh.summary()
     rows = [
         ("success rate", f"{plain['success_rate']:.2f}%", f"{mesh['success_rate']:.2f}%"),
@@ -259,7 +262,7 @@ def render_report(result: DemoResult) -> str:
     legend = (
         '<p class="legend"><span class="plain">&#9632; plain client</span>'
         '<span class="mesh">&#9632; through the mesh</span>'
-        '<span class="muted">solid: p50, dashed: p99; dotted lines: faults</span></p>'
+        '<span class="muted">{}dotted lines: faults</span></p>'
     )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -276,9 +279,9 @@ open, retries with short backoff).</p>
 <ul>{backends}</ul>
 <table><tr><th></th><th class="plain">plain client</th><th class="mesh">through the mesh</th></tr>
 {table}</table>
-<h2>Success rate over time</h2>{legend}
+<h2>Success rate over time</h2>{legend.format("")}
 {_success_chart(result, width, x_max)}
-<h2>Latency over time</h2>{legend}
+<h2>Latency over time</h2>{legend.format("solid: p50, dashed: p99; ")}
 {_latency_chart(result, width, x_max)}
 <h2>Where the attempts went</h2>
 {_traffic_chart(result)}
