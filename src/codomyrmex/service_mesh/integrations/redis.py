@@ -65,12 +65,17 @@ and a resync every ``resync_interval`` catches lost messages and expiries.
 **Sentinel and Cluster.** Pass redis-py's own clients; nothing here is specific to a
 standalone server::
 
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
     from redis.sentinel import Sentinel
+
     sentinel = Sentinel([("sentinel-1", 26379), ("sentinel-2", 26379)], socket_timeout=0.25)
-    store = RedisStore(sentinel.master_for("mymaster", socket_timeout=0.25,
-                                           retry=Retry(NoBackoff(), 0)))
+    master = sentinel.master_for("mymaster", socket_timeout=0.25, retry=Retry(NoBackoff(), 0))
+    store = RedisStore(master)
+    registry = RedisRegistry(master)
 
     from redis.cluster import RedisCluster
+
     store = RedisStore(RedisCluster.from_url("redis://node-1:7000/", socket_timeout=0.25))
 
 With Sentinel, a failover looks like a short outage: the store falls back to
@@ -226,8 +231,11 @@ class _Backend:
         self._listening.wait(2.0)
 
     def stop(self) -> None:
+        """Stop the threads for good; from now on Redis counts as unreachable (no warning)."""
         self._stop.set()
         self._wake.set()
+        with self._lock:
+            self._online = False
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join(timeout=2.0)
@@ -646,7 +654,10 @@ class RedisStore:
         return link
 
     def close(self) -> None:
-        """Flush batched outcomes and stop the background threads (the client stays open)."""
+        """Flush batched outcomes and stop the background threads (the client stays open).
+
+        Breakers bound to a closed store run on their local state from then on.
+        """
         if self.online:
             for link in self._snapshot():
                 try:
@@ -980,12 +991,12 @@ class _RedisLink:
                 )
         elif flag == "missing":
             self._corrupt = False
-            if self._version:
-                logger.info(
-                    "circuit %s: shared state at %s is missing; treated as a fresh CLOSED breaker",
-                    self.name,
-                    self.keys[0],
-                )
+            logger.log(
+                logging.INFO if self._version else logging.DEBUG,
+                "circuit %s: no shared state at %s; treated as a fresh CLOSED breaker",
+                self.name,
+                self.keys[0],
+            )
         else:
             self._corrupt = False
 
