@@ -106,14 +106,23 @@ def _render(
             Text.assemble(
                 f"service breaker {SERVICE!r}: ",
                 (state, _STATE_STYLE.get(state, "")),
-                f"   strategy {proxy.load_balancer.strategy.value}",
-                f"   status JSON at {status_url}" if status_url else "",
+                f"   balancing: {proxy.load_balancer.strategy.value}",
                 style="dim",
             )
         )
     parts.append(table)
     title = f"run {number}/2: {stats.name}"
-    return Panel(Group(*parts), title=title, title_align="left", expand=False)
+    subtitle = None
+    if mesh is not None and status_url:
+        subtitle = f"service-mesh status --url {status_url}"
+    return Panel(
+        Group(*parts),
+        title=title,
+        title_align="left",
+        subtitle=subtitle,
+        subtitle_align="right",
+        expand=False,
+    )
 
 
 def comparison_table(result: DemoResult) -> Table:

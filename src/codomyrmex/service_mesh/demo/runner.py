@@ -77,6 +77,8 @@ class RunStats:
     backends: list[str]
     started: float = 0.0
     finished: float = 0.0
+    sent: int = 0
+    """Requests started (each makes one attempt or more)."""
     done: int = 0
     succeeded: int = 0
     attempts: dict[str, int] = field(default_factory=dict)
@@ -110,8 +112,8 @@ class RunStats:
 
     @property
     def retries(self) -> int:
-        """Attempts beyond one per finished request."""
-        return max(0, sum(self.attempts.values()) - self.done)
+        """Attempts beyond one per request (counted as they leave)."""
+        return max(0, sum(self.attempts.values()) - self.sent)
 
     def summary(self) -> dict[str, Any]:
         latencies = sorted(latency for _, latency, _ in self.samples)
@@ -303,6 +305,7 @@ async def _drive(
             if events and events[0].index <= i:
                 apply_due(i)
             began = time.perf_counter()
+            stats.sent += 1
             ok = await send(i)
             ended = time.perf_counter()
             stats.samples.append((began - stats.started, ended - began, ok))
