@@ -627,3 +627,34 @@ def test_sigkilled_probe_holder_blocks_recovery_only_until_its_lease_ends(
         assert cb.state is CLOSED
     finally:
         store.close()
+
+
+def test_async_calls_and_decorators_share_state(stores: Callable[..., RedisStore]) -> None:
+    import asyncio
+
+    from codomyrmex.service_mesh import Mesh, with_circuit_breaker
+
+    config = CircuitBreakerConfig(failure_threshold=2, timeout_seconds=60.0)
+    mesh = Mesh()
+    # Until the mesh takes a store itself, register a store-backed breaker; the
+    # decorators then find it by name.
+    mesh.add_circuit_breaker(CircuitBreaker("deco", config, store=stores()))
+    other = CircuitBreaker("deco", config, store=stores())
+
+    @with_circuit_breaker("deco", mesh=mesh)
+    async def call(fail_it: bool) -> str:
+        await asyncio.sleep(0)
+        if fail_it:
+            raise Boom
+        return "ok"
+
+    async def run() -> None:
+        assert await call(False) == "ok"
+        for _ in range(2):
+            with pytest.raises(Boom):
+                await call(True)
+        with pytest.raises(CircuitOpenError):
+            await call(False)
+
+    asyncio.run(run())
+    assert wait_for(lambda: other.state is OPEN, 2.0)
