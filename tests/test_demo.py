@@ -143,19 +143,24 @@ def test_ctrl_c_stops_every_server() -> None:
         text=True,
     )
     try:
-        status = None
+        # Wait (bounded) until the demo serves its status and its backends answer.
+        ports: list[int] = []
+        serving = False
         deadline = time.monotonic() + 60
-        while status is None and time.monotonic() < deadline and demo.poll() is None:
+        while not serving and time.monotonic() < deadline and demo.poll() is None:
             try:
-                url = f"http://127.0.0.1:{status_port}/status"
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    status = json.load(response)
+                if not ports:
+                    url = f"http://127.0.0.1:{status_port}/status"
+                    with urllib.request.urlopen(url, timeout=2) as response:
+                        status = json.load(response)
+                    ports = [i["port"] for s in status["services"] for i in s["instances"]]
+                serving = not all(_refused(port) for port in ports)
             except OSError:
+                pass
+            if not serving:
                 time.sleep(0.1)  # the demo is still starting its servers
-        assert status is not None, "the demo never served its status"
-        ports = [i["port"] for s in status["services"] for i in s["instances"]]
+        assert serving, "the demo never served its status and backends"
         assert len(ports) == 5
-        assert not all(_refused(port) for port in ports)  # its backends are up
 
         demo.send_signal(signal.SIGINT)
         assert demo.wait(timeout=30) == 130
