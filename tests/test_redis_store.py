@@ -658,3 +658,27 @@ def test_async_calls_and_decorators_share_state(stores: Callable[..., RedisStore
 
     asyncio.run(run())
     assert wait_for(lambda: other.state is OPEN, 2.0)
+
+
+def test_a_mesh_store_gives_decorators_shared_state(stores: Callable[..., RedisStore]) -> None:
+    from codomyrmex.service_mesh import Mesh, with_circuit_breaker
+
+    config = CircuitBreakerConfig(failure_threshold=2, timeout_seconds=60.0)
+    mesh = Mesh(store=stores())
+    assert mesh.store is not None
+
+    @with_circuit_breaker("mesh-store", config, mesh=mesh)
+    def call(fail_it: bool) -> str:
+        if fail_it:
+            raise Boom
+        return "ok"
+
+    # Another process's breaker of the same name, on its own store.
+    other = CircuitBreaker("mesh-store", config, store=stores())
+    for _ in range(2):
+        with pytest.raises(Boom):
+            call(True)
+    assert call.circuit_breaker.state is OPEN
+    assert wait_for(lambda: other.state is OPEN, 2.0), "the trip did not reach the other breaker"
+    with pytest.raises(TypeError, match="store"):
+        mesh.store = object()  # type: ignore[assignment]

@@ -18,6 +18,7 @@ from .circuit_breaker import CircuitBreaker, CircuitBreakerConfig, Clock
 from .events import Event, EventListener, publish
 from .load_balancer import LoadBalancer, ServiceInstance
 from .proxy import ServiceProxy
+from .store import BreakerStore
 
 __all__ = [
     "EventSource",
@@ -52,10 +53,12 @@ class Mesh:
         "_listeners",
         "_lock",
         "_services",
+        "_store",
         "_watched",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, *, store: BreakerStore | None = None) -> None:
+        self._store = store
         self._lock = threading.Lock()
         self._breakers: dict[str, CircuitBreaker] = {}
         self._services: dict[str, ServiceProxy] = {}
@@ -83,10 +86,12 @@ class Mesh:
         with self._lock:
             breaker = self._breakers.get(name)
             if breaker is None:
-                if clock is None:
-                    breaker = CircuitBreaker(name, config)
-                else:
-                    breaker = CircuitBreaker(name, config, clock=clock)
+                options: dict[str, Any] = {}
+                if clock is not None:
+                    options["clock"] = clock
+                if self._store is not None:
+                    options["store"] = self._store
+                breaker = CircuitBreaker(name, config, **options)
                 self._breakers[name] = breaker
                 self._sync()
             elif config is not None and config != breaker.config:
@@ -95,6 +100,21 @@ class Mesh:
                     f"got a different config {config!r}"
                 )
             return breaker
+
+    @property
+    def store(self) -> BreakerStore | None:
+        """The state store given to breakers this mesh creates (e.g. a ``RedisStore``).
+
+        Set it before decorated modules are imported: decorators create their
+        breakers when they decorate. Breakers created earlier keep their store.
+        """
+        return self._store
+
+    @store.setter
+    def store(self, store: BreakerStore | None) -> None:
+        if store is not None and not hasattr(store, "bind"):
+            raise TypeError(f"store must be a BreakerStore, got {store!r}")
+        self._store = store
 
     def add_circuit_breaker(self, breaker: CircuitBreaker) -> CircuitBreaker:
         """Register an existing breaker under its name (ValueError if the name is taken)."""
