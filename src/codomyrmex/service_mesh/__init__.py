@@ -5,9 +5,25 @@ The public API; everything else lives in private or integration modules.
 
 from .budget import PercentageRetryBudget, RetryBudget, TokenBucketRetryBudget
 from .bulkhead import Bulkhead
+from .chaos import Chaos
 from .circuit_breaker import CircuitBreaker, CircuitBreakerConfig, CircuitState
 from .decorators import with_circuit_breaker, with_retry
 from .errors import BulkheadFullError, CircuitOpenError, NoHealthyInstanceError, ServiceMeshError
+from .events import (
+    CallFailed,
+    CallRejected,
+    CallSucceeded,
+    Event,
+    EventListener,
+    FaultInjected,
+    InstanceEjected,
+    InstanceHealthChanged,
+    InstancePicked,
+    InstanceReturned,
+    RetryGaveUp,
+    RetryScheduled,
+    StateTransition,
+)
 from .load_balancer import LoadBalancer, LoadBalancerStrategy, ServiceInstance
 from .mesh import Mesh, default_mesh
 from .proxy import ServiceProxy
@@ -16,20 +32,34 @@ from .retry import RetryPolicy, disable_retries, set_testing
 __all__ = [
     "Bulkhead",
     "BulkheadFullError",
+    "CallFailed",
+    "CallRejected",
+    "CallSucceeded",
+    "Chaos",
     "CircuitBreaker",
     "CircuitBreakerConfig",
     "CircuitOpenError",
     "CircuitState",
+    "Event",
+    "EventListener",
+    "FaultInjected",
+    "InstanceEjected",
+    "InstanceHealthChanged",
+    "InstancePicked",
+    "InstanceReturned",
     "LoadBalancer",
     "LoadBalancerStrategy",
     "Mesh",
     "NoHealthyInstanceError",
     "PercentageRetryBudget",
     "RetryBudget",
+    "RetryGaveUp",
     "RetryPolicy",
+    "RetryScheduled",
     "ServiceInstance",
     "ServiceMeshError",
     "ServiceProxy",
+    "StateTransition",
     "TokenBucketRetryBudget",
     "default_mesh",
     "disable_retries",

@@ -18,11 +18,10 @@ import random
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, Final, ParamSpec, TypeVar, cast
 
 from ._validate import check_callable, check_number, check_str
-from .events import Event, EventListener, publish
+from .events import EventListener, FaultInjected, publish
 
 __all__ = ["Chaos", "FaultInjected"]
 
@@ -41,20 +40,6 @@ _NO_RESULT: Final = _NoResult()
 
 ExceptionSpec = BaseException | Callable[[], BaseException]
 """An exception to raise (a copy is raised each time), or a class or factory making one."""
-
-
-@dataclass(frozen=True, slots=True)
-class FaultInjected(Event):
-    """Chaos strategy ``source`` hit a call.
-
-    ``kind`` is ``"exception"`` (``error`` is raised), ``"result"`` (the call is
-    replaced by the configured result) or ``"latency"`` (the call runs late);
-    ``delay`` is the latency added first, in seconds (0.0 for none).
-    """
-
-    kind: str
-    delay: float
-    error: BaseException | None
 
 
 class Chaos:

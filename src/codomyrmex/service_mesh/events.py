@@ -21,6 +21,7 @@ __all__ = [
     "CallSucceeded",
     "Event",
     "EventListener",
+    "FaultInjected",
     "InstanceEjected",
     "InstanceHealthChanged",
     "InstancePicked",
@@ -129,6 +130,20 @@ class InstanceReturned(Event):
 
     instance_id: str
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class FaultInjected(Event):
+    """Chaos strategy ``source`` hit a call.
+
+    ``kind`` is ``"exception"`` (``error`` is raised), ``"result"`` (the call is
+    replaced by the configured result) or ``"latency"`` (the call runs late);
+    ``delay`` is the latency added first, in seconds (0.0 for none).
+    """
+
+    kind: str
+    delay: float
+    error: BaseException | None
 
 
 EventListener = Callable[[Event], None]

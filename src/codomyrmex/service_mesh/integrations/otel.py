@@ -39,13 +39,13 @@ from collections.abc import Iterable
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter
 
 from .. import __version__
-from ..chaos import FaultInjected
 from ..events import (
     CallFailed,
     CallRejected,
     CallSucceeded,
     Event,
     EventListener,
+    FaultInjected,
     InstanceEjected,
     InstanceHealthChanged,
     InstancePicked,

@@ -52,13 +52,13 @@ from prometheus_client.core import (
     Metric,
 )
 
-from ..chaos import FaultInjected
 from ..events import (
     CallFailed,
     CallRejected,
     CallSucceeded,
     Event,
     EventListener,
+    FaultInjected,
     InstanceEjected,
     InstanceHealthChanged,
     InstancePicked,
