@@ -87,6 +87,7 @@ def _check_story(summary: dict[str, Any], requests: int) -> None:
     assert mesh["success_rate"] > plain["success_rate"]
     assert mesh["dead_backend_requests"] < plain["dead_backend_requests"]
     assert mesh["open_breaker_requests"] == 0
+    assert plain["open_breaker_requests"] is None  # no breakers there
     assert plain["retries"] == 0 < mesh["retries"]
     assert summary["servers_stopped"] is True
 

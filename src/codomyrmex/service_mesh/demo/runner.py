@@ -75,6 +75,8 @@ class RunStats:
     name: str
     total: int
     backends: list[str]
+    with_breakers: bool = False
+    """Whether the run had breakers (``open_breaker_requests`` means nothing otherwise)."""
     started: float = 0.0
     finished: float = 0.0
     sent: int = 0
@@ -125,7 +127,7 @@ class RunStats:
             "p50_ms": round(1000 * percentile(latencies, 50), 1),
             "p99_ms": round(1000 * percentile(latencies, 99), 1),
             "dead_backend_requests": self.dead_backend_requests,
-            "open_breaker_requests": self.open_breaker_requests,
+            "open_breaker_requests": self.open_breaker_requests if self.with_breakers else None,
             "attempts": sum(self.attempts.values()),
             "retries": self.retries,
             "duration_s": round(self.elapsed, 2),
@@ -429,7 +431,7 @@ def run_demo(options: DemoOptions | None = None, view: RunView | None = None) ->
     picks = [rng.randrange(len(BACKENDS)) for _ in range(options.requests)]
     names = [spec.name for spec in BACKENDS]
     plain = RunStats("plain client", options.requests, names)
-    meshed = RunStats("through the mesh", options.requests, names)
+    meshed = RunStats("through the mesh", options.requests, names, with_breakers=True)
     status = None
     farm = BackendFarm(seed=options.seed)
     try:
