@@ -739,18 +739,22 @@ class LoadBalancer:
         return a
 
     def _pick_peak_ewma(self) -> _Entry | None:
-        """Power of two choices over ``latency EWMA x (connections + 1) / weight``."""
+        """Two distinct random instances; the lower ``latency EWMA x (connections + 1) / weight``.
+
+        Distinct, as in Finagle: the costliest instance is never picked, so a
+        stuck one gets no calls until its estimate has decayed.
+        """
         pool = self._positive
         if pool is None:
             pool = self._build_positive()
         n = len(pool)
-        if not n:
-            return None
+        if n < 2:
+            return pool[0] if n else None
         draw = self._random
-        a = pool[int(draw() * n)]
-        b = pool[int(draw() * n)]
-        if a is b:
-            return a
+        i = int(draw() * n)
+        j = int(draw() * (n - 1))
+        a = pool[i]
+        b = pool[j + 1 if j >= i else j]
         now = self._clock()
         if self._ewma_cost(b, now) < self._ewma_cost(a, now):
             return b
@@ -1002,8 +1006,8 @@ class LoadBalancer:
         pool = self._pool
         pos = bisect_left(pool, entry.seq, key=_seq_of)
         pool.insert(pos, entry)
-        # Keep the cursor on the instance after the last pick (which may be this one, back).
-        if pos < self._rr or (pos == self._rr and entry.seq == self._rr_seq):
+        # The cursor is the number of pooled entries registered no later than the last pick.
+        if entry.seq <= self._rr_seq:
             self._rr += 1
         entry.listed = True
         self._invalidate()
@@ -1014,7 +1018,7 @@ class LoadBalancer:
         pool = self._pool
         pos = bisect_left(pool, entry.seq, key=_seq_of)
         del pool[pos]
-        if pos < self._rr:
+        if entry.seq <= self._rr_seq:
             self._rr -= 1
         entry.listed = False
         self._invalidate()
