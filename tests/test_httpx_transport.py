@@ -230,6 +230,8 @@ class Driver:
         return self.client.request(method, url, **kwargs)  # type: ignore[no-any-return]
 
     def close(self) -> None:
+        if self.inner.closed:
+            return
         if self.is_async:
             self.runner.run(self.client.aclose())
             self.runner.close()
@@ -550,6 +552,16 @@ def test_single_attempt_refused_by_the_instance_breaker(backends, drive) -> None
     with pytest.raises(CircuitOpenError, match="orders/a"):
         driver.request("POST", "http://orders/")
     assert backend.hits == 1
+
+
+def test_closing_the_transport_puts_ejected_instances_back(backends, drive) -> None:
+    bad, good = backends(lambda i: (503, {}, b"")), backends()
+    proxy = make_proxy(bad.instance("bad"), good.instance("good"))
+    driver = drive(proxy, instance_breaker=CircuitBreakerConfig(failure_threshold=1))
+    assert driver.request("GET", "http://orders/").status_code == 200
+    assert proxy.load_balancer.get("bad").healthy is False
+    driver.close()
+    assert proxy.load_balancer.get("bad").healthy is True
 
 
 # -- plumbing --------------------------------------------------------------------

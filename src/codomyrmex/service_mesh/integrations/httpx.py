@@ -43,7 +43,8 @@ breaker admits probes. Give the service's own breaker
 against the whole service.
 
 A transport owns its inner transport (``httpx.HTTPTransport()`` by default) and
-closes it when it is closed, as ``httpx.Client`` does with its transport.
+closes it when it is closed, as ``httpx.Client`` does with its transport; closing
+also puts back into their balancers the instances it had taken out.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ from typing import Literal, TypeAlias
 
 import httpx
 
-from ..circuit_breaker import CircuitBreaker, CircuitBreakerConfig, CircuitState
+from ..circuit_breaker import CircuitBreaker, CircuitBreakerConfig, CircuitState, StateListener
 from ..errors import CircuitOpenError, ServiceMeshError
 from ..load_balancer import LoadBalancer, ServiceInstance
 from ..mesh import Mesh
@@ -177,6 +178,7 @@ class _Router:
         "_failure_statuses",
         "_instance_breaker",
         "_instance_host",
+        "_listeners",
         "_lock",
         "_mesh",
         "_proxies",
@@ -226,6 +228,7 @@ class _Router:
         self._breakers: dict[tuple[str, str], CircuitBreaker] = {}
         # Instances this transport marked unhealthy, with the breaker that will let them back.
         self._ejected: dict[tuple[str, str], tuple[LoadBalancer, CircuitBreaker]] = {}
+        self._listeners: list[tuple[CircuitBreaker, StateListener]] = []
 
     # -- routing ------------------------------------------------------------------
 
@@ -310,12 +313,10 @@ class _Router:
             breaker = self._breakers.get(key)
             if breaker is None:
                 name = f"{proxy.service_name}/{instance.id}"
-                mesh = self._mesh
-                breaker = (
-                    CircuitBreaker(name, config)
-                    if mesh is None
-                    else (mesh.circuit_breaker(name, config))
-                )
+                if self._mesh is None:
+                    breaker = CircuitBreaker(name, config)
+                else:
+                    breaker = self._mesh.circuit_breaker(name, config)
                 balancer = proxy.load_balancer
 
                 def eject_while_open(
@@ -325,6 +326,7 @@ class _Router:
 
                 breaker.add_listener(eject_while_open)
                 self._breakers[key] = breaker
+                self._listeners.append((breaker, eject_while_open))
         return breaker
 
     def _on_transition(
@@ -346,6 +348,16 @@ class _Router:
                 ejected = self._ejected.pop(key, None)
             if ejected is not None:
                 balancer.mark_healthy(instance_id, True)
+
+    def detach(self) -> None:
+        """Stop watching the instance breakers and put back every instance this ejected."""
+        with self._lock:
+            listeners, self._listeners = self._listeners, []
+            ejected, self._ejected = self._ejected, {}
+        for breaker, listener in listeners:
+            breaker.remove_listener(listener)
+        for (_, instance_id), (balancer, _) in ejected.items():
+            balancer.mark_healthy(instance_id, True)
 
     def reinstate_due(self) -> None:
         """Mark healthy again the ejected instances whose breaker now admits probes."""
@@ -434,6 +446,7 @@ class MeshTransport(httpx.BaseTransport):
         raise failure
 
     def close(self) -> None:
+        self._router.detach()
         self._inner.close()
 
 
@@ -522,4 +535,5 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         raise failure
 
     async def aclose(self) -> None:
+        self._router.detach()
         await self._inner.aclose()
