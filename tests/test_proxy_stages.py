@@ -407,16 +407,18 @@ def test_hedging_launches_at_most_max_hedged_attempts(clock: Any) -> None:
 
 
 class CountingBudget(RetryBudget):
-    """A budget that refuses every retry and says when it was asked."""
+    """A budget that refuses every retry and says when, and how often, it was asked."""
 
     def __init__(self) -> None:
         self.asked = threading.Event()
         self.requests = 0
+        self.questions = 0
 
     def record_request(self) -> None:
         self.requests += 1
 
     def try_retry(self) -> bool:
+        self.questions += 1
         self.asked.set()
         return False
 
@@ -435,6 +437,29 @@ def test_a_hedge_needs_the_retry_budget(clock: Any) -> None:
         assert result == ["a"]
         assert gate.attempts == ["a"]
         assert budget.requests == 1
+    finally:
+        gate.open.set()
+        proxy.close()
+
+
+def test_a_refused_hedge_is_not_asked_for_again_while_the_attempt_runs(clock: Any) -> None:
+    """With ``hedging_delay=0`` a refusal must not turn the wait into a busy loop."""
+    budget = CountingBudget()
+    proxy = make_proxy(
+        clock, make_lb("abc"), hedging_delay=0.0, max_hedged_attempts=3, budget=budget
+    )
+    gate = Gate(slow="a", fail="a")
+    try:
+        caller = threading.Thread(target=lambda: pytest.raises(Boom, proxy.call, gate), daemon=True)
+        caller.start()
+        assert budget.asked.wait(WAIT)
+        time.sleep(0.02)  # room for a polling loop to show itself
+        assert budget.questions == 1
+        gate.open.set()  # the attempt fails: a hedge may be asked for again, once
+        caller.join(WAIT)
+        assert not caller.is_alive()
+        assert budget.questions == 2
+        assert gate.attempts == ["a"]
     finally:
         gate.open.set()
         proxy.close()
@@ -548,7 +573,7 @@ def test_async_hedge_needs_the_retry_budget(run_async: Any, clock: Any) -> None:
     async def main() -> str:
         gate = AsyncGate(slow="a")
         call = asyncio.create_task(proxy.call_async(gate))
-        for _ in range(50):  # the proxy keeps asking; the budget keeps refusing
+        for _ in range(50):
             await asyncio.sleep(0)
         assert gate.attempts == ["a"]
         assert gate.open is not None
@@ -557,6 +582,25 @@ def test_async_hedge_needs_the_retry_budget(run_async: Any, clock: Any) -> None:
 
     assert run_async(main()) == "a"
     assert (budget.requests, budget.retries) == (1, 0)
+
+
+def test_async_refused_hedge_is_not_asked_for_again_while_the_attempt_runs(
+    run_async: Any, clock: Any
+) -> None:
+    budget = CountingBudget()
+    proxy = make_proxy(clock, hedging_delay=0.0, budget=budget)
+
+    async def main() -> str:
+        gate = AsyncGate(slow="a")
+        call = asyncio.create_task(proxy.call_async(gate))
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert budget.questions == 1  # refused once; no polling on a zero timer
+        assert gate.open is not None
+        gate.open.set()
+        return await asyncio.wait_for(call, WAIT)
+
+    assert run_async(main()) == "a"
 
 
 def test_async_hedged_success_refunds_the_token_bucket_once(run_async: Any, clock: Any) -> None:

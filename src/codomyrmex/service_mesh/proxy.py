@@ -286,6 +286,7 @@ class ServiceProxy:
         last_real: Exception | None = None
         launched = 0
         while True:
+            before = launched
             can_launch = launched < self.max_hedged_attempts and (
                 launched == 0 or budget is None or budget.try_retry()
             )
@@ -301,7 +302,9 @@ class ServiceProxy:
             if not pending:
                 assert last_error is not None
                 raise self._give_up(last_error, last_real)
-            timeout = self.hedging_delay if launched < self.max_hedged_attempts else None
+            # The hedging delay runs from a launch; after a refusal (budget, no instance)
+            # wait for an attempt to end rather than ask again on a timer.
+            timeout = self.hedging_delay if before < launched < self.max_hedged_attempts else None
             done, pending = concurrent.futures.wait(
                 pending, timeout=timeout, return_when=concurrent.futures.FIRST_COMPLETED
             )
@@ -478,6 +481,7 @@ class ServiceProxy:
         launched = 0
         try:
             while True:
+                before = launched
                 can_launch = launched < self.max_hedged_attempts and (
                     launched == 0 or budget is None or budget.try_retry()
                 )
@@ -497,7 +501,11 @@ class ServiceProxy:
                 if not pending:
                     assert last_error is not None
                     raise self._give_up(last_error, last_real)
-                timeout = self.hedging_delay if launched < self.max_hedged_attempts else None
+                # The hedging delay runs from a launch; after a refusal (budget, no instance)
+                # wait for an attempt to end rather than ask again on a timer.
+                timeout = (
+                    self.hedging_delay if before < launched < self.max_hedged_attempts else None
+                )
                 done, pending = await asyncio.wait(
                     pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
                 )
