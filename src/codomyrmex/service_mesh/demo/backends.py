@@ -52,9 +52,9 @@ class BackendSpec:
 
 BACKENDS: tuple[BackendSpec, ...] = (
     BackendSpec("steady", "healthy", (0.002, 0.008)),
-    BackendSpec("slow", "slow, 6% stall 1.5 s", (0.06, 0.18), 0.06, 1.5),
+    BackendSpec("slow", "slow, 6% stalls", (0.06, 0.18), 0.06, 1.5),
     BackendSpec("flaky", "30% answer 5xx", (0.002, 0.008), error_rate=0.30),
-    BackendSpec("unstable", "dies, comes back", (0.002, 0.008), down_between=(0.30, 0.65)),
+    BackendSpec("unstable", "dies, returns", (0.002, 0.008), down_between=(0.30, 0.65)),
     BackendSpec("late", "starts late", (0.002, 0.008), up_at_start=False, start_at=0.35),
 )
 """The five backends of the default demo."""

@@ -46,12 +46,20 @@ class LiveView:
         self._run_number += 1
         number = self._run_number
 
-        def render() -> Panel:
-            return _render(stats, farm, mesh, number, status_url)
+        panel = [_render(stats, farm, mesh, number, status_url)]
 
-        # No refresh thread: the run redraws from its event loop (see RunView).
-        with Live(get_renderable=render, console=self.console, auto_refresh=False) as live:
-            yield live.refresh
+        # No refresh thread: the run redraws from its event loop (see RunView), and its
+        # last redraw, made before its client closes, is what stays on the screen.
+        with Live(
+            get_renderable=lambda: panel[0], console=self.console, auto_refresh=False
+        ) as live:
+
+            def refresh() -> None:
+                panel[0] = _render(stats, farm, mesh, number, status_url)
+                live.refresh()
+
+            yield refresh
+        self.console.line()
 
 
 def _render(
@@ -94,9 +102,9 @@ def _render(
     rate_style = "green" if rate >= 99 else "yellow" if rate >= 90 else "red"
     line = Text.assemble(
         (f"{stats.done}/{stats.total} requests", "bold"),
-        f"  {stats.elapsed:5.1f} s   success ",
+        f"  {stats.elapsed:4.1f} s  success ",
         (f"{rate:5.1f}%", f"bold {rate_style}"),
-        f"   retries {stats.retries}   sent to dead backends ",
+        f"  retries {stats.retries}  to dead backends ",
         (str(stats.dead_backend_requests), "red" if stats.dead_backend_requests else ""),
     )
     parts: list[Text | Table] = [line]

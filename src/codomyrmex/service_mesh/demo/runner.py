@@ -326,6 +326,8 @@ async def _drive(
         stats.finished = time.perf_counter()
         if painter is not None:
             painter.cancel()
+        if refresh is not None:
+            refresh()
 
 
 async def _plain_run(
