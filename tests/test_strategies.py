@@ -248,6 +248,17 @@ def test_peak_ewma_unmeasured_instance_takes_one_call_at_a_time(clock: Any) -> N
         lb._release(i, clock(), None)
 
 
+def test_switching_to_peak_ewma_mid_call_ignores_that_unmeasured_call(clock: Any) -> None:
+    lb = make_lb(RR, "ab", clock=clock)
+    with lb.connection() as first:  # began unobserved: no start time was read
+        lb.strategy = EWMA
+        clock.advance(0.050)
+    assert lb.latency_estimate(first.id) is None  # not 1000 s since the clock's origin
+    with lb.connection() as second:
+        clock.advance(0.020)
+    assert lb.latency_estimate(second.id) == pytest.approx(0.020)
+
+
 # -- RING_HASH and MAGLEV ---------------------------------------------------------
 
 

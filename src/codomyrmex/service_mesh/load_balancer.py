@@ -300,6 +300,7 @@ class LoadBalancer:
         "_min_count",
         "_observe",
         "_observe_clock",
+        "_observe_since",
         "_outbox",
         "_panic",
         "_panic_threshold",
@@ -389,6 +390,7 @@ class LoadBalancer:
         # Set to the clock when a strategy or the detector wants each call's outcome and
         # latency; callers then pass ``start`` and ``outcome`` to :meth:`_release`.
         self._observe_clock: Callable[[], float] | None = None
+        self._observe_since = 0.0
         self._observe: Callable[[_Entry, float, BaseException | None], None] | None = None
         self._strategy = _RR
         self._base_pick: Callable[[], _Entry | None] = self._pick_round_robin
@@ -435,6 +437,9 @@ class LoadBalancer:
                 pick = self._pick_after_returns
             self._pick = pick
             observing = strategy is _EWMA or self._detector is not None
+            if observing and self._observe_clock is None:
+                # Calls already in flight began without a clock reading: ignore their outcome.
+                self._observe_since = self._clock()
             self._observe_clock = self._clock if observing else None
             self._observe = self._observe_outcome if observing else None
             self._buckets = None
@@ -504,10 +509,9 @@ class LoadBalancer:
                 if current is not instance:
                     current.host = instance.host
                     current.port = instance.port
-                    if current.weight != instance.weight:
-                        current.weight = instance.weight
-                        self._invalidate()
+                    current.weight = instance.weight
                     current.metadata = instance.metadata
+                self._invalidate()  # the weight may have changed (even on the same object)
                 self._set_health(entry, instance.healthy)
         self._flush()
 
@@ -888,6 +892,8 @@ class LoadBalancer:
     def _observe_outcome(self, entry: _Entry, start: float, outcome: BaseException | None) -> None:
         """Feed one finished call to PEAK_EWMA and to outlier detection."""
         now = self._clock()
+        if start < self._observe_since:
+            return  # began before outcomes were observed: no start time to measure from
         if outcome is not None and isinstance(outcome, ServiceMeshError):
             return  # refused by the mesh itself (an open breaker): nothing about the instance
         aborted = outcome is ABORTED
