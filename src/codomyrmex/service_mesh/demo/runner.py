@@ -58,14 +58,19 @@ INSTANCE_BREAKER = CircuitBreakerConfig(
 SERVICE_BREAKER = CircuitBreakerConfig(
     failure_threshold=30, timeout_seconds=1.0, ignore_exceptions=(InstanceCircuitOpen,)
 )
-RETRY = {
-    "max_retries": 4,
-    "initial_delay": 0.005,
-    "max_delay": 0.1,
-    "attempt_timeout": 0.4,
-    "max_elapsed": 2.5,
-}
 CLIENT_TIMEOUT = 5.0
+
+
+def retry_policy(seed: int) -> RetryPolicy:
+    """Up to four retries after 5 ms-100 ms of jittered backoff; 0.4 s per attempt, 2.5 s in all."""
+    return RetryPolicy(
+        max_retries=4,
+        initial_delay=0.005,
+        max_delay=0.1,
+        attempt_timeout=0.4,
+        max_elapsed=2.5,
+        rng=random.Random(seed),
+    )
 
 
 @dataclass
@@ -264,7 +269,7 @@ def build_mesh(farm: BackendFarm, seed: int) -> Mesh:
     for backend in farm.backends:
         balancer.register(ServiceInstance(backend.spec.name, "127.0.0.1", backend.port))
         mesh.circuit_breaker(f"{SERVICE}/{backend.spec.name}", INSTANCE_BREAKER)
-    policy = RetryPolicy(rng=random.Random(seed), **RETRY)  # type: ignore[arg-type]
+    policy = retry_policy(seed)
     mesh.register_service(
         ServiceProxy(SERVICE, balancer, CircuitBreaker(SERVICE, SERVICE_BREAKER), policy)
     )
