@@ -200,3 +200,14 @@ def test_status_server_serves_only_the_status(mesh: Mesh) -> None:
     server.close()  # closing twice is fine
     with pytest.raises(TypeError, match="mesh"):
         serve_status("not a mesh")  # type: ignore[arg-type]
+
+
+def test_demo_without_rich_points_at_the_extra_and_at_json(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("httpx")
+    monkeypatch.setitem(sys.modules, "rich", None)
+    monkeypatch.setitem(sys.modules, "rich.console", None)
+    assert main(["demo", "--status-port", "-1"]) == 2  # refused before any server starts
+    err = capsys.readouterr().err
+    assert "pip install 'codomyrmex-service-mesh[cli]'" in err and "--json" in err
