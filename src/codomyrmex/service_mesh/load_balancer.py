@@ -483,9 +483,10 @@ class LoadBalancer:
             self._subscribers = (*self._subscribers, listener)
 
     def unsubscribe(self, listener: EventListener) -> None:
-        """Stop delivering events to ``listener``; unknown listeners are ignored."""
+        """Stop delivering events to ``listener`` (compared by equality, so a bound method
+        passed anew matches); unknown listeners are ignored."""
         with self._lock:
-            self._subscribers = tuple(x for x in self._subscribers if x is not listener)
+            self._subscribers = tuple(x for x in self._subscribers if x != listener)
             if not self._subscribers:
                 self._outbox = []
 
