@@ -91,7 +91,7 @@ class TcpProbe:
             )
         except (OSError, asyncio.TimeoutError):
             return False
-        writer.close()
+        await _close(writer)
         return True
 
 
@@ -113,10 +113,12 @@ class HttpProbe:
         if not self.path.startswith("/") or any(c in self.path for c in " \r\n"):
             raise ValueError(f"path must start with '/' and hold no spaces, got {self.path!r}")
         statuses = self.expected_statuses
-        if not isinstance(statuses, range) or len(statuses) == 0:
-            raise TypeError(f"expected_statuses must be a non-empty range, got {statuses!r}")
-        if statuses[0] < 100 or statuses[-1] > 599:
-            raise ValueError(f"expected_statuses must lie within 100-599, got {statuses!r}")
+        if not isinstance(statuses, range):
+            raise TypeError(f"expected_statuses must be a range, got {statuses!r}")
+        if len(statuses) == 0 or statuses[0] < 100 or statuses[-1] > 599:
+            raise ValueError(
+                f"expected_statuses must be non-empty, within 100-599, got {statuses!r}"
+            )
         _check_timeout(self.timeout)
         if self.host_header is not None:
             check_str("host_header", self.host_header)
@@ -183,7 +185,15 @@ class HttpProbe:
             line = await reader.readuntil(b"\r\n")
             return self.accepts(line)
         finally:
-            writer.close()
+            await _close(writer)
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except OSError:
+        pass  # the peer may already have reset the connection
 
 
 def _wait(sock: socket.socket, event: int, deadline: float, wake: socket.socket | None) -> bool:
@@ -202,7 +212,11 @@ def _wait(sock: socket.socket, event: int, deadline: float, wake: socket.socket 
 
 
 def _connect(host: str, port: int, deadline: float, wake: socket.socket | None) -> socket.socket:
-    """A connected non-blocking socket, or OSError (TimeoutError when out of time)."""
+    """A connected non-blocking socket, or OSError (TimeoutError when out of time).
+
+    (Name resolution itself is not interruptible: give instances IP addresses, or
+    names the system resolves quickly.)
+    """
     last: OSError = OSError(f"no address for {host!r}")
     for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
         sock = socket.socket(family, kind, proto)

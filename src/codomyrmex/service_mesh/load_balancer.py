@@ -71,8 +71,6 @@ class _Aborted(BaseException):
 ABORTED = _Aborted()
 """The ``outcome`` passed to ``LoadBalancer._release`` for a call that was cut short."""
 
-RoutingKey = str | bytes
-
 _ROUTING_KEY: ContextVar[str | bytes | None] = ContextVar(
     "codomyrmex_service_mesh_routing_key", default=None
 )
