@@ -81,12 +81,28 @@ def plot(runs: Sequence[tuple[Scenario, Sequence[Result]]], path: str | Path) ->
                 )
         else:
             values = [r.mean for r in results]
-            ax.bar(names, values, color="#55a868")
+            bars = ax.bar(names, values, color="#55a868")
             ax.set_ylabel(f"mean time in system ({scenario.unit})")
+            for bar, value in zip(bars, values, strict=True):
+                ax.annotate(
+                    f"{value:.2f}",
+                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center",
+                    va="bottom",
+                    fontsize=8,
+                )
+            top = max([*values, *(level for _, level in scenario.expected)])
+            ax.set_ylim(0, top * 1.18)
             for label, level in scenario.expected:
                 ax.axhline(level, linestyle="--", color="#c44e52", linewidth=1)
                 ax.annotate(
-                    label, (0, level), xytext=(2, 2), textcoords="offset points", fontsize=8
+                    f"{label}: {level:.2f}",
+                    (len(names) - 0.5, level),
+                    xytext=(-2, 2),
+                    textcoords="offset points",
+                    ha="right",
+                    fontsize=8,
+                    color="#c44e52",
                 )
         ax.set_title(f"{scenario.name}: {scenario.title}", fontsize=9)
         ax.tick_params(axis="x", labelrotation=20, labelsize=8)
