@@ -449,8 +449,16 @@ def test_a_refused_hedge_is_not_asked_for_again_while_the_attempt_runs(clock: An
         clock, make_lb("abc"), hedging_delay=0.0, max_hedged_attempts=3, budget=budget
     )
     gate = Gate(slow="a", fail="a")
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            proxy.call(gate)
+        except BaseException as exc:
+            errors.append(exc)
+
     try:
-        caller = threading.Thread(target=lambda: pytest.raises(Boom, proxy.call, gate), daemon=True)
+        caller = threading.Thread(target=call, daemon=True)
         caller.start()
         assert budget.asked.wait(WAIT)
         time.sleep(0.02)  # room for a polling loop to show itself
@@ -458,6 +466,7 @@ def test_a_refused_hedge_is_not_asked_for_again_while_the_attempt_runs(clock: An
         gate.open.set()  # the attempt fails: a hedge may be asked for again, once
         caller.join(WAIT)
         assert not caller.is_alive()
+        assert [type(e) for e in errors] == [Boom]
         assert budget.questions == 2
         assert gate.attempts == ["a"]
     finally:
