@@ -18,7 +18,6 @@ import math
 import random
 import threading
 import time
-from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -316,6 +315,7 @@ class LoadBalancer:
         "_strategy",
         "_subscribers",
         "_tick",
+        "_tracking",
         "name",
     )
 
@@ -369,7 +369,7 @@ class LoadBalancer:
         self._rr = 0
         self._rr_seq = -1
         self._tick = 0
-        self._alias: tuple[array[float], array[int], list[_Entry]] | None = None
+        self._alias: tuple[list[float], list[int], list[_Entry]] | None = None
         self._positive: list[_Entry] | None = None
         self._ring: tuple[Any, Any, int, list[_Entry]] | None = None
         self._maglev: tuple[Any, list[_Entry]] | None = None
@@ -385,6 +385,7 @@ class LoadBalancer:
         self._maglev_size = maglev_table_size
         self._subscribers: tuple[EventListener, ...] = ()
         self._outbox: list[Event] = []
+        self._tracking = False  # whether _release has more to do than count down
         # Set to the clock when a strategy or the detector wants each call's outcome and
         # latency; callers then pass ``start`` and ``outcome`` to :meth:`_release`.
         self._observe_clock: Callable[[], float] | None = None
@@ -445,6 +446,12 @@ class LoadBalancer:
                 self._buckets = {}
                 for entry in self._pool:
                     self._bucket_add(entry, entry.inst.connections)
+            self._update_tracking()
+
+    def _update_tracking(self) -> None:
+        self._tracking = (
+            self._buckets is not None or self._observe is not None or bool(self._subscribers)
+        )
 
     @property
     def slow_start(self) -> SlowStartConfig | None:
@@ -479,6 +486,7 @@ class LoadBalancer:
         check_callable("listener", listener)
         with self._lock:
             self._subscribers = (*self._subscribers, listener)
+            self._update_tracking()
 
     def unsubscribe(self, listener: EventListener) -> None:
         """Stop delivering events to ``listener`` (compared by equality, so a bound method
@@ -487,6 +495,7 @@ class LoadBalancer:
             self._subscribers = tuple(x for x in self._subscribers if x != listener)
             if not self._subscribers:
                 self._outbox = []
+            self._update_tracking()
 
     # -- membership -------------------------------------------------------------
 
@@ -601,22 +610,22 @@ class LoadBalancer:
         ``key`` routes RING_HASH and MAGLEV picks (the same key, the same
         instance); other strategies ignore it. See also :func:`routing_key`.
         """
-        token = None if key is None else _ROUTING_KEY.set(_check_key(key))
+        if key is not None:
+            token = _ROUTING_KEY.set(_check_key(key))
+            try:
+                return self.get_instance()
+            finally:
+                _ROUTING_KEY.reset(token)
         lock = self._lock
         lock.acquire()
         try:
             entry = self._pick()
         finally:
             lock.release()
-            if token is not None:
-                _ROUTING_KEY.reset(token)
-        if entry is None:
-            if self._subscribers:
-                self._flush()
-            return None
+        inst = None if entry is None else entry.inst
         if self._subscribers:
-            self._flush(entry.inst)
-        return entry.inst
+            self._flush(inst)
+        return inst
 
     def connection(self) -> Connection:
         """Pick an instance and count a connection on it until the block ends.
@@ -633,18 +642,18 @@ class LoadBalancer:
         try:
             entry = self._pick()
             if entry is None:
-                inst = None
-            else:
-                if tried and entry.inst.id in tried:
-                    entry = self._pick_untried(entry, tried)
-                inst = entry.inst
-                inst.connections += 1
-                if self._buckets is not None:
-                    self._bucket_shift(entry, 1)
+                return None
+            if tried and entry.inst.id in tried:
+                entry = self._pick_untried(entry, tried)
+            inst = entry.inst
+            inst.connections += 1
+            if self._buckets is not None:
+                self._bucket_shift(entry, 1)
+            if not self._subscribers:
+                return inst
         finally:
             lock.release()
-        if self._subscribers:
-            self._flush(inst)
+        self._flush(inst)
         return inst
 
     def _release(
@@ -656,19 +665,20 @@ class LoadBalancer:
         :data:`ABORTED` for a call that ended with neither; ``start`` is the
         ``_observe_clock()`` reading when the call began (when observing).
         """
-        observe = self._observe
         lock = self._lock
         lock.acquire()
         try:
             if inst.connections > 0:
                 inst.connections -= 1
-            if self._buckets is not None or observe is not None:
-                entry = self._entries.get(inst.id)
-                if entry is not None and entry.inst is inst:
-                    if self._buckets is not None and entry.listed:
-                        self._bucket_shift(entry, -1)
-                    if observe is not None:
-                        observe(entry, start, outcome)
+            if not self._tracking:  # no buckets, no observer, no subscriber: done
+                return
+            entry = self._entries.get(inst.id)
+            if entry is not None and entry.inst is inst:
+                if self._buckets is not None and entry.listed:
+                    self._bucket_shift(entry, -1)
+                observe = self._observe
+                if observe is not None:
+                    observe(entry, start, outcome)
         finally:
             lock.release()
         if self._subscribers:
@@ -1057,7 +1067,7 @@ class LoadBalancer:
         self._positive = positive
         return positive
 
-    def _build_alias(self) -> tuple[array[float], array[int], list[_Entry]]:
+    def _build_alias(self) -> tuple[list[float], list[int], list[_Entry]]:
         """Vose's alias table over the pool's instances of positive weight."""
         entries = self._positive if self._positive is not None else self._build_positive()
         n = len(entries)
@@ -1076,7 +1086,7 @@ class LoadBalancer:
                 scaled[g] -= 1.0 - scaled[s]
                 if scaled[g] < 1.0:
                     small.append(large.pop())
-        alias = (array("d", prob), array("l", other), entries)
+        alias = (prob, other, entries)
         self._alias = alias
         return alias
 
