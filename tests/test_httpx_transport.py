@@ -457,8 +457,8 @@ def test_max_elapsed_bounds_the_whole_call(backends, drive) -> None:
     started = time.monotonic()
     with pytest.raises((httpx.TimeoutException, TimeoutError)):
         driver.request("GET", "http://orders/")
-    assert time.monotonic() - started < 3
-    assert hung.hits <= 2
+    assert time.monotonic() - started < 1.5  # 0.5 s, and some room for a busy machine
+    assert 1 <= hung.hits < 50  # attempts stop with the deadline, not with max_retries
 
 
 # -- a server killed mid-test, per-instance breakers -----------------------------

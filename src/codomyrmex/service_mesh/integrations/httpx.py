@@ -25,7 +25,8 @@ get exactly one attempt, still balanced, counted and behind the breaker.
 
 The policy's ``attempt_timeout`` and what is left of its ``max_elapsed`` cap the
 httpx timeouts (connect, read, write, pool) of every attempt; the async
-transport also bounds each attempt as a whole.
+transport also bounds each attempt as a whole, and gives httpx 90% of that
+limit so that a timeout is normally raised inside the instance breaker.
 
 A host that names no service raises :class:`UnknownServiceError`, unless
 ``passthrough=True``, which sends such requests unchanged through the inner
@@ -87,6 +88,7 @@ Services: TypeAlias = "ServiceProxy | Mesh | Mapping[str, ServiceProxy]"
 """What a transport routes to: one proxy, a mesh's services, or proxies by service name."""
 
 _TIMEOUT_KEYS = ("connect", "read", "write", "pool")
+_HTTPX_SHARE = 0.9  # of an async attempt's time limit, for its httpx timeouts
 
 
 class FailureStatus(httpx.HTTPStatusError):
@@ -256,13 +258,16 @@ class _Router:
             return False
         return True
 
-    def attempt_request(self, call: _Call, instance: ServiceInstance) -> httpx.Request:
-        """The original request aimed at ``instance``, with this attempt's timeouts."""
+    def attempt_request(
+        self, call: _Call, instance: ServiceInstance, share: float = 1.0
+    ) -> httpx.Request:
+        """The original request aimed at ``instance``, with ``share`` of this attempt's time."""
         request = call.request
         url = request.url.copy_with(host=instance.host, port=instance.port)
         extensions = dict(request.extensions)
         limit = call.attempt_limit()
         if limit is not None:
+            limit *= share
             current = extensions.get("timeout") or {}
             extensions["timeout"] = {
                 key: limit if current.get(key) is None else min(current[key], limit)
@@ -502,7 +507,9 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         """One attempt on the picked instance, behind its own breaker when there is one."""
         router = self._router
         limit = call.attempt_limit()
-        request = router.attempt_request(call, instance)
+        # The httpx timeouts get a little less than the attempt's limit, so that a timeout is
+        # raised here, inside the instance's breaker, before the limit cancels the attempt.
+        request = router.attempt_request(call, instance, _HTTPX_SHARE)
         breaker = router.instance_breaker(call.proxy, instance)
         if breaker is None:
             return await self._send(request, call)
@@ -515,9 +522,9 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                 raise
             raise InstanceCircuitOpen(exc) from None
         except asyncio.CancelledError:
-            # The attempt's time limit is enforced around this call, so it arrives here as
-            # a cancellation, which breakers count as nothing; for the instance it is a failure.
-            if limit is not None and clock() - start >= limit * 0.99:
+            # Still, a limit enforced around this call arrives as a cancellation, which
+            # breakers count as nothing; one that comes that late is a timeout, a failure.
+            if limit is not None and clock() - start >= limit * _HTTPX_SHARE:
                 breaker.record_failure()
             raise
 
