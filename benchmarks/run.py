@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from meshbench import breakers, mesh, retries
 from meshbench.harness import Settings, Workload, WorkloadResult, run_workload
-from meshbench.report import machine_info, text_report, write_all
+from meshbench.report import load_average, machine_info, text_report, write_all
 
 WORKLOADS: dict[str, Callable[[], Workload]] = {
     "breaker_success": breakers.breaker_success,
@@ -97,6 +97,7 @@ def main(argv: list[str]) -> int:
         workload = WORKLOADS[key]()
         log(f"- {key}: {len(workload.contenders)} contenders")
         results.append(run_workload(workload, settings, log))
+    info["load_average_end"] = load_average()
     print(text_report(results, settings))
     written = write_all(args.out, info, results)
     print(f"\nwrote {', '.join(str(p) for p in written)} in {time.perf_counter() - started:.1f}s")

@@ -54,6 +54,14 @@ def source_revision() -> str:
     return f"{head}+dirty" if dirty else head
 
 
+def load_average() -> float | None:
+    """The 1-minute load average: other work on the machine inflates absolute timings."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
 def machine_info(settings: Settings, argv: list[str]) -> dict[str, Any]:
     return {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -66,6 +74,7 @@ def machine_info(settings: Settings, argv: list[str]) -> dict[str, Any]:
         "quick": settings.quick,
         "repeats": settings.repeats,
         "revision": source_revision(),
+        "load_average_start": load_average(),
         "versions": {dist: version_of(dist) for dist in DISTRIBUTIONS},
     }
 
@@ -174,8 +183,19 @@ def markdown(info: dict[str, Any], results: list[WorkloadResult]) -> str:
         f"- Date: {info['date']}; {mode}, median of {info['repeats']} interleaved repeats; "
         f"source revision {info['revision']}",
         f"- Python {info['python']} ({info['implementation']}) on {info['platform']}",
-        f"- CPU: {info['cpu']} ({info['cores']} cores)",
+        f"- CPU: {info['cpu']} ({info['cores']} cores); 1-minute load average "
+        f"{info['load_average_start']} at start, {info.get('load_average_end')} at end",
         "",
+        *(
+            [
+                "The machine was busy with other work during this run: absolute times are "
+                "inflated and noisy; ratios hold better, since every contender was sampled "
+                "round-robin through the same period.",
+                "",
+            ]
+            if (info.get("load_average_start") or 0) > 1
+            else []
+        ),
         "Ratios are ours/peer, each peer in its idiomatic decorated form: below 1 means ours "
         "costs less per call; for throughput (calls/s) and nowhere else, above 1 means ours "
         "is faster. The issue's targets are shown as (target PASS/MISS), for information.",
