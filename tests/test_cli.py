@@ -211,3 +211,22 @@ def test_demo_without_rich_points_at_the_extra_and_at_json(
     assert main(["demo", "--status-port", "-1"]) == 2  # refused before any server starts
     err = capsys.readouterr().err
     assert "pip install 'codomyrmex-service-mesh[cli]'" in err and "--json" in err
+
+
+def test_simulate_runs_the_p2c_case_and_prints_its_table(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main(
+        ["simulate", "--scenario", "p2c", "--servers", "10", "--requests", "3000", "--seed", "3"]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    for strategy in ("random", "power_of_two"):
+        assert strategy in out
+
+
+def test_simulate_rejects_an_unknown_strategy(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["simulate", "--scenario", "p2c", "--strategy", "no_such_strategy"])
+    assert exit_info.value.code == 2
+    assert "no_such_strategy" in capsys.readouterr().err

@@ -365,3 +365,24 @@ def test_the_demo_mesh_and_the_command_line() -> None:
     with pytest.raises(SystemExit) as exited:
         main(["--help"])
     assert exited.value.code == 0
+
+
+def test_the_service_mesh_mcp_command_serves_the_tools(tmp_path: Path) -> None:
+    """``service-mesh mcp --demo-mesh`` (the console command) speaks MCP over stdio."""
+    script = Path(sys.executable).with_name("service-mesh")
+    params = StdioServerParameters(command=str(script), args=["mcp", "--demo-mesh"])
+
+    async def run() -> None:
+        with (tmp_path / "cli-stderr.log").open("w") as errlog:
+            async with stdio_client(params, errlog=errlog) as (read, write):
+                async with ClientSession(read, write) as session:
+                    await session.initialize()
+                    with anyio.fail_after(30):
+                        listed = await session.list_tools()
+                        assert sorted(t.name for t in listed.tools) == sorted(TOOLS)
+                        payload = _ok(await _call(session, "service_mesh_status", {}))
+                        assert payload["total_services"] == len(payload["services"]) > 0
+
+    if not script.exists():
+        pytest.skip(f"the console script is not installed next to {sys.executable}")
+    anyio.run(run)

@@ -4,14 +4,17 @@
     service-mesh demo --requests 300 --json  # quick, machine-readable
     service-mesh demo --report report.html   # plus a self-contained HTML page with charts
     service-mesh status [--url URL] [--json] # the mesh status of a running demo or app
+    service-mesh simulate --scenario linkerd  # load-balancing strategies on a virtual clock
+    service-mesh mcp [--demo-mesh]           # the MCP tools over stdio
 
 ``status`` asks a running process for its mesh: a mesh lives inside one process,
 so it reads the JSON snapshot (``Mesh.status()``) that the process serves over
 HTTP, and prints it. The demo serves its mesh at
 ``http://127.0.0.1:8742/status`` while it runs (``--status-port``); an
-application serves its own with :func:`serve_status` from this module (stdlib
-``http.server`` on a daemon thread, loopback by default), and ``status --url``
-points at it. An MCP command can expose the same snapshot as a tool.
+application serves its own with ``serve_status`` from
+:mod:`codomyrmex.service_mesh.integrations.status_http` (stdlib ``http.server`` on a
+daemon thread, loopback by default), and ``status --url`` points at it. ``mcp``
+exposes the same snapshot (and the balancer controls) as MCP tools.
 
 Subcommands live in one table: a function decorated with ``@command(name, help)``
 receives its ``argparse`` parser, adds its options, and returns the function
@@ -28,19 +31,16 @@ import argparse
 import json
 import logging
 import sys
-import threading
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 
 from . import __version__
 from .demo.options import DEFAULT_STATUS_PORT, DemoOptions
-from .mesh import Mesh
+from .integrations.status_http import StatusServer, serve_status
 
 __all__ = ["COMMANDS", "StatusServer", "build_parser", "command", "main", "serve_status"]
 
@@ -223,69 +223,6 @@ def _demo(parser: argparse.ArgumentParser) -> Run:
 # -- status -------------------------------------------------------------------------
 
 
-class StatusServer:
-    """Serves ``mesh.status()`` as JSON at ``GET /status`` from a daemon thread.
-
-    Use as a context manager, or call :meth:`close`. ``url`` is the address to
-    give ``service-mesh status --url``.
-    """
-
-    def __init__(self, mesh: Mesh, host: str = "127.0.0.1", port: int = 0) -> None:
-        if not isinstance(mesh, Mesh):
-            raise TypeError(f"mesh must be a Mesh, got {mesh!r}")
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                if urllib.parse.urlsplit(self.path).path.rstrip("/") not in ("", "/status"):
-                    self.send_error(404, "the mesh status is at /status")
-                    return
-                body = json.dumps(mesh.status()).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
-        self.host = host
-        self.port: int = self._server.server_address[1]
-        self.url = f"http://{host}:{self.port}/status"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.2},
-            name="service-mesh-status",
-            daemon=True,
-        )
-        self._thread.start()
-
-    def __enter__(self) -> StatusServer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Stop serving and release the port (idempotent)."""
-        if self._thread.is_alive():
-            self._server.shutdown()
-            self._thread.join()
-        self._server.server_close()
-
-
-def serve_status(mesh: Mesh, host: str = "127.0.0.1", port: int = 0) -> StatusServer:
-    """Serve ``mesh.status()`` on ``host:port`` (0: any free port) until the server is closed."""
-    return StatusServer(mesh, host, port)
-
-
 @command(
     "status",
     "Print the mesh status (services, instances, breakers) of a running `service-mesh demo` "
@@ -318,7 +255,8 @@ def _status(parser: argparse.ArgumentParser) -> Run:
             print(
                 f"service-mesh status: nothing answered at {url} ({reason}).\n"
                 "Start `service-mesh demo` (it serves its mesh there while it runs), or serve "
-                "your app's mesh with codomyrmex.service_mesh.cli.serve_status(mesh, host, port).",
+                "your app's mesh with serve_status(mesh, host, port) from "
+                "codomyrmex.service_mesh.integrations.status_http.",
                 file=sys.stderr,
             )
             return 1
@@ -352,7 +290,7 @@ def _print_status(status: dict[str, Any], url: str) -> None:
             b["name"],
             b["state"],
             f"{b['failure_count']}/{b['failure_threshold']}",
-            f"{b['retry_after']:.2f}s",
+            "never" if b.get("retry_after") is None else f"{b['retry_after']:.2f}s",
         ]
         for b in status.get("breakers", [])
     ]
@@ -381,3 +319,51 @@ def _print_status(status: dict[str, Any], url: str) -> None:
         for row in rows:
             table.add_row(*row)
         console.print(table)
+
+
+# -- simulate -----------------------------------------------------------------------
+
+
+@command(
+    "simulate",
+    "Simulate load-balancing strategies on a virtual clock (a real proxy and balancer "
+    "against simulated backends): success rate and latency percentiles per strategy.",
+)
+def _simulate(parser: argparse.ArgumentParser) -> Run:
+    from .simulation.cli import add_arguments
+    from .simulation.cli import run as run_simulation
+
+    add_arguments(parser)
+
+    def run(args: argparse.Namespace) -> int:
+        return run_simulation(args, parser)
+
+    return run
+
+
+# -- mcp ----------------------------------------------------------------------------
+
+
+@command(
+    "mcp",
+    "Serve the mesh's MCP tools (service_mesh_status, circuit_breaker_status, "
+    "load_balancer_config) over stdio, for an MCP client to start.",
+)
+def _mcp(parser: argparse.ArgumentParser) -> Run:
+    parser.add_argument(
+        "--demo-mesh",
+        action="store_true",
+        help="serve a small demo mesh (three services, one instance down, one breaker open) "
+        "instead of this process's empty default mesh",
+    )
+
+    def run(args: argparse.Namespace) -> int:
+        # Nothing may be printed to stdout here: stdio carries the protocol.
+        try:
+            from .integrations.mcp import demo_mesh, serve_stdio
+        except ImportError as error:
+            return _missing("mcp", error)
+        serve_stdio(demo_mesh() if args.demo_mesh else None)
+        return 0
+
+    return run

@@ -429,7 +429,7 @@ def run_demo(options: DemoOptions | None = None, view: RunView | None = None) ->
     Every server the demo started is stopped before this returns or raises
     (``KeyboardInterrupt`` included).
     """
-    from ..cli import serve_status
+    from ..integrations.status_http import serve_status
 
     options = options or DemoOptions()
     _skip_missing_sniffio()

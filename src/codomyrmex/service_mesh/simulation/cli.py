@@ -13,22 +13,30 @@ from .model import Policy, Scenario
 from .report import format_table, plot
 from .scenarios import linkerd_stuck_backend, power_of_two_choices
 
-__all__ = ["build_parser", "main"]
+__all__ = ["DESCRIPTION", "add_arguments", "build_parser", "main", "run"]
 
 SCENARIO_NAMES = ("linkerd", "p2c")
+
+
+DESCRIPTION = (
+    "Discrete-event simulation of load-balancing strategies: a real ServiceProxy and "
+    "LoadBalancer on a virtual clock against simulated backends. Prints success rate "
+    "and latency percentiles per strategy; reproduces Linkerd's stuck-backend "
+    "experiment (linkerd) and Mitzenmacher's power of two choices (p2c)."
+)
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The command's argument parser (``prog`` lets a host CLI mount it as a subcommand)."""
     parser = argparse.ArgumentParser(
-        prog=prog or "python -m codomyrmex.service_mesh.simulation",
-        description=(
-            "Discrete-event simulation of load-balancing strategies: a real ServiceProxy and "
-            "LoadBalancer on a virtual clock against simulated backends. Prints success rate "
-            "and latency percentiles per strategy; reproduces Linkerd's stuck-backend "
-            "experiment (linkerd) and Mitzenmacher's power of two choices (p2c)."
-        ),
+        prog=prog or "python -m codomyrmex.service_mesh.simulation", description=DESCRIPTION
     )
+    add_arguments(parser)
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the simulator's options to ``parser`` (its own, or a host CLI's subcommand)."""
     parser.add_argument(
         "--scenario",
         choices=(*SCENARIO_NAMES, "all"),
@@ -69,7 +77,6 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="p2c: requests per run (default: 200000)",
     )
     parser.add_argument("--out", metavar="PNG", help="write a plot of the results to this file")
-    return parser
 
 
 def _policies(scenario: Scenario, args: argparse.Namespace) -> list[Policy]:
@@ -97,7 +104,11 @@ def _scenarios(args: argparse.Namespace) -> list[Scenario]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the simulator with command-line arguments; return the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    return run(parser.parse_args(argv), parser)
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Run the simulator with parsed arguments (``parser`` reports bad values)."""
     try:
         scenarios = _scenarios(args)
         runs: list[tuple[Scenario, list[Result]]] = []
