@@ -12,6 +12,7 @@ Only the standard library is needed to run this file; everything else goes into
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -22,7 +23,7 @@ VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PY = BIN / ("python.exe" if os.name == "nt" else "python")
 
-EXTRAS = {"demo": "all", "test": "all,test", "bench": "all,test,bench", "lint": "all,test"}
+EXTRAS = {"demo": "all", "test": "all,test,bench", "bench": "all,test,bench", "lint": "all,test"}
 
 
 def _run(*cmd: str | os.PathLike[str]) -> None:
@@ -43,6 +44,28 @@ def ensure_env(extras: str) -> None:
     stamp.touch()
 
 
+SYSTEM_TOOLS = {"redis-server": "redis-server", "chromium": "chromium"}
+"""Programs some tests need (a private Redis server, headless Chromium), by Debian package."""
+
+
+def ensure_system_tools() -> None:
+    """Install the test suite's system programs with apt-get when missing and allowed.
+
+    Without them (not root, or not Debian), the tests that need them skip with a
+    reason; under CI they fail instead.
+    """
+    missing = [pkg for tool, pkg in SYSTEM_TOOLS.items() if shutil.which(tool) is None]
+    if not missing:
+        return
+    can_apt = shutil.which("apt-get") is not None and hasattr(os, "geteuid") and os.geteuid() == 0
+    if not can_apt:
+        print(f"note: {', '.join(missing)} not installed; the tests that need them will skip")
+        return
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env)
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in EXTRAS:
         print(__doc__)
@@ -53,6 +76,7 @@ def main(argv: list[str]) -> int:
         if job == "demo":
             _run(BIN / "service-mesh", "demo", *rest)
         elif job == "test":
+            ensure_system_tools()
             _run(PY, "-m", "pytest", *rest)
             _run(PY, "-m", "ruff", "check", "src", "tests", "benchmarks")
             _run(PY, "-m", "mypy", "src/codomyrmex/service_mesh", "tests/typing")
