@@ -105,19 +105,13 @@ def test_breaker_events_follow_its_state_machine(clock: FakeClock, flavour: Flav
     assert len(seen) == 4
 
 
-_IDENTITY_ONLY = pytest.mark.xfail(
-    reason="unsubscribe still compares by identity: a bound method passed anew never matches",
-    strict=False,
-)
-
-
 @pytest.mark.parametrize(
     "make",
     [
         pytest.param(lambda: CircuitBreaker("cb"), id="breaker"),
         pytest.param(lambda: RetryPolicy(), id="retry"),
         pytest.param(lambda: ServiceProxy("svc"), id="proxy"),
-        pytest.param(lambda: LoadBalancer(name="svc"), id="balancer", marks=_IDENTITY_ONLY),
+        pytest.param(lambda: LoadBalancer(name="svc"), id="balancer"),
     ],
 )
 def test_a_component_unsubscribes_a_bound_method_passed_anew(make: Any) -> None:

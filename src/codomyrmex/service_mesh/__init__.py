@@ -24,8 +24,17 @@ from .events import (
     RetryScheduled,
     StateTransition,
 )
-from .load_balancer import LoadBalancer, LoadBalancerStrategy, ServiceInstance
+from .health import HealthCheckConfig, HealthChecker, HttpProbe, Probe, TcpProbe
+from .load_balancer import (
+    LoadBalancer,
+    LoadBalancerStrategy,
+    ServiceInstance,
+    SlowStartConfig,
+    current_routing_key,
+    routing_key,
+)
 from .mesh import Mesh, default_mesh
+from .outlier import OutlierDetectionConfig, OutlierDetector
 from .proxy import ServiceProxy
 from .retry import RetryPolicy, disable_retries, set_testing
 
@@ -43,6 +52,9 @@ __all__ = [
     "Event",
     "EventListener",
     "FaultInjected",
+    "HealthCheckConfig",
+    "HealthChecker",
+    "HttpProbe",
     "InstanceEjected",
     "InstanceHealthChanged",
     "InstancePicked",
@@ -51,7 +63,10 @@ __all__ = [
     "LoadBalancerStrategy",
     "Mesh",
     "NoHealthyInstanceError",
+    "OutlierDetectionConfig",
+    "OutlierDetector",
     "PercentageRetryBudget",
+    "Probe",
     "RetryBudget",
     "RetryGaveUp",
     "RetryPolicy",
@@ -59,12 +74,16 @@ __all__ = [
     "ServiceInstance",
     "ServiceMeshError",
     "ServiceProxy",
+    "SlowStartConfig",
     "StateTransition",
+    "TcpProbe",
     "TokenBucketRetryBudget",
+    "current_routing_key",
     "default_mesh",
     "disable_retries",
     "get_circuit_breaker",
     "list_circuit_breakers",
+    "routing_key",
     "set_testing",
     "with_circuit_breaker",
     "with_retry",
