@@ -43,11 +43,9 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-def _loop_factories() -> list[Any]:
-    params: list[Any] = [
-        pytest.param(None, id="sync"),
-        pytest.param(asyncio.new_event_loop, id="asyncio"),
-    ]
+def _async_loops() -> list[Any]:
+    """The event loops async tests run on: asyncio, and uvloop when installed."""
+    params: list[Any] = [pytest.param(asyncio.new_event_loop, id="asyncio")]
     try:
         import uvloop
     except ImportError:
@@ -57,6 +55,27 @@ def _loop_factories() -> list[Any]:
     else:
         params.append(pytest.param(uvloop.new_event_loop, id="uvloop"))
     return params
+
+
+def _loop_factories() -> list[Any]:
+    return [pytest.param(None, id="sync"), *_async_loops()]
+
+
+@pytest.fixture(params=_async_loops())
+def loop_factory(request: pytest.FixtureRequest) -> Any:
+    """For async-only behaviours (task cancellation, gather): asyncio and uvloop."""
+    return request.param
+
+
+@pytest.fixture
+def run_async(loop_factory: Any) -> Callable[[Any], Any]:
+    """Run a coroutine to completion on a fresh event loop of each kind."""
+
+    def run(coro: Any) -> Any:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(coro)
+
+    return run
 
 
 class Flavour:

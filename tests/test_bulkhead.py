@@ -21,26 +21,6 @@ from codomyrmex.service_mesh import Bulkhead, BulkheadFullError, ServiceMeshErro
 WAIT = 5.0  # upper bound on any wait for another thread or task
 
 
-def _async_loops() -> list[Any]:
-    params: list[Any] = [pytest.param(asyncio.new_event_loop, id="asyncio")]
-    try:
-        import uvloop
-    except ImportError:
-        params.append(pytest.param(None, id="uvloop", marks=pytest.mark.skip("no uvloop")))
-    else:
-        params.append(pytest.param(uvloop.new_event_loop, id="uvloop"))
-    return params
-
-
-@pytest.fixture(params=_async_loops())
-def run_async(request: pytest.FixtureRequest) -> Callable[[Any], Any]:
-    def run(coro: Any) -> Any:
-        with asyncio.Runner(loop_factory=request.param) as runner:
-            return runner.run(coro)
-
-    return run
-
-
 def wait_until(condition: Callable[[], bool]) -> None:
     """Wait (bounded) for another thread to reach a state."""
     deadline = time.monotonic() + WAIT

@@ -63,23 +63,6 @@ def half_open(cb: CircuitBreaker, clock: Any) -> None:
     assert cb.state is HALF_OPEN
 
 
-def _async_loops() -> list[Any]:
-    params: list[Any] = [pytest.param(asyncio.new_event_loop, id="asyncio")]
-    try:
-        import uvloop
-    except ImportError:
-        params.append(pytest.param(None, id="uvloop", marks=pytest.mark.skip(reason="no uvloop")))
-    else:
-        params.append(pytest.param(uvloop.new_event_loop, id="uvloop"))
-    return params
-
-
-@pytest.fixture(params=_async_loops())
-def loop_factory(request: pytest.FixtureRequest) -> Any:
-    """Async-only behaviours (task cancellation, gather) on asyncio and uvloop."""
-    return request.param
-
-
 def run(loop_factory: Any, coro: Any) -> Any:
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         return runner.run(coro)

@@ -37,30 +37,6 @@ class Abort(BaseException):
     """A non-Exception interruption, like KeyboardInterrupt but safe to raise in tests."""
 
 
-def _async_loops() -> list[Any]:
-    params: list[Any] = [pytest.param(asyncio.new_event_loop, id="asyncio")]
-    try:
-        import uvloop
-    except ImportError:
-        params.append(
-            pytest.param(None, id="uvloop", marks=pytest.mark.skip(reason="uvloop not installed"))
-        )
-    else:
-        params.append(pytest.param(uvloop.new_event_loop, id="uvloop"))
-    return params
-
-
-@pytest.fixture(params=_async_loops())
-def run_async(request: pytest.FixtureRequest) -> Callable[[Any], Any]:
-    """Run a coroutine to completion on a fresh asyncio or uvloop event loop."""
-
-    def run(coro: Any) -> Any:
-        with asyncio.Runner(loop_factory=request.param) as runner:
-            return runner.run(coro)
-
-    return run
-
-
 def inst(id: str, weight: float = 1, **kwargs: Any) -> ServiceInstance:
     return ServiceInstance(id=id, host=f"10.0.0.{len(id)}", port=8080, weight=weight, **kwargs)
 

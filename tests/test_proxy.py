@@ -11,7 +11,6 @@ import asyncio
 import random
 import threading
 from collections import Counter
-from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
 
@@ -40,30 +39,6 @@ class Boom(Exception):
 
 class Abort(BaseException):
     """A non-Exception interruption, like KeyboardInterrupt but safe to raise in tests."""
-
-
-def _async_loops() -> list[Any]:
-    params: list[Any] = [pytest.param(asyncio.new_event_loop, id="asyncio")]
-    try:
-        import uvloop
-    except ImportError:
-        params.append(
-            pytest.param(None, id="uvloop", marks=pytest.mark.skip(reason="uvloop not installed"))
-        )
-    else:
-        params.append(pytest.param(uvloop.new_event_loop, id="uvloop"))
-    return params
-
-
-@pytest.fixture(params=_async_loops())
-def run_async(request: pytest.FixtureRequest) -> Callable[[Any], Any]:
-    """Run a coroutine to completion on a fresh asyncio or uvloop event loop."""
-
-    def run(coro: Any) -> Any:
-        with asyncio.Runner(loop_factory=request.param) as runner:
-            return runner.run(coro)
-
-    return run
 
 
 def make_lb(

@@ -49,26 +49,6 @@ class Abort(BaseException):
     """A non-Exception interruption."""
 
 
-def _async_loops() -> list[Any]:
-    params: list[Any] = [pytest.param(asyncio.new_event_loop, id="asyncio")]
-    try:
-        import uvloop
-    except ImportError:
-        params.append(pytest.param(None, id="uvloop", marks=pytest.mark.skip("no uvloop")))
-    else:
-        params.append(pytest.param(uvloop.new_event_loop, id="uvloop"))
-    return params
-
-
-@pytest.fixture(params=_async_loops())
-def run_async(request: pytest.FixtureRequest) -> Callable[[Any], Any]:
-    def run(coro: Any) -> Any:
-        with asyncio.Runner(loop_factory=request.param) as runner:
-            return runner.run(coro)
-
-    return run
-
-
 def make_lb(ids: str = "ab") -> LoadBalancer:
     lb = LoadBalancer(LoadBalancerStrategy.ROUND_ROBIN, rng=random.Random(0))
     for k, i in enumerate(ids):

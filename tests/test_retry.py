@@ -13,7 +13,6 @@ import random
 import threading
 import traceback
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -68,30 +67,6 @@ class Raises:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.calls += 1
         raise self.error
-
-
-def _async_loops() -> list[Any]:
-    params: list[Any] = [pytest.param(asyncio.new_event_loop, id="asyncio")]
-    try:
-        import uvloop
-    except ImportError:
-        params.append(
-            pytest.param(None, id="uvloop", marks=pytest.mark.skip(reason="uvloop not installed"))
-        )
-    else:
-        params.append(pytest.param(uvloop.new_event_loop, id="uvloop"))
-    return params
-
-
-@pytest.fixture(params=_async_loops())
-def run_async(request: pytest.FixtureRequest) -> Callable[[Any], Any]:
-    """Run a coroutine to completion on a fresh asyncio or uvloop event loop."""
-
-    def run(coro: Any) -> Any:
-        with asyncio.Runner(loop_factory=request.param) as runner:
-            return runner.run(coro)
-
-    return run
 
 
 def policy_for(clock: Any, **kwargs: Any) -> RetryPolicy:
