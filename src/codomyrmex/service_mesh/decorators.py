@@ -49,17 +49,7 @@ def with_circuit_breaker(
     breaker = (mesh if mesh is not None else default_mesh()).circuit_breaker(name, config)
 
     def decorate(fn: Callable[P, R]) -> BreakerWrapped[P, R]:
-        if inspect.iscoroutinefunction(fn):
-            execute_async = breaker.execute_async
-            afn = cast(Any, fn)
-
-            @functools.wraps(fn)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                return await execute_async(afn, *args, **kwargs)
-
-            wrapper: Any = async_wrapper
-        else:
-            wrapper = breaker.wrap(fn)
+        wrapper = _wrap(fn, breaker.wrap, breaker.execute_async)
         wrapper.circuit_breaker = breaker
         return cast(BreakerWrapped[P, R], wrapper)
 
@@ -91,18 +81,24 @@ def with_retry(
     the_policy = policy
 
     def decorate(fn: Callable[P, R]) -> RetryWrapped[P, R]:
-        if inspect.iscoroutinefunction(fn):
-            execute_async = the_policy.execute_async
-            afn = cast(Any, fn)
-
-            @functools.wraps(fn)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                return await execute_async(afn, *args, **kwargs)
-
-            wrapper: Any = async_wrapper
-        else:
-            wrapper = the_policy.wrap(fn)
+        wrapper = _wrap(fn, the_policy.wrap, the_policy.execute_async)
         wrapper.retry_policy = the_policy
         return cast(RetryWrapped[P, R], wrapper)
 
     return decorate
+
+
+def _wrap(
+    fn: Callable[..., Any],
+    wrap_sync: Callable[[Callable[..., Any]], Callable[..., Any]],
+    execute_async: Callable[..., Any],
+) -> Any:
+    """Coroutine functions get an async wrapper awaiting ``execute_async``; others ``wrap_sync``."""
+    if not inspect.iscoroutinefunction(fn):
+        return wrap_sync(fn)
+
+    @functools.wraps(fn)
+    async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+        return await execute_async(fn, *args, **kwargs)
+
+    return async_wrapper
