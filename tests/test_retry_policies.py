@@ -8,6 +8,7 @@ retry guard and the testing switches. Behaviour shared by ``execute`` and
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from typing import Any
 import pytest
 
 from codomyrmex.service_mesh import (
+    CircuitBreaker,
+    CircuitBreakerConfig,
     PercentageRetryBudget,
     RetryPolicy,
     TokenBucketRetryBudget,
@@ -476,3 +479,54 @@ def test_set_testing_validates(clock: Any) -> None:
         set_testing("yes")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="attempts"):
         set_testing(True, attempts=0)
+
+
+def test_a_retry_inside_a_proxy_handler_makes_one_attempt(flavour: Any, clock: Any) -> None:
+    """The proxy's own retries are the outer call: the handler's policy doesn't multiply them."""
+    from codomyrmex.service_mesh import LoadBalancer, ServiceInstance, ServiceProxy
+
+    lb = LoadBalancer()
+    lb.register(ServiceInstance("a", "127.0.0.1", 8001))
+    lb.register(ServiceInstance("b", "127.0.0.1", 8002))
+    breaker = CircuitBreaker("nested-proxy", CircuitBreakerConfig(failure_threshold=100))
+    proxy = ServiceProxy("nested", lb, breaker, policy(clock, max_retries=2))
+    inner_fn = Script(Boom)
+    inner = policy(clock, max_retries=4)
+    with pytest.raises(Boom):
+        flavour.proxy(proxy, lambda instance: inner.execute(inner_fn))
+    assert inner_fn.attempts == 3
+
+
+def test_a_sync_retry_inside_an_async_retried_call_makes_one_attempt(clock: Any) -> None:
+    inner_fn = Script(Boom)
+    inner = policy(clock, max_retries=4)
+    outer = policy(clock, max_retries=2)
+
+    async def call_inner() -> Any:
+        return inner.execute(inner_fn)
+
+    with pytest.raises(Boom):
+        asyncio.run(outer.execute_async(call_inner))
+    assert inner_fn.attempts == 3
+
+
+def test_tasks_started_inside_a_retried_call_inherit_the_guard(clock: Any) -> None:
+    """Fan-out: retries in tasks that an async retried call starts make one attempt each."""
+    fns = [Script(Boom), Script(Boom)]
+    inner = policy(clock, max_retries=4)
+    outer = policy(clock, max_retries=1)
+
+    async def fan_out() -> Any:
+        tasks = [asyncio.ensure_future(inner.execute_async(_async(fn))) for fn in fns]
+        return await asyncio.gather(*tasks)
+
+    with pytest.raises(Boom):
+        asyncio.run(outer.execute_async(fan_out))
+    assert [fn.attempts for fn in fns] == [2, 2]  # 2 outer attempts x 1 each
+
+
+def _async(fn: Callable[[], Any]) -> Callable[[], Any]:
+    async def call() -> Any:
+        return fn()
+
+    return call

@@ -3,6 +3,8 @@
 The public API; everything else lives in private or integration modules.
 """
 
+import logging
+
 from .budget import PercentageRetryBudget, RetryBudget, TokenBucketRetryBudget
 from .bulkhead import Bulkhead
 from .chaos import Chaos
@@ -90,6 +92,10 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+# A library logs but never configures logging: without this, Python's last-resort
+# handler would print the mesh's WARNINGs (a circuit opening) to stderr.
+logging.getLogger("codomyrmex.service_mesh").addHandler(logging.NullHandler())
 
 
 def get_circuit_breaker(name: str) -> CircuitBreaker | None:

@@ -390,7 +390,13 @@ class CircuitBreaker:
         """
         if self._timed:
             return self._execute_timed(fn, *args, **kwargs)
-        epoch = self._closed_epoch or self._acquire()
+        epoch = self._closed_epoch
+        if not epoch:
+            if self._state is OPEN and not self._subscribers:  # the rejection, raised right here
+                now = self._clock()
+                if now < self._open_until:
+                    raise CircuitOpenError(self.name, OPEN, self._open_until - now)
+            epoch = self._acquire()
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
@@ -444,7 +450,13 @@ class CircuitBreaker:
 
         @functools.wraps(fn)
         def call_through_breaker(*args: P.args, **kwargs: P.kwargs) -> R:
-            epoch = self._closed_epoch or acquire()
+            epoch = self._closed_epoch
+            if not epoch:
+                if self._state is OPEN and not self._subscribers:  # as in execute
+                    now = self._clock()
+                    if now < self._open_until:
+                        raise CircuitOpenError(self.name, OPEN, self._open_until - now)
+                epoch = acquire()
             try:
                 result = fn(*args, **kwargs)
             except BaseException as exc:
@@ -542,7 +554,9 @@ class CircuitBreaker:
         """Slow admission path: anything but a free state, taking a half-open slot if needed."""
         now = self._clock()
         if self._state is OPEN and now < self._open_until:
-            raise self._rejection(OPEN, self._open_until - now, "circuit_open")
+            if self._subscribers:
+                raise self._rejection(OPEN, self._open_until - now, "circuit_open")
+            raise CircuitOpenError(self.name, OPEN, self._open_until - now)
         changes: _Changes = []
         probe = 0
         try:

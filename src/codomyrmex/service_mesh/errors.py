@@ -26,11 +26,26 @@ class CircuitOpenError(ServiceMeshError):
     (0.0 when it is half-open and its probe slots are all taken).
     """
 
-    def __init__(self, name: str, state: CircuitState, retry_after: float) -> None:
-        super().__init__(name, state, retry_after)
-        self.name = name
-        self.state = state
-        self.retry_after = retry_after
+    # Raised on every rejection, so construction stays in C: the values live in
+    # ``args`` (name, state, retry_after) and are read back through properties.
+    if TYPE_CHECKING:
+
+        def __init__(self, name: str, state: CircuitState, retry_after: float) -> None: ...
+
+    @property
+    def name(self) -> str:
+        """The breaker's name."""
+        return self.args[0]  # type: ignore[no-any-return]
+
+    @property
+    def state(self) -> CircuitState:
+        """The state that refused the call."""
+        return self.args[1]  # type: ignore[no-any-return]
+
+    @property
+    def retry_after(self) -> float:
+        """Seconds until a probe can be admitted (0.0 when half-open slots are full)."""
+        return self.args[2]  # type: ignore[no-any-return]
 
     def __str__(self) -> str:
         return f"circuit {self.name!r} is {self.state.value}; retry after {self.retry_after:.3f}s"

@@ -18,7 +18,7 @@ import inspect
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Concatenate, ParamSpec, TypeVar, cast
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from ._validate import check_callable, check_int, check_number, check_str
 from .bulkhead import Bulkhead
@@ -26,7 +26,7 @@ from .circuit_breaker import CircuitBreaker
 from .errors import CircuitOpenError, NoHealthyInstanceError
 from .events import CallFailed, CallRejected, CallSucceeded, EventListener, publish
 from .load_balancer import ABORTED, LoadBalancer, ServiceInstance
-from .retry import _IN_RETRY, RetryPolicy, _Attempts, _aw
+from .retry import _IN_RETRY, RetryPolicy, _Attempts, _aw, inside_retry, register_retry_frames
 
 __all__ = ["ServiceProxy"]
 
@@ -178,8 +178,10 @@ class ServiceProxy:
     ) -> R:
         """Run ``handler_fn(instance, *args, **kwargs)`` through the whole stack."""
         if self._staged:
-            return cast(R, self._call_staged(handler_fn, args, kwargs))
-        return cast(R, self._attempts(handler_fn, args, kwargs))
+            staged: R = self._call_staged(handler_fn, args, kwargs)
+            return staged
+        result: R = self._attempts(handler_fn, args, kwargs)
+        return result
 
     def _call_staged(self, handler_fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
         try:
@@ -201,57 +203,53 @@ class ServiceProxy:
 
     def _attempts(self, handler_fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
         """Retry -> pick -> breaker -> handler, one attempt after another."""
-        token = _IN_RETRY.set(True)
-        try:
-            balancer = self.load_balancer
-            policy = self.retry_policy
-            started = None if policy._simple else policy._start()
-            calls: _Attempts | None = None
-            tried: set[str] | None = None
-            last_real: Exception | None = None
-            result: Any = None
-            while True:
-                instance = balancer._acquire(tried)
-                if instance is None:
-                    raise self._no_instance(last_real)
-                timer = balancer._observe_clock or self._event_clock
-                start = 0.0 if timer is None else timer()
-                try:
-                    result = self._execute(handler_fn, instance, *args, **kwargs)
-                except Exception as exc:
-                    balancer._release(instance, start, exc)
-                    failure: Exception | None = exc
-                except BaseException:
-                    balancer._release(instance, start, ABORTED)
-                    raise
-                else:
-                    balancer._release(instance, start, None)
-                    if policy.retry_on_result is None or not policy._rejects(result):
-                        if self._subscribers or policy.budget is not None:
-                            self._succeeded(instance, start, calls)
-                        return result
-                    failure = None
-                if failure is not None:
-                    if self._subscribers:
-                        self._failed(instance, start, failure)
-                    if isinstance(failure, CircuitOpenError):
-                        raise self._give_up(failure, last_real)  # a rejection ends the call
-                    last_real = failure
-                if calls is None:
-                    calls = _Attempts(started, token.old_value is True)
-                delay = policy._after_failure(calls, failure, self.service_name, self._subscribers)
-                if delay is None:
+        balancer = self.load_balancer
+        policy = self.retry_policy
+        started = None if policy._simple else policy._start()
+        calls: _Attempts | None = None
+        tried: set[str] | None = None
+        last_real: Exception | None = None
+        result: Any = None
+        while True:
+            instance = balancer._acquire(tried)
+            if instance is None:
+                raise self._no_instance(last_real)
+            timer = balancer._observe_clock or self._event_clock
+            start = 0.0 if timer is None else timer()
+            try:
+                result = self._execute(handler_fn, instance, *args, **kwargs)
+            except Exception as exc:
+                balancer._release(instance, start, exc)
+                failure: Exception | None = exc
+            except BaseException:
+                balancer._release(instance, start, ABORTED)
+                raise
+            else:
+                balancer._release(instance, start, None)
+                if policy.retry_on_result is None or not policy._rejects(result):
+                    if self._subscribers or policy.budget is not None:
+                        self._succeeded(instance, start, calls)
+                    return result
+                failure = None
+            if failure is not None:
+                if self._subscribers:
+                    self._failed(instance, start, failure)
+                if isinstance(failure, CircuitOpenError):
+                    raise self._give_up(failure, last_real)  # a rejection ends the call
+                last_real = failure
+            if calls is None:
+                calls = _Attempts(started, inside_retry())
+            delay = policy._after_failure(calls, failure, self.service_name, self._subscribers)
+            if delay is None:
+                return policy._final(failure, result)
+            if delay > 0.0:
+                policy.sleep(delay)
+                if policy._past_deadline(calls):
                     return policy._final(failure, result)
-                if delay > 0.0:
-                    policy.sleep(delay)
-                    if policy._past_deadline(calls):
-                        return policy._final(failure, result)
-                calls.count += 1
-                if tried is None:
-                    tried = set()
-                tried.add(instance.id)
-        finally:
-            _IN_RETRY.reset(token)
+            calls.count += 1
+            if tried is None:
+                tried = set()
+            tried.add(instance.id)
 
     def _one_attempt(
         self, handler_fn: Callable[..., Any], instance: ServiceInstance, args: Any, kwargs: Any
@@ -348,8 +346,10 @@ class ServiceProxy:
         inside the breaker, so a timed-out attempt is a breaker failure.
         """
         if self._staged:
-            return cast(R, await self._call_staged_async(handler_fn, args, kwargs))
-        return cast(R, await self._attempts_async(handler_fn, args, kwargs))
+            staged: R = await self._call_staged_async(handler_fn, args, kwargs)
+            return staged
+        result: R = await self._attempts_async(handler_fn, args, kwargs)
+        return result
 
     async def _call_staged_async(
         self, handler_fn: Callable[..., Any], args: Any, kwargs: Any
@@ -415,7 +415,7 @@ class ServiceProxy:
                         raise self._give_up(failure, last_real)  # a rejection ends the call
                     last_real = failure
                 if calls is None:
-                    calls = _Attempts(started, token.old_value is True)
+                    calls = _Attempts(started, inside_retry(token))
                 delay = policy._after_failure(calls, failure, self.service_name, self._subscribers)
                 if delay is None:
                     return policy._final(failure, result)
@@ -600,3 +600,6 @@ async def _timed(
 ) -> R:
     """Await one attempt with a time limit; running out of time raises ``TimeoutError``."""
     return await asyncio.wait_for(_aw(fn(*args, **kwargs)), timeout)
+
+
+register_retry_frames(ServiceProxy._attempts, ServiceProxy._attempts_async)

@@ -13,7 +13,9 @@ import functools
 import logging
 import math
 import random
+import sys
 import time
+import types
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, cast
@@ -45,10 +47,53 @@ logger = logging.getLogger("codomyrmex.service_mesh")
 
 _MESH_REJECTIONS = (CircuitOpenError, NoHealthyInstanceError)
 
-# True while a retrying loop runs an attempt: an inner policy then makes one attempt only.
+# The nested-retry guard: a policy retrying inside another retrying call makes one
+# attempt. Async retrying calls mark their context (tasks they start inherit it);
+# sync ones cost nothing until an inner call fails: it then looks up its own call
+# stack for a retry loop's frame (the contextvar's set/reset on every sync call
+# would cost more than the rest of the success path).
 _IN_RETRY: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "codomyrmex_service_mesh_in_retry", default=False
 )
+_ENTRY_CODES: set[types.CodeType] = set()
+"""Code objects of the functions a retrying call enters by (policies' and proxies')."""
+_INNER_CODES: set[types.CodeType] = set()
+"""Code objects of the helpers those entries call on the way to their retry loop."""
+
+
+def register_retry_frames(
+    *entries: Callable[..., Any], inner: tuple[Callable[..., Any], ...] = ()
+) -> None:
+    """Count frames of these functions (and of functions they define) as retry loops."""
+    for targets, functions in ((_ENTRY_CODES, entries), (_INNER_CODES, inner)):
+        for function in functions:
+            code = function.__code__
+            targets.add(code)
+            targets.update(c for c in code.co_consts if isinstance(c, types.CodeType))
+
+
+def _outer_retry_on_stack() -> bool:
+    """Whether a retrying call other than the caller's own runs further up the stack."""
+    frame: types.FrameType | None = sys._getframe(2)
+    while frame is not None and frame.f_code in _INNER_CODES:  # the caller's own helpers
+        frame = frame.f_back
+    if frame is not None and frame.f_code in _ENTRY_CODES:  # the caller's own entry
+        frame = frame.f_back
+    while frame is not None:
+        code = frame.f_code
+        if code in _ENTRY_CODES or code in _INNER_CODES:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def inside_retry(token: contextvars.Token[bool] | None = None) -> bool:
+    """Whether the calling retry loop runs inside another retrying call.
+
+    ``token`` is the caller's own mark of the context (async loops), if any.
+    """
+    marked = _IN_RETRY.get() if token is None else token.old_value is True
+    return marked or _outer_retry_on_stack()
 
 
 class _Testing:
@@ -387,60 +432,57 @@ class RetryPolicy:
 
     def execute(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """Call ``fn(*args, **kwargs)``, retrying failures; return its first accepted result."""
-        return self._call(fn, args, kwargs)
+        if not self._simple:
+            return self._call(fn, args, kwargs)
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            failure = exc
+        return self._retry(failure, None, None, fn, args, kwargs)
 
     def wrap(self, fn: Callable[P, R]) -> Callable[P, R]:
         """``fn`` retried by this policy: the decorators' sync wrapper, kept flat for speed."""
         policy = self
-        mark, unmark = _IN_RETRY.set, _IN_RETRY.reset
 
         @functools.wraps(fn)
         def call_with_retry(*args: P.args, **kwargs: P.kwargs) -> R:
             if not policy._simple:
                 return policy._call(fn, args, kwargs)
-            token = mark(True)
             try:
-                try:
-                    return fn(*args, **kwargs)
-                except Exception as exc:
-                    failure = exc
-                return policy._retry(failure, None, None, token.old_value is True, fn, args, kwargs)
-            finally:
-                unmark(token)
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                failure = exc
+            return policy._retry(failure, None, None, fn, args, kwargs)
 
         return call_with_retry
 
     def _call(self, fn: Callable[..., R], args: Any, kwargs: Any) -> R:
-        token = _IN_RETRY.set(True)
+        """:meth:`execute` with a budget, a deadline or a result predicate."""
+        started = self._start()
+        result = None
         try:
-            started = None if self._simple else self._start()
-            result = None
-            try:
-                result = fn(*args, **kwargs)
-            except Exception as exc:
-                failure: Exception | None = exc
-            else:
-                if self.retry_on_result is None or not self._rejects(result):
-                    if self.budget is not None:
-                        self.budget.record_outcome(True)
-                    return result
-                failure = None
-            return self._retry(failure, result, started, token.old_value is True, fn, args, kwargs)
-        finally:
-            _IN_RETRY.reset(token)
+            result = fn(*args, **kwargs)
+        except Exception as exc:
+            failure: Exception | None = exc
+        else:
+            if self.retry_on_result is None or not self._rejects(result):
+                if self.budget is not None:
+                    self.budget.record_outcome(True)
+                return result
+            failure = None
+        return self._retry(failure, result, started, fn, args, kwargs)
 
     def _retry(
         self,
         failure: Exception | None,
         result: Any,
         started: float | None,
-        nested: bool,
         fn: Callable[..., R],
         args: Any,
         kwargs: Any,
     ) -> R:
         """The retries after a first failed attempt; raises the last failure when done."""
-        calls = _Attempts(started, nested)
+        calls = _Attempts(started, inside_retry())
         while True:
             delay = self._after_failure(calls, failure, self.name, self._subscribers)
             if delay is None:
@@ -491,7 +533,7 @@ class RetryPolicy:
                         return cast(R, result)
                     failure = None
                 if calls is None:
-                    calls = _Attempts(started, token.old_value is True)
+                    calls = _Attempts(started, inside_retry(token))
                 delay = self._after_failure(calls, failure, self.name, self._subscribers)
                 if delay is None:
                     return cast(R, self._final(failure, result))
@@ -551,3 +593,11 @@ def _cap_attempt(initial: float, cap: float, base: float) -> float:
     if initial <= 0.0 or base <= 1.0:
         return math.inf
     return max(0, math.ceil((math.log(cap) - math.log(initial)) / math.log(base)))
+
+
+register_retry_frames(
+    RetryPolicy.execute,
+    RetryPolicy.wrap,
+    RetryPolicy.execute_async,
+    inner=(RetryPolicy._call, RetryPolicy._retry),
+)
