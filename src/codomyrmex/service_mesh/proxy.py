@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import inspect
 import threading
 import time
@@ -26,7 +27,7 @@ from .circuit_breaker import CircuitBreaker
 from .errors import CircuitOpenError, NoHealthyInstanceError
 from .events import CallFailed, CallRejected, CallSucceeded, EventListener, publish
 from .load_balancer import ABORTED, LoadBalancer, ServiceInstance
-from .retry import _IN_RETRY, RetryPolicy, _Attempts, _aw, inside_retry, register_retry_frames
+from .retry import _IN_RETRY, RetryPolicy, _Attempts, _aw
 
 __all__ = ["ServiceProxy"]
 
@@ -203,53 +204,59 @@ class ServiceProxy:
 
     def _attempts(self, handler_fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
         """Retry -> pick -> breaker -> handler, one attempt after another."""
-        balancer = self.load_balancer
-        policy = self.retry_policy
-        started = None if policy._simple else policy._start()
-        calls: _Attempts | None = None
-        tried: set[str] | None = None
-        last_real: Exception | None = None
-        result: Any = None
-        while True:
-            instance = balancer._acquire(tried)
-            if instance is None:
-                raise self._no_instance(last_real)
-            timer = balancer._observe_clock or self._event_clock
-            start = 0.0 if timer is None else timer()
-            try:
-                result = self._execute(handler_fn, instance, *args, **kwargs)
-            except Exception as exc:
-                balancer._release(instance, start, exc)
-                failure: Exception | None = exc
-            except BaseException:
-                balancer._release(instance, start, ABORTED)
-                raise
-            else:
-                balancer._release(instance, start, None)
-                if policy.retry_on_result is None or not policy._rejects(result):
-                    if self._subscribers or policy.budget is not None:
-                        self._succeeded(instance, start, calls)
-                    return result
-                failure = None
-            if failure is not None:
-                if self._subscribers:
-                    self._failed(instance, start, failure)
-                if isinstance(failure, CircuitOpenError):
-                    raise self._give_up(failure, last_real)  # a rejection ends the call
-                last_real = failure
-            if calls is None:
-                calls = _Attempts(started, inside_retry())
-            delay = policy._after_failure(calls, failure, self.service_name, self._subscribers)
-            if delay is None:
-                return policy._final(failure, result)
-            if delay > 0.0:
-                policy.sleep(delay)
-                if policy._past_deadline(calls):
+        token: contextvars.Token[bool] | None = None
+        try:
+            balancer = self.load_balancer
+            policy = self.retry_policy
+            started = None if policy._simple else policy._start()
+            calls: _Attempts | None = None
+            tried: set[str] | None = None
+            last_real: Exception | None = None
+            result: Any = None
+            while True:
+                instance = balancer._acquire(tried)
+                if instance is None:
+                    raise self._no_instance(last_real)
+                timer = balancer._observe_clock or self._event_clock
+                start = 0.0 if timer is None else timer()
+                try:
+                    result = self._execute(handler_fn, instance, *args, **kwargs)
+                except Exception as exc:
+                    balancer._release(instance, start, exc)
+                    failure: Exception | None = exc
+                except BaseException:
+                    balancer._release(instance, start, ABORTED)
+                    raise
+                else:
+                    balancer._release(instance, start, None)
+                    if policy.retry_on_result is None or not policy._rejects(result):
+                        if self._subscribers or policy.budget is not None:
+                            self._succeeded(instance, start, calls)
+                        return result
+                    failure = None
+                if failure is not None:
+                    if self._subscribers:
+                        self._failed(instance, start, failure)
+                    if isinstance(failure, CircuitOpenError):
+                        raise self._give_up(failure, last_real)  # a rejection ends the call
+                    last_real = failure
+                if calls is None:
+                    token = _IN_RETRY.set(True)  # the nested-retry guard (see retry.py)
+                    calls = _Attempts(started, token.old_value is True)
+                delay = policy._after_failure(calls, failure, self.service_name, self._subscribers)
+                if delay is None:
                     return policy._final(failure, result)
-            calls.count += 1
-            if tried is None:
-                tried = set()
-            tried.add(instance.id)
+                if delay > 0.0:
+                    policy.sleep(delay)
+                    if policy._past_deadline(calls):
+                        return policy._final(failure, result)
+                calls.count += 1
+                if tried is None:
+                    tried = set()
+                tried.add(instance.id)
+        finally:
+            if token is not None:
+                _IN_RETRY.reset(token)
 
     def _one_attempt(
         self, handler_fn: Callable[..., Any], instance: ServiceInstance, args: Any, kwargs: Any
@@ -376,7 +383,7 @@ class ServiceProxy:
 
     async def _attempts_async(self, handler_fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
         """The async twin of :meth:`_attempts`."""
-        token = _IN_RETRY.set(True)
+        token: contextvars.Token[bool] | None = None
         try:
             balancer = self.load_balancer
             policy = self.retry_policy
@@ -415,7 +422,8 @@ class ServiceProxy:
                         raise self._give_up(failure, last_real)  # a rejection ends the call
                     last_real = failure
                 if calls is None:
-                    calls = _Attempts(started, inside_retry(token))
+                    token = _IN_RETRY.set(True)  # the nested-retry guard (see retry.py)
+                    calls = _Attempts(started, token.old_value is True)
                 delay = policy._after_failure(calls, failure, self.service_name, self._subscribers)
                 if delay is None:
                     return policy._final(failure, result)
@@ -428,7 +436,8 @@ class ServiceProxy:
                     tried = set()
                 tried.add(instance.id)
         finally:
-            _IN_RETRY.reset(token)
+            if token is not None:
+                _IN_RETRY.reset(token)
 
     async def _run_attempt_async(
         self,
@@ -600,6 +609,3 @@ async def _timed(
 ) -> R:
     """Await one attempt with a time limit; running out of time raises ``TimeoutError``."""
     return await asyncio.wait_for(_aw(fn(*args, **kwargs)), timeout)
-
-
-register_retry_frames(ServiceProxy._attempts, ServiceProxy._attempts_async)

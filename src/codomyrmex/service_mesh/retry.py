@@ -13,12 +13,10 @@ import functools
 import logging
 import math
 import random
-import sys
 import time
-import types
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import Any, ParamSpec, TypeVar
 
 from ._validate import check_callable, check_int, check_number, check_optional_number
 from .budget import RetryBudget
@@ -47,53 +45,13 @@ logger = logging.getLogger("codomyrmex.service_mesh")
 
 _MESH_REJECTIONS = (CircuitOpenError, NoHealthyInstanceError)
 
-# The nested-retry guard: a policy retrying inside another retrying call makes one
-# attempt. Async retrying calls mark their context (tasks they start inherit it);
-# sync ones cost nothing until an inner call fails: it then looks up its own call
-# stack for a retry loop's frame (the contextvar's set/reset on every sync call
-# would cost more than the rest of the success path).
+# The nested-retry guard: True while a call is being retried (from its first
+# failure on). A policy that fails inside such a call makes no retries of its own,
+# so nested retries add up instead of multiplying. Marking only the retry phase
+# keeps the success path free of the contextvar's cost.
 _IN_RETRY: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "codomyrmex_service_mesh_in_retry", default=False
 )
-_ENTRY_CODES: set[types.CodeType] = set()
-"""Code objects of the functions a retrying call enters by (policies' and proxies')."""
-_INNER_CODES: set[types.CodeType] = set()
-"""Code objects of the helpers those entries call on the way to their retry loop."""
-
-
-def register_retry_frames(
-    *entries: Callable[..., Any], inner: tuple[Callable[..., Any], ...] = ()
-) -> None:
-    """Count frames of these functions (and of functions they define) as retry loops."""
-    for targets, functions in ((_ENTRY_CODES, entries), (_INNER_CODES, inner)):
-        for function in functions:
-            code = function.__code__
-            targets.add(code)
-            targets.update(c for c in code.co_consts if isinstance(c, types.CodeType))
-
-
-def _outer_retry_on_stack() -> bool:
-    """Whether a retrying call other than the caller's own runs further up the stack."""
-    frame: types.FrameType | None = sys._getframe(2)
-    while frame is not None and frame.f_code in _INNER_CODES:  # the caller's own helpers
-        frame = frame.f_back
-    if frame is not None and frame.f_code in _ENTRY_CODES:  # the caller's own entry
-        frame = frame.f_back
-    while frame is not None:
-        code = frame.f_code
-        if code in _ENTRY_CODES or code in _INNER_CODES:
-            return True
-        frame = frame.f_back
-    return False
-
-
-def inside_retry(token: contextvars.Token[bool] | None = None) -> bool:
-    """Whether the calling retry loop runs inside another retrying call.
-
-    ``token`` is the caller's own mark of the context (async loops), if any.
-    """
-    marked = _IN_RETRY.get() if token is None else token.old_value is True
-    return marked or _outer_retry_on_stack()
 
 
 class _Testing:
@@ -166,8 +124,9 @@ class RetryPolicy:
     ``attempt_timeout`` bounds each attempt of an async call; ``max_elapsed``
     bounds the whole call, counted from the first attempt: no attempt starts
     after it (sync calls in progress are never interrupted). A ``budget`` caps
-    retries across all calls sharing the policy. Inside another retrying call,
-    a policy makes one attempt only, unless ``nested=True``.
+    retries across all calls sharing the policy. Inside a call that is being
+    retried (from its first failure on), a policy makes one attempt only, unless
+    ``nested=True``: nested retries add up instead of multiplying.
     """
 
     __slots__ = (
@@ -290,6 +249,10 @@ class RetryPolicy:
         un-jittered wait of the attempt before).
         """
         check_int("attempt", attempt, 0)
+        return self._delay(attempt, previous)
+
+    def _delay(self, attempt: int, previous: float | None) -> float:
+        """:meth:`get_delay` without the argument check (the retry loops' own calls)."""
         delay = self._backoff(attempt)
         mode = self.jitter_mode
         if mode == "none" or delay <= 0.0:
@@ -376,11 +339,11 @@ class RetryPolicy:
         if calls.count > max_retries:
             return None
         if failure is None:
-            delay = self.get_delay(calls.count - 1, calls.previous or None)
+            delay = self._delay(calls.count - 1, calls.previous or None)
         else:
             verdict = self._retryable(failure)
             if verdict is True:
-                delay = self.get_delay(calls.count - 1, calls.previous or None)
+                delay = self._delay(calls.count - 1, calls.previous or None)
             elif verdict is None or isinstance(verdict, bool):
                 return None
             else:  # a delay override; 0 means at once (Retry-After: 0)
@@ -482,26 +445,30 @@ class RetryPolicy:
         kwargs: Any,
     ) -> R:
         """The retries after a first failed attempt; raises the last failure when done."""
-        calls = _Attempts(started, inside_retry())
-        while True:
-            delay = self._after_failure(calls, failure, self.name, self._subscribers)
-            if delay is None:
-                return cast(R, self._final(failure, result))
-            if delay > 0.0:
-                self.sleep(delay)
-                if self._past_deadline(calls):
-                    return cast(R, self._final(failure, result))
-            calls.count += 1
-            try:
-                result = fn(*args, **kwargs)
-            except Exception as exc:
-                failure = exc
-                continue
-            if not self._rejects(result):
-                if self.budget is not None:
-                    self.budget.record_outcome(True)
-                return cast(R, result)
-            failure = None
+        token = _IN_RETRY.set(True)
+        try:
+            calls = _Attempts(started, token.old_value is True)
+            while True:
+                delay = self._after_failure(calls, failure, self.name, self._subscribers)
+                if delay is None:
+                    return self._final(failure, result)  # type: ignore[no-any-return]
+                if delay > 0.0:
+                    self.sleep(delay)
+                    if self._past_deadline(calls):
+                        return self._final(failure, result)  # type: ignore[no-any-return]
+                calls.count += 1
+                try:
+                    result = fn(*args, **kwargs)
+                except Exception as exc:
+                    failure = exc
+                    continue
+                if not self._rejects(result):
+                    if self.budget is not None:
+                        self.budget.record_outcome(True)
+                    return result  # type: ignore[no-any-return]
+                failure = None
+        finally:
+            _IN_RETRY.reset(token)
 
     async def execute_async(
         self, fn: Callable[P, Awaitable[R]], *args: P.args, **kwargs: P.kwargs
@@ -510,7 +477,7 @@ class RetryPolicy:
 
         Cancellation is never retried and propagates at once, also from the wait.
         """
-        token = _IN_RETRY.set(True)
+        token: contextvars.Token[bool] | None = None
         try:
             started = self._start()
             calls: _Attempts | None = None
@@ -530,20 +497,22 @@ class RetryPolicy:
                     if not self._rejects(result):
                         if self.budget is not None:
                             self.budget.record_outcome(True)
-                        return cast(R, result)
+                        return result  # type: ignore[no-any-return]
                     failure = None
                 if calls is None:
-                    calls = _Attempts(started, inside_retry(token))
+                    token = _IN_RETRY.set(True)
+                    calls = _Attempts(started, token.old_value is True)
                 delay = self._after_failure(calls, failure, self.name, self._subscribers)
                 if delay is None:
-                    return cast(R, self._final(failure, result))
+                    return self._final(failure, result)  # type: ignore[no-any-return]
                 if delay > 0.0:
                     await self.async_sleep(delay)
                     if self._past_deadline(calls):
-                        return cast(R, self._final(failure, result))
+                        return self._final(failure, result)  # type: ignore[no-any-return]
                 calls.count += 1
         finally:
-            _IN_RETRY.reset(token)
+            if token is not None:
+                _IN_RETRY.reset(token)
 
 
 async def _aw(aw: Awaitable[R]) -> R:
@@ -593,11 +562,3 @@ def _cap_attempt(initial: float, cap: float, base: float) -> float:
     if initial <= 0.0 or base <= 1.0:
         return math.inf
     return max(0, math.ceil((math.log(cap) - math.log(initial)) / math.log(base)))
-
-
-register_retry_frames(
-    RetryPolicy.execute,
-    RetryPolicy.wrap,
-    RetryPolicy.execute_async,
-    inner=(RetryPolicy._call, RetryPolicy._retry),
-)
