@@ -9,6 +9,7 @@ as a reader following the spec would.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SPEC = REPO_ROOT.parent / "shared" / "spec" / "SERVICE_MESH_API.md"
 BLOCK = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
 
+# Under CI the spec is always beside the clone: a missing spec fails there instead of skipping.
 pytestmark = pytest.mark.skipif(
-    not SPEC.is_file(), reason=f"API spec not found at {SPEC} (it sits beside the clone in CI)"
+    not SPEC.is_file() and not os.environ.get("CI"),
+    reason=f"API spec not found at {SPEC} (it sits beside the clone in CI)",
 )
 
 
