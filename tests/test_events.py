@@ -316,6 +316,35 @@ def test_retries_are_logged_with_service_attempt_and_delay(
     gave_up = [r for r in _records(caplog, "attempt") if r.levelno == logging.INFO]
     assert [(r.service, r.attempt, r.delay) for r in scheduled] == [("svc", 1, 0.25)]  # type: ignore[attr-defined]
     assert [(r.service, r.attempt) for r in gave_up] == [("svc", 2)]  # type: ignore[attr-defined]
+    # Each record names the instance whose attempt failed: i1 first, then the failover i2.
+    assert [r.instance for r in scheduled + gave_up] == ["i1", "i2"]  # type: ignore[attr-defined]
+
+
+def test_a_retry_refused_by_the_budget_is_a_typed_rejection(clock: FakeClock) -> None:
+    from codomyrmex.service_mesh import TokenBucketRetryBudget
+
+    balancer = LoadBalancer(name="svc")
+    balancer.register(ServiceInstance("i1", "127.0.0.1", 9000))
+    policy = RetryPolicy(
+        max_retries=3,
+        jitter=False,
+        sleep=clock.sleep,
+        budget=TokenBucketRetryBudget(max_tokens=2, token_ratio=0.1),
+    )
+    proxy = ServiceProxy("svc", balancer, None, policy, clock=clock)
+    seen: list[Event] = []
+    proxy.subscribe(seen.append)
+
+    def fail(instance: ServiceInstance) -> None:
+        raise Boom
+
+    with pytest.raises(Boom):
+        proxy.call(fail)  # 2 tokens -> 1 after the failure: not above half, refused
+    kinds = [type(e).__name__ for e in seen]
+    assert kinds == ["CallFailed", "CallRejected", "RetryGaveUp"], kinds
+    rejected = seen[1]
+    assert isinstance(rejected, CallRejected) and rejected.reason == "retry_budget"
+    assert clock.sleeps == []
 
 
 def test_nothing_is_logged_below_the_configured_level(

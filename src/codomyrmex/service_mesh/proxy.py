@@ -243,7 +243,9 @@ class ServiceProxy:
                 if calls is None:
                     token = _IN_RETRY.set(True)  # the nested-retry guard (see retry.py)
                     calls = _Attempts(started, token.old_value is True)
-                delay = policy._after_failure(calls, failure, self.service_name, self._subscribers)
+                delay = policy._after_failure(
+                    calls, failure, self.service_name, self._subscribers, instance.id
+                )
                 if delay is None:
                     return policy._final(failure, result)
                 if delay > 0.0:
@@ -424,7 +426,9 @@ class ServiceProxy:
                 if calls is None:
                     token = _IN_RETRY.set(True)  # the nested-retry guard (see retry.py)
                     calls = _Attempts(started, token.old_value is True)
-                delay = policy._after_failure(calls, failure, self.service_name, self._subscribers)
+                delay = policy._after_failure(
+                    calls, failure, self.service_name, self._subscribers, instance.id
+                )
                 if delay is None:
                     return policy._final(failure, result)
                 if delay > 0.0:

@@ -21,7 +21,7 @@ from typing import Any, ParamSpec, TypeVar
 from ._validate import check_callable, check_int, check_number, check_optional_number
 from .budget import RetryBudget
 from .errors import CircuitOpenError, NoHealthyInstanceError
-from .events import EventListener, RetryGaveUp, RetryScheduled, publish
+from .events import CallRejected, EventListener, RetryGaveUp, RetryScheduled, publish
 
 __all__ = [
     "JITTER_MODES",
@@ -291,11 +291,14 @@ class RetryPolicy:
         failure: BaseException | None,
         source: str,
         subscribers: tuple[EventListener, ...],
+        instance: str | None = None,
     ) -> float | None:
         """Attempt ``calls.count`` failed (``failure`` None: its result was rejected).
 
         Return the wait before the next attempt, or None to give up. Publishes
-        :class:`RetryScheduled` / :class:`RetryGaveUp` and logs.
+        :class:`RetryScheduled` / :class:`RetryGaveUp` (and :class:`CallRejected`
+        when the budget refuses a retry) and logs, naming the failed ``instance``
+        when a proxy made the attempt.
         """
         budget = self.budget
         if budget is not None:
@@ -303,6 +306,8 @@ class RetryPolicy:
         delay = self._next_delay(failure, calls)
         if delay is not None and budget is not None and not budget.try_retry():
             delay = None
+            if subscribers:
+                publish(subscribers, CallRejected(source, "retry_budget"))
         if delay is None:
             if subscribers:
                 publish(subscribers, RetryGaveUp(source, calls.count, failure))
@@ -312,7 +317,7 @@ class RetryPolicy:
                     source or "retry",
                     calls.count,
                     failure,
-                    extra={"service": source, "attempt": calls.count},
+                    extra={"service": source, "instance": instance, "attempt": calls.count},
                 )
             return None
         calls.previous = delay
@@ -325,7 +330,12 @@ class RetryPolicy:
                 calls.count,
                 delay,
                 failure,
-                extra={"service": source, "attempt": calls.count, "delay": delay},
+                extra={
+                    "service": source,
+                    "instance": instance,
+                    "attempt": calls.count,
+                    "delay": delay,
+                },
             )
         return delay
 
