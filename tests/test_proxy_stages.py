@@ -689,3 +689,41 @@ def test_a_retried_function_inside_a_proxy_call_makes_one_attempt_per_proxy_retr
         flavour.proxy(proxy, lambda inst: inner.execute(fetch, inst))
     # In full on the proxy's first attempt, then once per proxy retry: 6 + 1, not 2 x 6.
     assert attempts == ["a"] * 6 + ["b"]
+
+
+def test_a_result_rejected_by_retry_on_result_loses_the_hedge_race(clock: Any) -> None:
+    """A hedged attempt answering with a rejected result (say a 503) is no winner."""
+    proxy = make_proxy(
+        clock, hedging_delay=60.0, retry_on_result=lambda result: result == "unavailable"
+    )
+    answers = {"a": "unavailable", "b": "ok"}
+    seen: list[str] = []
+
+    def handler(instance: ServiceInstance) -> str:
+        seen.append(instance.id)
+        return answers[instance.id]
+
+    try:
+        assert proxy.call(handler) == "ok"
+        assert seen == ["a", "b"]
+        answers["b"] = "unavailable"
+        seen.clear()
+        # Every hedge rejected: the last rejected result is returned, as retries do.
+        assert proxy.call(handler) == "unavailable"
+        assert sorted(seen) == ["a", "b"]
+        assert connections(proxy) == {"a": 0, "b": 0}
+    finally:
+        proxy.close()
+
+
+def test_async_a_rejected_result_loses_the_hedge_race(run_async: Any, clock: Any) -> None:
+    proxy = make_proxy(
+        clock, hedging_delay=60.0, retry_on_result=lambda result: result == "unavailable"
+    )
+    answers = {"a": "unavailable", "b": "ok"}
+
+    async def handler(instance: ServiceInstance) -> str:
+        return answers[instance.id]
+
+    assert run_async(proxy.call_async(handler)) == "ok"
+    assert connections(proxy) == {"a": 0, "b": 0}

@@ -35,6 +35,17 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+class RejectedResult(Exception):
+    """A hedged attempt's result that ``retry_on_result`` rejected: it loses the race.
+
+    Internal to hedging; when every hedge ends so, the last such result is returned.
+    """
+
+    def __init__(self, result: Any) -> None:
+        super().__init__(result)
+        self.result = result
+
+
 class ServiceProxy:
     """Calls to one service through load balancer -> circuit breaker -> retry.
 
@@ -278,6 +289,9 @@ class ServiceProxy:
             balancer._release(instance, start, ABORTED)
             raise
         balancer._release(instance, start, None)
+        policy = self.retry_policy
+        if policy.retry_on_result is not None and policy._rejects(result):
+            raise RejectedResult(result)  # loses the race, like a failure
         self._succeeded(instance, start, None, refund=False)  # the hedging loop refunds once
         return result
 
@@ -308,6 +322,8 @@ class ServiceProxy:
                     pending.add(pool.submit(self._one_attempt, handler_fn, instance, args, kwargs))
             if not pending:
                 assert last_error is not None
+                if isinstance(last_error, RejectedResult):
+                    return last_error.result
                 raise self._give_up(last_error, last_real)
             # The hedging delay runs from a launch; after a refusal (budget, no instance)
             # wait for an attempt to end rather than ask again on a timer.
@@ -479,6 +495,9 @@ class ServiceProxy:
             balancer._release(instance, start, ABORTED)
             raise
         balancer._release(instance, start, None)
+        policy = self.retry_policy
+        if policy.retry_on_result is not None and policy._rejects(result):
+            raise RejectedResult(result)  # loses the race, like a failure
         self._succeeded(instance, start, None, refund=False)  # the hedging loop refunds once
         return result
 
@@ -513,6 +532,8 @@ class ServiceProxy:
                         )
                 if not pending:
                     assert last_error is not None
+                    if isinstance(last_error, RejectedResult):
+                        return last_error.result
                     raise self._give_up(last_error, last_real)
                 # The hedging delay runs from a launch; after a refusal (budget, no instance)
                 # wait for an attempt to end rather than ask again on a timer.
