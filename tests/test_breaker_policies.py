@@ -937,3 +937,33 @@ class _SyncFlavour:
 
 
 Sync = _SyncFlavour()
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        CircuitBreakerConfig(result_predicate=lambda result: result == 503),
+        CircuitBreakerConfig(failure_rate_threshold=50.0, slow_call_duration_threshold=1.0),
+    ],
+    ids=["result-predicate", "slow-calls"],
+)
+def test_a_timed_breaker_decorates_methods_too(config: CircuitBreakerConfig) -> None:
+    """Breakers that time calls or judge results wrap methods like any other breaker."""
+    from codomyrmex.service_mesh import Mesh, with_circuit_breaker
+
+    mesh = Mesh()
+
+    class Client:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        @with_circuit_breaker("timed-method", config, mesh=mesh)
+        def get(self, status: int) -> int:
+            self.calls += 1
+            return status
+
+    client = Client()
+    assert client.get(200) == 200
+    assert client.get(503) == 503
+    assert client.calls == 2
+    assert Client.get.__name__ == "get"

@@ -1,7 +1,7 @@
 """Circuit breaker: stop calling a dependency that keeps failing, probe it again later.
 
 One state machine serves sync and async callers alike. A call is admitted
-(``_admit``), run with no lock held, then its outcome is recorded (``_record``)
+(``_closed_epoch or _acquire()``), run with no lock held, then its outcome is recorded (``_record``)
 against the *epoch* it was admitted under: every transition starts a new epoch,
 so a result that arrives after the breaker has moved on is ignored instead of
 being mistaken for a probe result.
@@ -414,13 +414,13 @@ class CircuitBreaker:
         Cancellation counts as neither success nor failure and frees a probe slot.
         """
         epoch = self._closed_epoch or self._acquire()
-        start = self._clock() if self._timed else 0.0
+        start = self._clock() if self._timed else None
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
             self._record_error(epoch, exc, start)
             raise
-        if self._timed:
+        if start is not None:
             self._record_result(epoch, result, start)
         elif epoch != self._closed_epoch or self._must_record:
             self._record(epoch, True)
@@ -441,9 +441,13 @@ class CircuitBreaker:
     def wrap(self, fn: Callable[P, R]) -> Callable[P, R]:
         """``fn`` behind this breaker: the decorators' sync wrapper, kept flat for speed."""
         if self._timed:
-            return cast(
-                Callable[P, R], functools.wraps(fn)(functools.partial(self._execute_timed, fn))
-            )
+            execute_timed = self._execute_timed
+
+            @functools.wraps(fn)
+            def call_timed(*args: P.args, **kwargs: P.kwargs) -> R:
+                return execute_timed(fn, *args, **kwargs)
+
+            return call_timed
         acquire = self._acquire
         record = self._record
         record_error = self._record_error
@@ -546,10 +550,6 @@ class CircuitBreaker:
 
     # -- the state machine -----------------------------------------------------
 
-    def _admit(self) -> int:
-        """Admit one call now or raise :class:`CircuitOpenError`; return its epoch."""
-        return self._closed_epoch or self._acquire()
-
     def _acquire(self) -> int:
         """Slow admission path: anything but a free state, taking a half-open slot if needed."""
         now = self._clock()
@@ -642,7 +642,12 @@ class CircuitBreaker:
                 failed = bool(predicate(result))
             except Exception:
                 logger.exception("result_predicate of circuit %s raised", self.name)
-        self._record(epoch, not failed, self._is_slow(start))
+        self._record_success_or(epoch, failed, self._is_slow(start))
+
+    def _record_success_or(self, epoch: int, failed: bool, slow: bool) -> None:
+        """Record a timed call's outcome, skipping the lock when it would change nothing."""
+        if failed or slow or epoch != self._closed_epoch or self._must_record:
+            self._record(epoch, not failed, slow)
 
     def _is_slow(self, start: float) -> bool:
         threshold = self.config.slow_call_duration_threshold
@@ -905,7 +910,7 @@ class Permit:
 
     def __enter__(self) -> CircuitBreaker:
         breaker = self._breaker
-        self._epoch = breaker._admit()
+        self._epoch = breaker._closed_epoch or breaker._acquire()
         if breaker._timed:
             self._start = breaker._clock()
         return breaker
@@ -920,7 +925,7 @@ class Permit:
         if exc is not None:
             breaker._record_error(epoch, exc, start)
         elif start is not None:
-            breaker._record(epoch, True, breaker._is_slow(start))
+            breaker._record_success_or(epoch, False, breaker._is_slow(start))
         elif epoch != breaker._closed_epoch or breaker._must_record:
             breaker._record(epoch, True)
 
