@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -141,6 +142,42 @@ def test_follower_only_removes_what_it_added(registries: Callable[..., RedisRegi
     owner.register("orders", ServiceInstance("late", "10.0.0.4", 80))
     time.sleep(0.3)
     assert ids(balancer) == {"local"}
+
+
+@pytest.mark.parametrize("removal", ["deregister", "close"])
+def test_a_heartbeat_in_flight_never_brings_back_a_removed_instance(
+    registries: Callable[..., RedisRegistry], removal: str
+) -> None:
+    owner = registries(ttl=5.0, heartbeat_interval=0.05)
+    observer = registries()
+    register = owner._register
+    beat_sent, go, beat_done = threading.Event(), threading.Event(), threading.Event()
+
+    def held_heartbeat(**kwargs: Any) -> Any:  # the heartbeat's round trip is in flight
+        if not threading.current_thread().name.endswith("monitor") or beat_done.is_set():
+            return register(**kwargs)
+        beat_sent.set()
+        go.wait(2.0)
+        try:
+            return register(**kwargs)
+        finally:
+            beat_done.set()
+
+    owner._register = held_heartbeat  # type: ignore[assignment]
+    owner.register("orders", ServiceInstance("orders-1", "10.0.0.5", 8080))
+    assert beat_sent.wait(2.0)
+    if removal == "deregister":
+        remover = threading.Thread(target=owner.deregister, args=("orders", "orders-1"))
+    else:
+        remover = threading.Thread(target=owner.close)
+    remover.start()
+    assert wait_for(lambda: ("orders", "orders-1") not in owner._own, 2.0)
+    remover.join(0.2)  # a removal that does not wait for the heartbeat is done by now
+    go.set()
+    assert beat_done.wait(2.0)
+    remover.join(5.0)
+    assert not remover.is_alive()
+    assert observer.instances("orders") == []
 
 
 def test_malformed_entries_are_skipped_and_logged(

@@ -335,6 +335,106 @@ def test_operator_actions_reach_every_process(stores: Callable[..., RedisStore])
     assert b.execute(ok) == "ok"
 
 
+def test_operator_states_outlive_key_ttl(
+    stores: Callable[..., RedisStore], client: redis.Redis
+) -> None:
+    store = stores(key_ttl=0.5)
+    cb = CircuitBreaker("held", store=store)
+    key = store.keys("held")[0]
+    for act in (cb.force_open, cb.disable, cb.metrics_only):
+        act()
+        # No expiry: a resync would otherwise read a fresh CLOSED breaker and lift it.
+        assert client.pttl(key) == -1, act.__name__
+    cb.reset()
+    assert 0 < client.pttl(key) <= 500
+
+
+def test_a_probe_that_outlives_a_short_outage_gives_its_slot_back(
+    stores: Callable[..., RedisStore], client: redis.Redis
+) -> None:
+    config = CircuitBreakerConfig(
+        failure_threshold=1, success_threshold=2, half_open_max_calls=1, timeout_seconds=0.0
+    )
+    store_a = stores(reconnect_interval=0.01)
+    a = CircuitBreaker("lease", config, store=store_a)
+    b = CircuitBreaker("lease", config, store=stores())
+    fail(a, 1)
+    probes = store_a.keys("lease")[1]
+    with a.permit():  # a's probe holds the fleet's only slot ...
+        assert client.zcard(probes) == 1
+        store_a._backend.failed(redis.TimeoutError("blip"))  # ... through a short outage
+        assert wait_for(lambda: store_a.online, 2.0)
+    assert client.zcard(probes) == 0  # the finished probe gave its slot back
+    assert state_hash(client, store_a, "lease")["probe_ok"] == "1"
+    assert b.execute(ok) == "ok"  # so the next probe runs (and closes the breaker)
+    assert b.state is CLOSED
+
+
+@pytest.mark.parametrize(
+    ("mode", "during"),
+    [("fail_open", CircuitState.DISABLED), ("fail_closed", CircuitState.FORCED_OPEN)],
+)
+def test_fleet_messages_do_not_override_the_outage_fallback(
+    stores: Callable[..., RedisStore], mode: str, during: CircuitState
+) -> None:
+    config = CircuitBreakerConfig(failure_threshold=2, timeout_seconds=60.0)
+    store_a = stores(on_outage=mode, reconnect_interval=0.01, resync_interval=3600.0)
+    a = CircuitBreaker("fallback", config, store=store_a)
+    b = CircuitBreaker("fallback", config, store=stores())
+    scripts = {name: getattr(store_a, name) for name in ("_sync", "_record", "_acquire")}
+
+    def timeout(*args: Any, **kwargs: Any) -> Any:
+        raise redis.TimeoutError("Timeout reading from socket")
+
+    for name in scripts:  # a's commands time out; its pub/sub connection still works
+        setattr(store_a, name, timeout)
+    heard_open = threading.Event()
+    deliver = store_a._backend._on_message
+
+    def on_message(data: Any) -> None:
+        deliver(data)
+        if json.loads(data)["s"] == "open":
+            heard_open.set()
+
+    store_a._backend._on_message = on_message
+    store_a._backend.failed(redis.TimeoutError("Timeout reading from socket"))
+    assert a.state is during
+    fail(b, 2)  # another process opens the fleet's breaker
+    assert heard_open.wait(2.0)
+    assert a.state is during  # the fallback holds while a is offline
+    for name, script in scripts.items():
+        setattr(store_a, name, script)
+    assert wait_for(lambda: store_a.online, 2.0)  # reconciled: now a adopts the fleet's state
+    assert a.state is OPEN
+
+
+def test_closing_while_reconciling_leaves_the_store_closed(
+    stores: Callable[..., RedisStore], client: redis.Redis
+) -> None:
+    store = stores(reconnect_interval=0.01)
+    cb = CircuitBreaker("closing", CircuitBreakerConfig(failure_threshold=100), store=store)
+    reconnect = store._backend._on_reconnect
+    reconciling, proceed = threading.Event(), threading.Event()
+
+    def slow_reconnect() -> None:  # reconciling takes a while (many breakers, a slow Redis)
+        reconciling.set()
+        proceed.wait(2.0)
+        reconnect()
+
+    store._backend._on_reconnect = slow_reconnect
+    store._backend.failed(redis.TimeoutError("blip"))
+    assert reconciling.wait(2.0)
+    closer = threading.Thread(target=store.close)
+    closer.start()
+    assert wait_for(store._backend._stop.is_set, 2.0)
+    proceed.set()
+    closer.join(5.0)
+    assert not closer.is_alive()
+    assert not store.online
+    fail(cb, 1)
+    assert client.exists(store.keys("closing")[0]) == 0  # a closed store never writes
+
+
 def test_invalid_options_name_the_field(redis_url: str) -> None:
     with pytest.raises(ValueError, match="on_outage"):
         RedisStore(redis_url, on_outage="panic")  # type: ignore[arg-type]
@@ -445,6 +545,57 @@ def test_operator_action_during_outage_is_applied_on_return(private_redis: Redis
 
 
 # -- real processes ---------------------------------------------------------------------------
+
+needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+
+
+@needs_fork
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # fork() of a threaded process
+def test_a_breaker_bound_before_fork_hears_the_fleet_in_the_child(
+    stores: Callable[..., RedisStore],
+) -> None:
+    config = CircuitBreakerConfig(failure_threshold=3, timeout_seconds=60.0)
+    cb = CircuitBreaker("preload", config, store=stores(resync_interval=3600.0))  # preload
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a worker: its first slow path starts the store's threads
+        try:
+            fail(cb, 1)
+            os.write(ready_w, b"r")
+            os.write(done_w, b"1" if wait_for(lambda: cb.state is OPEN, 3.0) else b"0")
+        finally:
+            os._exit(0)
+    os.close(ready_w)
+    os.close(done_w)
+    try:
+        assert os.read(ready_r, 1) == b"r"
+        fail(CircuitBreaker("preload", config, store=stores()), 3)  # another worker trips it
+        assert os.read(done_r, 1) == b"1", "the child never heard the fleet open"
+    finally:
+        os.waitpid(pid, 0)
+        os.close(ready_r)
+        os.close(done_r)
+
+
+@needs_fork
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_a_forked_child_publishes_under_an_origin_of_its_own(
+    stores: Callable[..., RedisStore], client: redis.Redis
+) -> None:
+    config = CircuitBreakerConfig(failure_threshold=3, timeout_seconds=60.0)
+    store = stores(resync_interval=3600.0)  # only pub/sub can tell the parent
+    cb = CircuitBreaker("forked", config, store=store)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            fail(cb, 3)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert state_hash(client, store, "forked")["state"] == "open"
+    assert wait_for(lambda: cb.state is OPEN, 2.0)
+
 
 PROBE_LUA = """
 local n = redis.call('INCR', KEYS[1])

@@ -42,7 +42,9 @@ a Redis Cluster keeps them in one slot for the scripts)::
     {prefix}svc:events           pub/sub channel of registry changes
 
 Every key expires when unused: breaker keys ``key_ttl`` after their last write
-(never before an OPEN period ends), registry keys with their instances.
+(never before an OPEN period ends, never while an operator state holds: FORCED_OPEN,
+DISABLED and METRICS_ONLY last until the next operator action), registry keys
+with their instances.
 
 **Outages.** When Redis cannot be reached or answers too slowly (``socket_timeout``),
 one WARNING is logged for the outage, calls never fail because of the store, and
@@ -85,7 +87,8 @@ subscribers. Give your own client a short ``socket_timeout`` and few retries: th
 store treats a timeout as an outage and stops waiting on Redis until it is back.
 
 A store or registry made before ``os.fork()`` (gunicorn's preload) restarts its
-threads in the child on first use.
+threads in the child on first use (for a breaker, its first slow path: a failure,
+a probe, an operator action), under an identity of the child's own.
 """
 
 from __future__ import annotations
@@ -189,6 +192,7 @@ class _Backend:
         on_tick: Callable[[], None],
         tick_interval: float,
         reconnect_interval: float,
+        on_fork: Callable[[], None] | None = None,
     ) -> None:
         self.client = client
         self.channel = channel
@@ -208,10 +212,32 @@ class _Backend:
         self._listening = threading.Event()
         self._resync_wanted = False
         self._threads: list[threading.Thread] = []
+        self._on_fork = on_fork
+        ref = weakref.ref(self)
+
+        def after_fork_in_child() -> None:
+            backend = ref()
+            if backend is not None:
+                backend._after_fork_in_child()
+
+        os.register_at_fork(after_in_child=after_fork_in_child)
 
     @property
     def online(self) -> bool:
         return self._online
+
+    def _after_fork_in_child(self) -> None:
+        """The parent's threads did not survive the fork; neither may the locks they held."""
+        self._lock = threading.Lock()
+        stopped = self._stop.is_set()
+        self._stop = threading.Event()
+        if stopped:
+            self._stop.set()
+        self._wake = threading.Event()
+        self._listening = threading.Event()
+        self._threads = []
+        if self._on_fork is not None:
+            self._on_fork()
 
     def start(self) -> None:
         """Start the threads (again after a fork); wait briefly for the first subscription."""
@@ -322,8 +348,11 @@ class _Backend:
                     logger.exception("%s: reconciling after an outage raised", self._what)
                     continue
                 with self._lock:
+                    if self._stop.is_set():  # closed while reconciling: stay offline
+                        return
                     self._online = True
                     since = self._outage_since
+                self.request_resync()  # messages dropped while reconciling
                 logger.info(
                     "%s: Redis reachable again after %.1f s; state reconciled",
                     self._what,
@@ -419,9 +448,13 @@ local function finish(granted, announce)
     redis.call('HSET', KEYS[1], 'state', st.state, 'version', st.version,
                'failures', st.failures, 'open_until', st.open_until,
                'reopens', st.reopens, 'probe_ok', st.probe_ok)
-    local ttl = KEY_TTL
-    if st.state == 'open' then ttl = math.max(ttl, st.open_until - now + KEY_TTL) end
-    redis.call('PEXPIRE', KEYS[1], ttl)
+    if st.state == 'forced_open' or st.state == 'disabled' or st.state == 'metrics_only' then
+      redis.call('PERSIST', KEYS[1])  -- an operator's decision lasts until the next one
+    else
+      local ttl = KEY_TTL
+      if st.state == 'open' then ttl = math.max(ttl, st.open_until - now + KEY_TTL) end
+      redis.call('PEXPIRE', KEYS[1], ttl)
+    end
     if changed or announce then
       redis.call('PUBLISH', CHANNEL, cjson.encode({b=NAME, s=st.state, v=st.version,
                  f=st.failures, r=retry_after(), n=st.reopens, o=ORIGIN}))
@@ -546,8 +579,7 @@ if mode == 'operate' then
   st.reopens = 0
   redis.call('DEL', KEYS[3])
   enter(ARGV[18])
-elseif (mode == 'open_if_closed' or (mode == 'open_if_missing' and flag ~= 'ok'))
-       and st.state == 'closed' then
+elseif mode == 'open_if_closed' and st.state == 'closed' then
   enter('open')
   st.open_until = now + tonumber(ARGV[18])
 end
@@ -623,6 +655,7 @@ class RedisStore:
             on_tick=self._on_tick,
             tick_interval=self.flush_interval,
             reconnect_interval=reconnect,
+            on_fork=self._after_fork_in_child,
         )
 
     def __repr__(self) -> str:
@@ -675,8 +708,16 @@ class RedisStore:
         with self._links_lock:
             return list(self._links)
 
-    def _new_lease(self) -> str:
+    def _new_id(self) -> str:
+        """A fleet-wide unique id: of a probe lease, or of a link (its messages' origin)."""
         return f"{self.origin}:{os.getpid()}:{next(self._leases)}"
+
+    def _after_fork_in_child(self) -> None:
+        """A forked child is a process of its own: new origins, so each hears the other."""
+        self.origin = uuid.uuid4().hex[:12]
+        self._links_lock = threading.Lock()
+        for link in list(self._links):
+            link._after_fork_in_child()
 
     # -- background work --------------------------------------------------------------
 
@@ -750,7 +791,7 @@ class _RedisLink:
         self._breaker = breaker
         self.name = breaker.name
         self.keys = store.keys(breaker.name)
-        self.origin = f"{store.origin}:{os.getpid()}:{next(store._leases)}"
+        self.origin = store._new_id()
         config = breaker.config
         window = config.sliding_window_type if config.windowed else "none"
         self._windowed = config.windowed
@@ -797,9 +838,10 @@ class _RedisLink:
 
     def acquire_probe(self, epoch: int) -> bool | None:
         store = self._store
+        store._backend.start()  # after a fork: this process's threads
         if not self.online:
             return None
-        lease = store._new_lease()
+        lease = store._new_id()
         try:
             reply = store._backend.call(
                 lambda: store._acquire(keys=self.keys, args=[*self._args, lease])
@@ -815,11 +857,12 @@ class _RedisLink:
         return granted
 
     def record(self, epoch: int, state: CircuitState, success: bool, slow: bool) -> bool:
-        if not self.online:
-            return False
         store = self._store
+        store._backend.start()
         if state is CircuitState.HALF_OPEN:
             lease, version = self._take_lease(epoch)
+            if not self.online:
+                return False  # the lease lapses in Redis after probe_lease
             outcome = "ok" if success and not slow else "fail"
             try:
                 reply = store._backend.call(
@@ -831,6 +874,8 @@ class _RedisLink:
                 return False
             self._adopt_reply(reply)
             return True
+        if not self.online:
+            return False
         with self._adopt_lock:
             if self._windowed:
                 self._pending_calls += 1
@@ -850,9 +895,12 @@ class _RedisLink:
 
     def release(self, epoch: int) -> None:
         lease, _ = self._take_lease(epoch)
-        if not lease or not self.online:
+        if not lease:
             return
         store = self._store
+        store._backend.start()
+        if not self.online:
+            return
         try:
             store._backend.call(lambda: store.client.zrem(self.keys[1], lease))
         except _Unavailable:
@@ -860,6 +908,7 @@ class _RedisLink:
 
     def operate(self, state: CircuitState) -> None:
         self._pending_operator = state
+        self._store._backend.start()
         if self.online:
             self.sync("operate", state.value)
 
@@ -869,8 +918,8 @@ class _RedisLink:
         """Make the breaker take ``shared`` unless it is older than what it has."""
         breaker = self._breaker
         with self._adopt_lock:
-            if not force and shared.version < self._version:
-                return
+            if not force and (shared.version < self._version or not self.online):
+                return  # during an outage the fallback holds until reconcile() forces
             if (
                 shared.state is CircuitState.OPEN
                 and shared.version == self._version
@@ -937,9 +986,10 @@ class _RedisLink:
             breaker._notify(changes)
 
     def reconcile(self) -> None:
-        """Redis is back: push what the fleet must learn from this process, then adopt."""
-        with self._adopt_lock:
-            self._leases.clear()
+        """Redis is back: push what the fleet must learn from this process, then adopt.
+
+        Probe leases stay: a probe that outlived the outage still gives its slot back.
+        """
         operator = self._pending_operator
         breaker = self._breaker
         value: str | int
@@ -963,6 +1013,17 @@ class _RedisLink:
         self.adopt(shared, force=True)
 
     # -- helpers ----------------------------------------------------------------------
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: an origin of its own; the parent keeps its calls and leases."""
+        self._io_lock = threading.Lock()
+        self._adopt_lock = threading.Lock()
+        self.origin = self._store._new_id()
+        self._args[2] = self.origin
+        self._leases.clear()
+        self._pending_reset = False
+        self._pending_failures = self._pending_calls = self._pending_slow = 0
+        self._pending_operator = None
 
     def _take_lease(self, epoch: int) -> tuple[str, int]:
         with self._adopt_lock:
@@ -1122,6 +1183,8 @@ class RedisRegistry:
         self.client = _make_client(client, timeout)
         self.channel = f"{self.prefix}svc:events"
         self._lock = threading.Lock()
+        # Held around every write of this process's instances, so a removal is the last word.
+        self._io_lock = threading.Lock()
         self._own: dict[tuple[str, str], str] = {}
         self._followers: set[RegistryFollower] = set()
         self._register = self.client.register_script(_REGISTER)
@@ -1140,6 +1203,7 @@ class RedisRegistry:
             on_tick=self._on_tick,
             tick_interval=tick,
             reconnect_interval=reconnect,
+            on_fork=self._after_fork_in_child,
         )
         self._at_exit: Callable[[], None] | None = None
         if deregister_at_exit:
@@ -1189,7 +1253,7 @@ class RedisRegistry:
                 raise RuntimeError("this registry is closed")
             self._own[service, instance.id] = data
         self._backend.start()
-        self._send(service, instance.id, data)
+        self._send(service, instance.id)
 
     def set_health(self, service: str, instance_id: str, healthy: bool) -> bool:
         """Mark one of this process's instances healthy or not; False if it is not registered."""
@@ -1203,7 +1267,7 @@ class RedisRegistry:
             fields["healthy"] = healthy
             data = json.dumps(fields, sort_keys=True, separators=(",", ":"))
             self._own[service, instance_id] = data
-        self._send(service, instance_id, data)
+        self._send(service, instance_id)
         return True
 
     def deregister(self, service: str, instance_id: str) -> bool:
@@ -1255,32 +1319,43 @@ class RedisRegistry:
 
     # -- plumbing ---------------------------------------------------------------------
 
-    def _send(self, service: str, instance_id: str, data: str) -> bool:
+    def _send(self, service: str, instance_id: str) -> None:
         try:
-            self._send_strict(service, instance_id, data)
+            self._send_strict(service, instance_id)
         except _Unavailable:
-            return False
-        return True
+            pass
 
-    def _send_strict(self, service: str, instance_id: str, data: str) -> None:
+    def _send_strict(self, service: str, instance_id: str) -> None:
+        """Write an instance if this process still owns it (raises :class:`_Unavailable`)."""
         keys = self.keys(service)
-        args: list[str | int] = [
-            self.channel,
-            service,
-            instance_id,
-            data,
-            max(1, round(self.ttl * 1000)),
-        ]
-        self._backend.call(lambda: self._register(keys=keys, args=args))
+        with self._io_lock:
+            with self._lock:
+                data = self._own.get((service, instance_id))
+            if data is None:
+                return  # deregistered meanwhile: writing it would bring it back
+            args: list[str | int] = [
+                self.channel,
+                service,
+                instance_id,
+                data,
+                max(1, round(self.ttl * 1000)),
+            ]
+            self._backend.call(lambda: self._register(keys=keys, args=args))
 
     def _remove(self, service: str, instance_id: str) -> bool:
         keys = self.keys(service)
         args = [self.channel, service, instance_id]
         try:
-            self._backend.call(lambda: self._deregister(keys=keys, args=args))
+            with self._io_lock:
+                self._backend.call(lambda: self._deregister(keys=keys, args=args))
         except _Unavailable:
             return False
         return True
+
+    def _after_fork_in_child(self) -> None:
+        """Locks a parent's thread held at the fork would stay held in the child."""
+        self._lock = threading.Lock()
+        self._io_lock = threading.Lock()
 
     def _fetch(self, service: str) -> dict[str, str]:
         keys = self.keys(service)
@@ -1311,9 +1386,9 @@ class RedisRegistry:
     def _heartbeat(self) -> None:
         """Refresh this process's instances (raises :class:`_Unavailable`)."""
         with self._lock:
-            own = list(self._own.items())
-        for (service, instance_id), data in own:
-            self._send_strict(service, instance_id, data)
+            own = list(self._own)
+        for service, instance_id in own:
+            self._send_strict(service, instance_id)
 
     def _resync(self) -> None:
         with self._lock:
@@ -1371,12 +1446,7 @@ class RegistryFollower:
             if instance is None or instance.id != instance_id:
                 return
             self._known[instance_id] = data
-            current = self.balancer.get(instance_id)
-            if current is None:
-                self.balancer.register(instance)
-            else:
-                self.balancer.register(instance)
-                self.balancer.mark_healthy(instance_id, instance.healthy)
+            self.balancer.register(instance)  # a known id is updated in place, health included
 
     def apply_down(self, instance_id: str) -> None:
         """An instance was deregistered or expired."""
