@@ -366,3 +366,31 @@ def test_a_storm_of_threads_and_tasks_never_exceeds_the_cap_and_ends_at_zero(
     assert peak[0] <= 3
     assert running[0] == 0
     assert (bulkhead.in_flight, bulkhead.queued) == (0, 0)
+
+
+def test_a_sync_waiter_interrupted_in_the_queue_leaves_no_slot_behind() -> None:
+    """An interruption (here a signal raising a BaseException) while queued frees its place."""
+    import signal
+
+    class Interrupted(BaseException):
+        pass
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise Interrupted
+
+    bulkhead = Bulkhead(1, max_queue=1)
+    bulkhead.acquire()
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        with pytest.raises(Interrupted):
+            bulkhead.acquire()  # queued until the signal interrupts it
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert bulkhead.queued == 0
+    bulkhead.release()
+    assert bulkhead.in_flight == 0
+    bulkhead.acquire()  # the slot is free again, not handed to the dead waiter
+    assert bulkhead.in_flight == 1
+    bulkhead.release()

@@ -553,3 +553,12 @@ def test_remove_service_and_clear(clock: Any) -> None:
 def test_default_mesh_is_one_process_wide_instance() -> None:
     assert default_mesh() is default_mesh()
     assert isinstance(default_mesh(), Mesh)
+
+
+def test_with_retry_takes_a_policy_or_its_arguments_not_both() -> None:
+    shared = RetryPolicy(max_retries=1)
+    with pytest.raises(TypeError, match="not both"):
+        with_retry(max_retries=0, policy=shared)
+    with pytest.raises(TypeError, match="not both"):
+        with_retry(policy=shared, sleep=lambda s: None)
+    assert with_retry(policy=shared)(lambda: 1).retry_policy is shared

@@ -603,3 +603,36 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after("soon", at) is None
     assert parse_retry_after("inf", at) is None
     assert parse_retry_after(None, at) is None
+
+
+def test_an_instance_whose_breaker_is_open_is_passed_over_at_once() -> None:
+    """Nothing was sent to an instance refused by its own breaker: no backoff before the next."""
+    from codomyrmex.service_mesh.integrations.httpx import InstanceCircuitOpen
+
+    lb = LoadBalancer()
+    lb.register(ServiceInstance("a", "127.0.0.1", 8001))
+    lb.register(ServiceInstance("b", "127.0.0.2", 8002))
+    slept: list[float] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:  # in memory: nothing is sent
+        return httpx.Response(503 if request.url.host == "127.0.0.1" else 200)
+
+    proxy = ServiceProxy(
+        "orders",
+        lb,
+        CircuitBreaker("orders", CircuitBreakerConfig(ignore_exceptions=(InstanceCircuitOpen,))),
+        RetryPolicy(max_retries=3, initial_delay=1.0, jitter=False, sleep=slept.append),
+    )
+    transport = MeshTransport(
+        proxy,
+        transport=httpx.MockTransport(handler),
+        instance_breaker=CircuitBreakerConfig(failure_threshold=1, timeout_seconds=60.0),
+    )
+    with httpx.Client(transport=transport) as client:
+        assert client.get("http://orders/").status_code == 200  # a: 503, opens a's breaker
+        assert slept == [1.0]
+        lb.mark_healthy("a", True)  # back in the pool (say, by a health check), breaker open
+        for _ in range(2):
+            slept.clear()
+            assert client.get("http://orders/").status_code == 200
+            assert slept == []

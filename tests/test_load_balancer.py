@@ -779,3 +779,12 @@ def test_async_storm_with_cancellations_leaves_connections_at_zero(
         lb.mark_healthy(i, True)
     assert [i.connections for i in objects] == [0] * len(ids)
     assert_least_connections_consistent(lb)
+
+
+def test_a_least_connections_retry_takes_the_least_loaded_untried_instance() -> None:
+    lb = LoadBalancer(LoadBalancerStrategy.LEAST_CONNECTIONS)
+    for name, load in (("a", 0), ("b", 50), ("c", 1)):
+        lb.register(ServiceInstance(name, "127.0.0.1", 8000 + len(name), connections=load))
+    picked = lb._acquire({"a"})  # a retry after a failed on a
+    assert picked is not None and picked.id == "c"
+    lb._release(picked)

@@ -229,7 +229,7 @@ def test_removed_components_are_no_longer_heard_and_carry_no_subscriber() -> Non
     mesh.subscribe(seen)
 
     assert mesh.remove_service("gone")
-    assert mesh.remove_circuit_breaker("gone")
+    assert mesh.get_circuit_breaker("gone") is None  # the service's breaker went with it
     assert mesh.remove_circuit_breaker("lone")
     proxy.call(_ok)
     lone.record_failure()
@@ -256,20 +256,41 @@ def test_a_breaker_shared_by_two_services_reports_each_event_once() -> None:
     assert len(seen.of(StateTransition)) == 2
 
 
-def test_a_proxy_whose_breaker_name_is_taken_is_still_heard_through_its_own_breaker() -> None:
+def test_a_proxy_whose_breaker_name_is_taken_by_another_breaker_is_refused() -> None:
+    """Two breakers of one name would not share state: the mesh says so instead."""
     mesh = Mesh()
-    mesh.circuit_breaker("svc")  # takes the name first
+    registered = mesh.circuit_breaker("svc")  # takes the name first (as a decorator would)
     own = CircuitBreaker("svc", CircuitBreakerConfig(failure_threshold=1))
-    proxy = mesh.register_service(_proxy("svc", "s1", breaker=own))
-    assert mesh.get_circuit_breaker("svc") is not own
+    with pytest.raises(ValueError, match="'svc'"):
+        mesh.register_service(_proxy("svc", "s1", breaker=own))
+    assert mesh.get_service("svc") is None
+    assert mesh.get_circuit_breaker("svc") is registered
+
+    proxy = mesh.register_service(_proxy("svc", "s1", breaker=registered))  # sharing works
     seen = Recorder()
     mesh.subscribe(seen)
-
-    with pytest.raises(Boom):
-        proxy.call(_fail)
+    for _ in range(registered.config.failure_threshold):
+        with pytest.raises(Boom):
+            proxy.call(_fail)
     assert seen.of(StateTransition) == [
         StateTransition("svc", CircuitState.CLOSED, CircuitState.OPEN)
     ]
+
+
+def test_replacing_a_service_replaces_its_breaker_and_shared_ones_stay() -> None:
+    mesh = Mesh()
+    first = mesh.register_service(_proxy("orders", "o1"))
+    second = mesh.register_service(_proxy("orders", "o2"))
+    assert first.circuit_breaker is not second.circuit_breaker
+    assert mesh.get_circuit_breaker("orders") is second.circuit_breaker
+
+    shared = CircuitBreaker("shared")
+    mesh.register_service(_proxy("a", "a1", breaker=shared))
+    mesh.register_service(_proxy("b", "b1", breaker=shared))
+    mesh.remove_service("a")
+    assert mesh.get_circuit_breaker("shared") is shared  # b still uses it
+    mesh.remove_service("b")
+    assert mesh.get_circuit_breaker("shared") is None
 
 
 def test_with_no_listener_the_mesh_attaches_nothing() -> None:

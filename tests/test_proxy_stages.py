@@ -727,3 +727,110 @@ def test_async_a_rejected_result_loses_the_hedge_race(run_async: Any, clock: Any
 
     assert run_async(proxy.call_async(handler)) == "ok"
     assert connections(proxy) == {"a": 0, "b": 0}
+
+
+# -- from review: hedging threads, call_once, reassigned stages ------------------------------
+
+
+def test_sync_hedges_see_the_callers_context_and_never_queue(clock: Any) -> None:
+    """Each hedged attempt runs on its own thread in a copy of the caller's context: many
+    concurrent hedged calls never wait for one another's threads."""
+    import contextvars
+
+    request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id")
+    callers = 12
+    barrier = threading.Barrier(callers, timeout=WAIT)
+    proxy = make_proxy(clock, hedging_delay=60.0)
+    seen: list[str] = []
+
+    def handler(instance: ServiceInstance) -> str:
+        seen.append(request_id.get("missing"))
+        barrier.wait()  # passes only when all the callers' attempts run at once
+        return instance.id
+
+    def caller(n: int) -> None:
+        request_id.set(f"req-{n}")
+        proxy.call(handler)
+
+    threads = [threading.Thread(target=caller, args=(n,)) for n in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT)
+    assert not barrier.broken
+    assert sorted(seen) == sorted(f"req-{n}" for n in range(callers))
+    assert connections(proxy) == {"a": 0, "b": 0}
+
+
+def test_call_once_makes_one_attempt_behind_every_stage(clock: Any) -> None:
+    proxy = make_proxy(
+        clock, hedging_delay=0.0, bulkhead=Bulkhead(1), fallback=lambda exc: f"fallback:{exc!r}"
+    )
+    attempts: list[str] = []
+
+    def fail(instance: ServiceInstance) -> str:
+        attempts.append(instance.id)
+        raise Boom(instance.id)
+
+    assert proxy.call_once(fail) == "fallback:Boom('a')"  # no retry, no hedge; fallback
+    assert attempts == ["a"]
+    assert proxy.call_once(lambda instance: instance.id) == "b"  # balanced
+    assert proxy.bulkhead is not None
+    proxy.bulkhead.acquire()  # hold the only slot: call_once is refused like any call
+    try:
+        assert proxy.call_once(lambda instance: instance.id).startswith("fallback:BulkheadFull")
+    finally:
+        proxy.bulkhead.release()
+    assert connections(proxy) == {"a": 0, "b": 0}
+
+
+def test_async_call_once_makes_one_attempt(run_async: Any, clock: Any) -> None:
+    proxy = make_proxy(clock, max_retries=3)
+    attempts: list[str] = []
+
+    async def fail(instance: ServiceInstance) -> str:
+        attempts.append(instance.id)
+        raise Boom(instance.id)
+
+    with pytest.raises(Boom):
+        run_async(proxy.call_once_async(fail))
+    assert attempts == ["a"]
+    assert clock.sleeps == []
+
+
+def test_stages_assigned_after_construction_take_effect(clock: Any) -> None:
+    proxy = make_proxy(clock, max_retries=0)
+
+    def fail(instance: ServiceInstance) -> str:
+        raise Boom(instance.id)
+
+    proxy.fallback = lambda exc: "fallback"
+    assert proxy.call(fail) == "fallback"
+    proxy.fallback = None
+    replacement = CircuitBreaker("svc", CircuitBreakerConfig(failure_threshold=1))
+    proxy.circuit_breaker = replacement
+    with pytest.raises(Boom):
+        proxy.call(fail)
+    assert replacement.state is CircuitState.OPEN
+    with pytest.raises(TypeError, match="circuit_breaker"):
+        proxy.circuit_breaker = "not a breaker"  # type: ignore[assignment]
+    assert proxy.circuit_breaker is replacement
+
+
+def test_event_durations_use_the_clock_that_started_them() -> None:
+    """A latency-aware balancer on its own clock: events measure with that same clock."""
+    from conftest import FakeClock
+
+    balancer_clock = FakeClock(start=5000.0)
+    lb = LoadBalancer(LoadBalancerStrategy.PEAK_EWMA, clock=balancer_clock)
+    lb.register(ServiceInstance("a", "127.0.0.1", 8001))
+    proxy = ServiceProxy("svc", lb)  # the proxy keeps its real default clock
+    seen: list[Event] = []
+    proxy.subscribe(seen.append)
+
+    def handler(instance: ServiceInstance) -> str:
+        balancer_clock.advance(0.25)
+        return instance.id
+
+    assert proxy.call(handler) == "a"
+    assert [round(e.duration, 6) for e in seen] == [0.25]  # type: ignore[attr-defined]

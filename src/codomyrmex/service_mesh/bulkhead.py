@@ -101,8 +101,17 @@ class Bulkhead:
             waiter = _Waiter()
             self._waiters.append(waiter)
         assert waiter.event is not None
-        if waiter.event.wait(self.queue_timeout):
-            return
+        try:
+            if waiter.event.wait(self.queue_timeout):
+                return
+        except BaseException:  # interrupted while queued (KeyboardInterrupt, ...)
+            with self._lock:
+                granted = waiter.granted
+                if not granted:
+                    self._waiters.remove(waiter)
+            if granted:
+                self.release()  # the slot arrived as we gave up: pass it on
+            raise
         with self._lock:
             if waiter.granted:
                 return

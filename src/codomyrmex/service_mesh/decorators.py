@@ -56,6 +56,10 @@ def with_circuit_breaker(
     return decorate
 
 
+_RETRY_DEFAULTS = (3, 0.1, 10.0, 2.0, True, None)
+"""``with_retry``'s own defaults, in parameter order (the spec's ``RetryPolicy`` defaults)."""
+
+
 def with_retry(
     max_retries: int = 3,
     initial_delay: float = 0.1,
@@ -78,6 +82,12 @@ def with_retry(
         )
     elif not isinstance(policy, RetryPolicy):
         raise TypeError(f"policy must be a RetryPolicy, got {policy!r}")
+    elif (
+        options
+        or (max_retries, initial_delay, max_delay, exponential_base, jitter, retry_on)
+        != _RETRY_DEFAULTS
+    ):
+        raise TypeError("with_retry takes either policy= or the policy's arguments, not both")
     the_policy = policy
 
     def decorate(fn: Callable[P, R]) -> RetryWrapped[P, R]:

@@ -844,6 +844,12 @@ class LoadBalancer:
             entry = self._walk_untried(tried)
             if entry is not None:
                 return entry
+        if self._buckets is not None:  # least connections: the least loaded untried one
+            for count in sorted(self._buckets):
+                for entry in self._buckets[count]:
+                    if entry.inst.id not in tried:
+                        return entry
+            return picked
         for _ in range(3):
             entry = self._pick()
             if entry is not None and entry.inst.id not in tried:

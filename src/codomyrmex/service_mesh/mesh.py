@@ -146,12 +146,27 @@ class Mesh:
     # -- services ---------------------------------------------------------------
 
     def register_service(self, proxy: ServiceProxy) -> ServiceProxy:
-        """Register a proxy under its service name (its breaker too), replacing one of that name."""
+        """Register a proxy under its service name (its breaker too), replacing one of that name.
+
+        A different breaker already registered under the proxy's breaker name
+        (say by ``@with_circuit_breaker``) raises ValueError: two breakers of one
+        name would not share state. Build the proxy with
+        ``circuit_breaker=mesh.circuit_breaker(name)`` to share it.
+        """
         if not isinstance(proxy, ServiceProxy):
             raise TypeError(f"proxy must be a ServiceProxy, got {proxy!r}")
+        breaker = proxy.circuit_breaker
         with self._lock:
+            current = self._breakers.get(breaker.name)
+            replaced = self._services.get(proxy.service_name)
+            ours = replaced is not None and current is replaced.circuit_breaker
+            if current is not None and current is not breaker and not ours:
+                raise ValueError(
+                    f"a different circuit breaker is registered as {breaker.name!r}; "
+                    "build the proxy with that breaker to share its state"
+                )
             self._services[proxy.service_name] = proxy
-            self._breakers.setdefault(proxy.circuit_breaker.name, proxy.circuit_breaker)
+            self._breakers[breaker.name] = breaker
             self._sync()
         return proxy
 
@@ -165,11 +180,19 @@ class Mesh:
             return dict(self._services)
 
     def remove_service(self, name: str) -> bool:
-        """Forget service ``name``; True if it was registered."""
+        """Forget service ``name`` (and its breaker, unless another service shares it).
+
+        True if it was registered.
+        """
         with self._lock:
-            removed = self._services.pop(name, None) is not None
+            proxy = self._services.pop(name, None)
+            if proxy is not None:
+                breaker = proxy.circuit_breaker
+                shared = any(p.circuit_breaker is breaker for p in self._services.values())
+                if self._breakers.get(breaker.name) is breaker and not shared:
+                    del self._breakers[breaker.name]
             self._sync()
-            return removed
+            return proxy is not None
 
     # -- events -----------------------------------------------------------------
 

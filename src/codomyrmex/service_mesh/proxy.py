@@ -35,6 +35,9 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+_STAGE_FIELDS = frozenset({"circuit_breaker", "bulkhead", "hedging_delay", "fallback"})
+
+
 class RejectedResult(Exception):
     """A hedged attempt's result that ``retry_on_result`` rejected: it loses the race.
 
@@ -65,7 +68,6 @@ class ServiceProxy:
         "_event_clock",
         "_execute",
         "_execute_async",
-        "_hedge_pool",
         "_lock",
         "_staged",
         "_subscribers",
@@ -125,13 +127,25 @@ class ServiceProxy:
         self.max_hedged_attempts = max_hedged_attempts
         self.fallback = fallback
         self.clock = clock
-        self._execute = circuit_breaker.execute
-        self._execute_async = circuit_breaker.execute_async
-        self._staged = bulkhead is not None or hedging_delay is not None or fallback is not None
+        self._refresh()
         self._subscribers: tuple[EventListener, ...] = ()
         self._event_clock: Callable[[], float] | None = None
-        self._hedge_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "circuit_breaker" and not isinstance(value, CircuitBreaker):
+            raise TypeError(f"circuit_breaker must be a CircuitBreaker, got {value!r}")
+        object.__setattr__(self, name, value)
+        if name in _STAGE_FIELDS and hasattr(self, "_staged"):
+            self._refresh()  # a stage replaced after construction takes effect at once
+
+    def _refresh(self) -> None:
+        """Cache what the hot path reads from the configured stages."""
+        self._execute = self.circuit_breaker.execute
+        self._execute_async = self.circuit_breaker.execute_async
+        self._staged = (
+            self.bulkhead is not None or self.hedging_delay is not None or self.fallback is not None
+        )
 
     def __repr__(self) -> str:
         return (
@@ -174,11 +188,7 @@ class ServiceProxy:
                 self._event_clock = None
 
     def close(self) -> None:
-        """Shut down the hedging thread pool, if one was started."""
-        with self._lock:
-            pool, self._hedge_pool = self._hedge_pool, None
-        if pool is not None:
-            pool.shutdown(wait=True)
+        """Release what the proxy holds (nothing today: hedges run on their own threads)."""
 
     # -- sync -------------------------------------------------------------------
 
@@ -195,15 +205,34 @@ class ServiceProxy:
         result: R = self._attempts(handler_fn, args, kwargs)
         return result
 
-    def _call_staged(self, handler_fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+    def call_once(
+        self,
+        handler_fn: Callable[Concatenate[ServiceInstance, P], R],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> R:
+        """Like :meth:`call`, but one attempt only: never retried nor hedged.
+
+        For calls that must not be repeated (a POST): still behind the fallback,
+        the bulkhead and the breaker, on a balanced instance with its connection counted.
+        """
+        if self._staged:
+            staged: R = self._call_staged(handler_fn, args, kwargs, False)
+            return staged
+        result: R = self._attempts(handler_fn, args, kwargs, False)
+        return result
+
+    def _call_staged(
+        self, handler_fn: Callable[..., Any], args: Any, kwargs: Any, retry: bool = True
+    ) -> Any:
         try:
             bulkhead = self.bulkhead
             if bulkhead is not None:
                 self._guard_bulkhead(bulkhead.acquire)
             try:
-                if self.hedging_delay is not None:
+                if self.hedging_delay is not None and retry:
                     return self._hedged(handler_fn, args, kwargs)
-                return self._attempts(handler_fn, args, kwargs)
+                return self._attempts(handler_fn, args, kwargs, retry)
             finally:
                 if bulkhead is not None:
                     bulkhead.release()
@@ -213,8 +242,10 @@ class ServiceProxy:
             failure = exc
         return self.fallback(failure)
 
-    def _attempts(self, handler_fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-        """Retry -> pick -> breaker -> handler, one attempt after another."""
+    def _attempts(
+        self, handler_fn: Callable[..., Any], args: Any, kwargs: Any, retry: bool = True
+    ) -> Any:
+        """Retry -> pick -> breaker -> handler, one attempt after another (one if not ``retry``)."""
         token: contextvars.Token[bool] | None = None
         try:
             balancer = self.load_balancer
@@ -251,6 +282,8 @@ class ServiceProxy:
                     if isinstance(failure, CircuitOpenError):
                         raise self._give_up(failure, last_real)  # a rejection ends the call
                     last_real = failure
+                if not retry:
+                    return policy._final(failure, result)
                 if calls is None:
                     token = _IN_RETRY.set(True)  # the nested-retry guard (see retry.py)
                     calls = _Attempts(started, token.old_value is True)
@@ -296,8 +329,11 @@ class ServiceProxy:
         return result
 
     def _hedged(self, handler_fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-        """Hedging (sync): attempts on a thread pool; the first success wins."""
-        pool = self._pool()
+        """Hedging (sync): each attempt on a thread of its own; the first success wins.
+
+        Attempts run in a copy of the caller's context (contextvars: routing keys,
+        tracing) and are never queued behind other calls' attempts.
+        """
         budget = self.retry_policy.budget
         if budget is not None:
             budget.record_request()
@@ -319,7 +355,7 @@ class ServiceProxy:
                 else:
                     tried.add(instance.id)
                     launched += 1
-                    pending.add(pool.submit(self._one_attempt, handler_fn, instance, args, kwargs))
+                    pending.add(_spawn(self._one_attempt, handler_fn, instance, args, kwargs))
             if not pending:
                 assert last_error is not None
                 if isinstance(last_error, RejectedResult):
@@ -336,7 +372,7 @@ class ServiceProxy:
                 if error is None:
                     if budget is not None:
                         budget.record_outcome(True)
-                    return future.result()  # the losers finish on the pool; ignored
+                    return future.result()  # the losers finish on their threads; ignored
                 if not isinstance(error, Exception):
                     raise error
                 if budget is not None:
@@ -346,15 +382,6 @@ class ServiceProxy:
                     last_real = error
                 elif not pending:
                     raise self._give_up(error, last_real)
-
-    def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
-        with self._lock:
-            if self._hedge_pool is None:
-                self._hedge_pool = concurrent.futures.ThreadPoolExecutor(
-                    max_workers=max(4, 4 * self.max_hedged_attempts),
-                    thread_name_prefix=f"hedge-{self.service_name}",
-                )
-            return self._hedge_pool
 
     # -- async ------------------------------------------------------------------
 
@@ -376,17 +403,30 @@ class ServiceProxy:
         result: R = await self._attempts_async(handler_fn, args, kwargs)
         return result
 
+    async def call_once_async(
+        self,
+        handler_fn: Callable[Concatenate[ServiceInstance, P], Awaitable[R]],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> R:
+        """The async twin of :meth:`call_once`: one attempt, never retried nor hedged."""
+        if self._staged:
+            staged: R = await self._call_staged_async(handler_fn, args, kwargs, False)
+            return staged
+        result: R = await self._attempts_async(handler_fn, args, kwargs, False)
+        return result
+
     async def _call_staged_async(
-        self, handler_fn: Callable[..., Any], args: Any, kwargs: Any
+        self, handler_fn: Callable[..., Any], args: Any, kwargs: Any, retry: bool = True
     ) -> Any:
         try:
             bulkhead = self.bulkhead
             if bulkhead is not None:
                 await self._guard_bulkhead_async(bulkhead)
             try:
-                if self.hedging_delay is not None:
+                if self.hedging_delay is not None and retry:
                     return await self._hedged_async(handler_fn, args, kwargs)
-                return await self._attempts_async(handler_fn, args, kwargs)
+                return await self._attempts_async(handler_fn, args, kwargs, retry)
             finally:
                 if bulkhead is not None:
                     bulkhead.release()
@@ -399,7 +439,9 @@ class ServiceProxy:
             result = await result
         return result
 
-    async def _attempts_async(self, handler_fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+    async def _attempts_async(
+        self, handler_fn: Callable[..., Any], args: Any, kwargs: Any, retry: bool = True
+    ) -> Any:
         """The async twin of :meth:`_attempts`."""
         token: contextvars.Token[bool] | None = None
         try:
@@ -439,6 +481,8 @@ class ServiceProxy:
                     if isinstance(failure, CircuitOpenError):
                         raise self._give_up(failure, last_real)  # a rejection ends the call
                     last_real = failure
+                if not retry:
+                    return policy._final(failure, result)
                 if calls is None:
                     token = _IN_RETRY.set(True)  # the nested-retry guard (see retry.py)
                     calls = _Attempts(started, token.old_value is True)
@@ -596,7 +640,7 @@ class ServiceProxy:
         if refund and budget is not None:
             budget.record_outcome(True)
         if self._subscribers:
-            clock = self._event_clock or self.clock
+            clock = self.load_balancer._observe_clock or self._event_clock or self.clock
             publish(
                 self._subscribers,
                 CallSucceeded(
@@ -608,7 +652,8 @@ class ServiceProxy:
             )
 
     def _failed(self, instance: ServiceInstance, start: float, failure: Exception) -> None:
-        clock = self._event_clock or self.clock
+        # The same clock that read ``start`` (the balancer's when it observes calls).
+        clock = self.load_balancer._observe_clock or self._event_clock or self.clock
         publish(
             self._subscribers,
             CallFailed(self.service_name, instance.id, clock() - start, failure),
@@ -627,6 +672,23 @@ class ServiceProxy:
         if last_real is not None and last_real is not failure and failure.__cause__ is None:
             failure.__cause__ = last_real
         return failure
+
+
+def _spawn(fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future[Any]:
+    """Run ``fn(*args)`` on a new daemon thread, in a copy of the current context."""
+    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    context = contextvars.copy_context()
+
+    def run() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(context.run(fn, *args))
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="service-mesh-hedge", daemon=True).start()
+    return future
 
 
 async def _timed(

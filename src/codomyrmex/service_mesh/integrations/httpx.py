@@ -113,6 +113,7 @@ class InstanceCircuitOpen(ServiceMeshError):
     def __init__(self, error: CircuitOpenError) -> None:
         super().__init__(error)
         self.error = error
+        self.retry_after = 0.0  # nothing was sent: the policy retries on another instance at once
 
     def __str__(self) -> str:
         return f"instance circuit {self.error.name!r} is {self.error.state.value}"
@@ -418,8 +419,7 @@ class MeshTransport(httpx.BaseTransport):
         try:
             if router.may_retry(request):
                 return proxy.call(self._attempt, call)
-            with proxy.load_balancer.connection() as instance:
-                return proxy.circuit_breaker.execute(self._attempt, instance, call)
+            return proxy.call_once(self._attempt, call)
         except Exception as exc:
             return router.settle(exc, call)
 
@@ -489,19 +489,9 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         try:
             if router.may_retry(request):
                 return await proxy.call_async(self._attempt, call)
-            async with proxy.load_balancer.connection() as instance:
-                return await proxy.circuit_breaker.execute_async(
-                    self._single_attempt, instance, call
-                )
+            return await proxy.call_once_async(self._attempt, call)
         except Exception as exc:
             return router.settle(exc, call)
-
-    async def _single_attempt(self, instance: ServiceInstance, call: _Call) -> httpx.Response:
-        """The only attempt of a request that must not be retried, bounded like a proxy attempt."""
-        limit = call.attempt_limit()
-        if limit is None:
-            return await self._attempt(instance, call)
-        return await asyncio.wait_for(self._attempt(instance, call), limit)
 
     async def _attempt(self, instance: ServiceInstance, call: _Call) -> httpx.Response:
         """One attempt on the picked instance, behind its own breaker when there is one."""
@@ -513,20 +503,24 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         breaker = router.instance_breaker(call.proxy, instance)
         if breaker is None:
             return await self._send(request, call)
-        clock = call.proxy.retry_policy.clock
-        start = clock()
         try:
-            return await breaker.execute_async(self._send, request, call)
+            if limit is None:
+                return await breaker.execute_async(self._send, request, call)
+            # The attempt's limit, a little early, inside the instance's breaker: running
+            # out of time is a TimeoutError there (a failure), while a cancellation from
+            # outside stays a cancellation (never a failure).
+            return await breaker.execute_async(
+                self._send_within, limit * _HTTPX_SHARE, request, call
+            )
         except CircuitOpenError as exc:
             if exc.name != breaker.name:
                 raise
             raise InstanceCircuitOpen(exc) from None
-        except asyncio.CancelledError:
-            # Still, a limit enforced around this call arrives as a cancellation, which
-            # breakers count as nothing; one that comes that late is a timeout, a failure.
-            if limit is not None and clock() - start >= limit * _HTTPX_SHARE:
-                breaker.record_failure()
-            raise
+
+    async def _send_within(
+        self, seconds: float, request: httpx.Request, call: _Call
+    ) -> httpx.Response:
+        return await asyncio.wait_for(self._send(request, call), seconds)
 
     async def _send(self, request: httpx.Request, call: _Call) -> httpx.Response:
         response = await self._inner.handle_async_request(request)
