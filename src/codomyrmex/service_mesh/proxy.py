@@ -246,19 +246,16 @@ class ServiceProxy:
         self, handler_fn: Callable[..., Any], args: Any, kwargs: Any, retry: bool = True
     ) -> Any:
         """Retry -> pick -> breaker -> handler, one attempt after another (one if not ``retry``)."""
-        token: contextvars.Token[bool] | None = None
+        balancer = self.load_balancer
+        policy = self.retry_policy
+        started = None if policy._simple else policy._start()
+        state: _Retrying | None = None  # made at the first failure: the success path needs none
+        result: Any = None
         try:
-            balancer = self.load_balancer
-            policy = self.retry_policy
-            started = None if policy._simple else policy._start()
-            calls: _Attempts | None = None
-            tried: set[str] | None = None
-            last_real: Exception | None = None
-            result: Any = None
             while True:
-                instance = balancer._acquire(tried)
+                instance = balancer._acquire(None if state is None else state.tried)
                 if instance is None:
-                    raise self._no_instance(last_real)
+                    raise self._no_instance(None if state is None else state.last_real)
                 timer = balancer._observe_clock or self._event_clock
                 start = 0.0 if timer is None else timer()
                 try:
@@ -273,36 +270,54 @@ class ServiceProxy:
                     balancer._release(instance, start, None)
                     if policy.retry_on_result is None or not policy._rejects(result):
                         if self._subscribers or policy.budget is not None:
-                            self._succeeded(instance, start, calls)
+                            self._succeeded(instance, start, None if state is None else state.calls)
                         return result
                     failure = None
-                if failure is not None:
-                    if self._subscribers:
-                        self._failed(instance, start, failure)
-                    if isinstance(failure, CircuitOpenError):
-                        raise self._give_up(failure, last_real)  # a rejection ends the call
-                    last_real = failure
-                if not retry:
-                    return policy._final(failure, result)
-                if calls is None:
-                    token = _IN_RETRY.set(True)  # the nested-retry guard (see retry.py)
-                    calls = _Attempts(started, token.old_value is True)
-                delay = policy._after_failure(
-                    calls, failure, self.service_name, self._subscribers, instance.id
-                )
+                if state is None:
+                    state = _Retrying(started)
+                delay = self._next_wait(state, instance, start, failure, retry)
                 if delay is None:
                     return policy._final(failure, result)
                 if delay > 0.0:
                     policy.sleep(delay)
-                    if policy._past_deadline(calls):
+                    if policy._past_deadline(state.calls):
                         return policy._final(failure, result)
-                calls.count += 1
-                if tried is None:
-                    tried = set()
-                tried.add(instance.id)
+                state.calls.count += 1
         finally:
-            if token is not None:
-                _IN_RETRY.reset(token)
+            if state is not None and state.token is not None:
+                _IN_RETRY.reset(state.token)
+
+    def _next_wait(
+        self,
+        state: _Retrying,
+        instance: ServiceInstance,
+        start: float,
+        failure: Exception | None,
+        retry: bool,
+    ) -> float | None:
+        """After a failed attempt (``failure`` None: a rejected result) on ``instance``: the
+        wait before the next attempt, or None to end the call with its last outcome.
+
+        Shared by the sync and async attempt loops. A breaker rejection ends the call
+        at once, chained to the last real failure.
+        """
+        if failure is not None:
+            if self._subscribers:
+                self._failed(instance, start, failure)
+            if isinstance(failure, CircuitOpenError):
+                raise self._give_up(failure, state.last_real)
+            state.last_real = failure
+        if not retry:
+            return None
+        if state.token is None:
+            state.token = _IN_RETRY.set(True)  # the nested-retry guard (see retry.py)
+            state.calls.nested = state.token.old_value is True
+        delay = self.retry_policy._after_failure(
+            state.calls, failure, self.service_name, self._subscribers, instance.id
+        )
+        if delay is not None:
+            state.tried.add(instance.id)
+        return delay
 
     def _one_attempt(
         self, handler_fn: Callable[..., Any], instance: ServiceInstance, args: Any, kwargs: Any
@@ -443,19 +458,16 @@ class ServiceProxy:
         self, handler_fn: Callable[..., Any], args: Any, kwargs: Any, retry: bool = True
     ) -> Any:
         """The async twin of :meth:`_attempts`."""
-        token: contextvars.Token[bool] | None = None
+        balancer = self.load_balancer
+        policy = self.retry_policy
+        started = None if policy._simple else policy._start()
+        state: _Retrying | None = None  # made at the first failure: the success path needs none
+        result: Any = None
         try:
-            balancer = self.load_balancer
-            policy = self.retry_policy
-            started = None if policy._simple else policy._start()
-            calls: _Attempts | None = None
-            tried: set[str] | None = None
-            last_real: Exception | None = None
-            result: Any = None
             while True:
-                instance = balancer._acquire(tried)
+                instance = balancer._acquire(None if state is None else state.tried)
                 if instance is None:
-                    raise self._no_instance(last_real)
+                    raise self._no_instance(None if state is None else state.last_real)
                 timer = balancer._observe_clock or self._event_clock
                 start = 0.0 if timer is None else timer()
                 try:
@@ -472,36 +484,22 @@ class ServiceProxy:
                     balancer._release(instance, start, None)
                     if policy.retry_on_result is None or not policy._rejects(result):
                         if self._subscribers or policy.budget is not None:
-                            self._succeeded(instance, start, calls)
+                            self._succeeded(instance, start, None if state is None else state.calls)
                         return result
                     failure = None
-                if failure is not None:
-                    if self._subscribers:
-                        self._failed(instance, start, failure)
-                    if isinstance(failure, CircuitOpenError):
-                        raise self._give_up(failure, last_real)  # a rejection ends the call
-                    last_real = failure
-                if not retry:
-                    return policy._final(failure, result)
-                if calls is None:
-                    token = _IN_RETRY.set(True)  # the nested-retry guard (see retry.py)
-                    calls = _Attempts(started, token.old_value is True)
-                delay = policy._after_failure(
-                    calls, failure, self.service_name, self._subscribers, instance.id
-                )
+                if state is None:
+                    state = _Retrying(started)
+                delay = self._next_wait(state, instance, start, failure, retry)
                 if delay is None:
                     return policy._final(failure, result)
                 if delay > 0.0:
                     await policy.async_sleep(delay)
-                    if policy._past_deadline(calls):
+                    if policy._past_deadline(state.calls):
                         return policy._final(failure, result)
-                calls.count += 1
-                if tried is None:
-                    tried = set()
-                tried.add(instance.id)
+                state.calls.count += 1
         finally:
-            if token is not None:
-                _IN_RETRY.reset(token)
+            if state is not None and state.token is not None:
+                _IN_RETRY.reset(state.token)
 
     async def _run_attempt_async(
         self,
@@ -672,6 +670,18 @@ class ServiceProxy:
         if last_real is not None and last_real is not failure and failure.__cause__ is None:
             failure.__cause__ = last_real
         return failure
+
+
+class _Retrying:
+    """One proxy call's state once an attempt has failed (never shared between calls)."""
+
+    __slots__ = ("calls", "last_real", "token", "tried")
+
+    def __init__(self, started: float | None) -> None:
+        self.calls = _Attempts(started, False)
+        self.tried: set[str] = set()
+        self.last_real: Exception | None = None
+        self.token: contextvars.Token[bool] | None = None
 
 
 def _spawn(fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future[Any]:
