@@ -154,6 +154,10 @@ def prefix(request: pytest.FixtureRequest, redis_url: str) -> Iterator[str]:
         client.close()
 
 
+WAIT = 30.0
+"""How long a test waits for a background reaction at most: a safety limit, never a speed check."""
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.005) -> Any:
     """Poll ``predicate`` until it is truthy (returned) or ``timeout`` passes (None)."""
     deadline = time.monotonic() + timeout

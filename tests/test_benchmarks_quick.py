@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -30,7 +29,7 @@ NEEDED = (
     "stamina",
     "matplotlib",
 )
-QUICK_BUDGET_S = 90  # quick mode takes ~10 s on 2 cores; this only catches a runaway
+RUNAWAY_S = 900  # quick mode takes ~10 s on 2 cores; a safety limit for a hung run, no speed check
 
 
 def _missing() -> list[str]:
@@ -56,17 +55,14 @@ def test_quick_run_runs_every_workload_and_writes_results(tmp_path: Path) -> Non
             f"benchmark peers not installed ({', '.join(missing)}); "
             "install the bench extra: pip install -e '.[bench]' (or python3 dev.py bench)"
         )
-    started = time.monotonic()
     proc = subprocess.run(
         [sys.executable, str(RUN), "--quick", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
         cwd=ROOT,
-        timeout=QUICK_BUDGET_S * 2,
+        timeout=RUNAWAY_S,
     )
-    elapsed = time.monotonic() - started
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert elapsed < QUICK_BUDGET_S, f"quick mode took {elapsed:.0f}s"
 
     for name in ("results.json", "table.md", "ratios.png"):
         assert (tmp_path / name).stat().st_size > 0, name

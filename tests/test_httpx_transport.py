@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
@@ -442,10 +441,8 @@ def test_attempt_timeout_moves_on_from_a_hung_instance(backends, drive) -> None:
     fast = backends(lambda i: (200, {}, b"fast"))
     proxy = make_proxy(hung.instance("hung"), fast.instance("fast"), attempt_timeout=0.2)
     driver = drive(proxy)
-    started = time.monotonic()
     response = driver.request("GET", "http://orders/")
-    assert response.text == "fast"
-    assert time.monotonic() - started < 5
+    assert response.text == "fast"  # not "late": the attempt moved on before the hung one answered
     assert (hung.hits, fast.hits) == (1, 1)
 
 
@@ -454,10 +451,8 @@ def test_max_elapsed_bounds_the_whole_call(backends, drive) -> None:
     hung.behave = lambda i: (hung.release.wait(10), (200, {}, b"late"))[1]
     proxy = make_proxy(hung.instance("hung"), max_retries=50, max_elapsed=0.5, initial_delay=0)
     driver = drive(proxy)
-    started = time.monotonic()
     with pytest.raises((httpx.TimeoutException, TimeoutError)):
         driver.request("GET", "http://orders/")
-    assert time.monotonic() - started < 1.5  # 0.5 s, and some room for a busy machine
     assert 1 <= hung.hits < 50  # attempts stop with the deadline, not with max_retries
 
 

@@ -63,3 +63,62 @@ def test_optional_dependencies_are_imported_only_in_integration_modules() -> Non
         if pattern.search(path.read_text()):
             offenders.append(str(relative))
     assert offenders == []
+
+
+INTEGRATION_EXTRAS = {
+    # integration module: (the library it needs, the extra that installs it)
+    "httpx": ("httpx", "httpx"),
+    "redis": ("redis", "redis"),
+    "prometheus": ("prometheus_client", "prometheus"),
+    "otel": ("opentelemetry", "otel"),
+    "mcp": ("mcp", "mcp"),
+}
+STDLIB_INTEGRATIONS = {"status_http"}
+"""Integration modules that need nothing beyond the standard library."""
+
+_BLOCKER = """
+import sys
+class Blocker:
+    def find_spec(self, name, path=None, target=None):
+        if name == {library!r} or name.startswith({library!r} + "."):
+            raise ImportError(f"No module named {{name!r}}", name=name)
+        return None
+sys.meta_path.insert(0, Blocker())
+try:
+    import codomyrmex.service_mesh.integrations.{module}
+except ImportError as exc:
+    print(exc)
+else:
+    print("imported")
+"""
+
+
+def test_every_integration_module_is_listed_with_its_extra() -> None:
+    folder = ROOT / "src" / "codomyrmex" / "service_mesh" / "integrations"
+    modules = {p.stem for p in folder.glob("*.py") if not p.stem.startswith("_")}
+    assert modules == set(INTEGRATION_EXTRAS) | STDLIB_INTEGRATIONS
+
+
+def test_an_integration_without_its_library_names_the_extra_to_install() -> None:
+    for module, (library, extra) in INTEGRATION_EXTRAS.items():
+        code = _BLOCKER.format(library=library, module=module)
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+        )
+        assert f"pip install 'codomyrmex-service-mesh[{extra}]'" in out.stdout, (module, out)
+        assert extra in pyproject_extras(), extra
+
+
+def test_the_mcp_integration_names_its_extra_when_pydantic_is_missing() -> None:
+    code = _BLOCKER.format(library="pydantic", module="mcp")
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert "pip install 'codomyrmex-service-mesh[mcp]'" in out.stdout, out
+
+
+def pyproject_extras() -> set[str]:
+    import tomllib
+
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        return set(tomllib.load(f)["project"]["optional-dependencies"])

@@ -27,7 +27,7 @@ from codomyrmex.service_mesh import (
     CircuitState,
 )
 from codomyrmex.service_mesh.integrations.redis import RedisStore
-from redis_server import SPAWN, RedisServer, wait_for
+from redis_server import SPAWN, WAIT, RedisServer, wait_for
 
 CLOSED = CircuitState.CLOSED
 OPEN = CircuitState.OPEN
@@ -111,9 +111,11 @@ def test_closed_success_path_never_calls_redis(stores: Callable[..., RedisStore]
     assert calls["n"] == 1
     for _ in range(5000):
         cb.execute(ok)  # ... the success that resets the count is batched ...
-    wait_for(lambda: calls["n"] >= 2, 2.0)
-    time.sleep(0.2)
-    assert calls["n"] == 2  # ... and then the fast path is back
+    assert wait_for(lambda: calls["n"] >= 2, WAIT)
+    for _ in range(5000):
+        cb.execute(ok)  # ... and then the fast path is back: nothing is batched any more,
+    store.close()  # which closing proves, as it flushes whatever is still batched
+    assert calls["n"] == 2
     assert cb.state is CLOSED
 
 
@@ -127,7 +129,7 @@ def test_failures_in_one_breaker_open_every_breaker_of_the_name(
     b.add_listener(lambda _cb, old, new: seen.append((old, new)))
     fail(a, 3)
     assert a.state is OPEN  # the reporting breaker adopts the trip before execute returns
-    assert wait_for(lambda: b.state is OPEN, 2.0)
+    assert wait_for(lambda: b.state is OPEN, WAIT)
     assert seen == [(CLOSED, OPEN)]
     with pytest.raises(CircuitOpenError) as info:
         b.execute(ok)
@@ -160,7 +162,7 @@ def test_counts_are_not_lost_and_the_breaker_opens_once(
     fields = state_hash(client, store, "crowd")
     assert fields["state"] == "open"
     assert int(fields["failures"]) == 400
-    assert all(wait_for(lambda cb=cb: cb.state is OPEN, 2.0) for cb in breakers)
+    assert all(wait_for(lambda cb=cb: cb.state is OPEN, WAIT) for cb in breakers)
     opens = []
     deadline = time.monotonic() + 0.5
     while time.monotonic() < deadline:
@@ -198,9 +200,9 @@ def test_a_success_anywhere_resets_the_fleet_count(
     b = CircuitBreaker("flaky", config, store=stores(flush_interval=0.01))
     fail(a, 2)
     # b heard that the fleet is counting, so its next success is reported (batched).
-    assert wait_for(lambda: b.failure_count >= 1, 2.0)
+    assert wait_for(lambda: b.failure_count >= 1, WAIT)
     b.execute(ok)
-    assert wait_for(lambda: state_hash(client, store_a, "flaky")["failures"] == "0", 2.0)
+    assert wait_for(lambda: state_hash(client, store_a, "flaky")["failures"] == "0", WAIT)
     fail(a, 2)
     assert a.state is CLOSED  # 2 consecutive failures since the reset, not 4
 
@@ -282,12 +284,12 @@ def test_window_mode_judges_the_fleet_rate(
     b.execute(ok)
     b.execute(ok)
     window = store_a.keys("rates")[2]
-    assert wait_for(lambda: client.hget(window, "c") == "2", 2.0)
+    assert wait_for(lambda: client.hget(window, "c") == "2", WAIT)
     fail(a, 1)
     assert a.state is CLOSED  # 1 of 3
     fail(a, 1)
     assert a.state is OPEN  # 2 of 4 calls across the fleet; a alone has seen only 2 calls
-    assert wait_for(lambda: b.state is OPEN, 2.0)
+    assert wait_for(lambda: b.state is OPEN, WAIT)
 
 
 def test_half_open_probe_slots_are_fleet_wide(stores: Callable[..., RedisStore]) -> None:
@@ -305,7 +307,7 @@ def test_half_open_probe_slots_are_fleet_wide(stores: Callable[..., RedisStore])
     assert info.value.state is HALF_OPEN
     permit.__exit__(None, None, None)  # the probe succeeds: closed everywhere
     assert a.state is CLOSED
-    assert wait_for(lambda: b.state is CLOSED, 2.0)
+    assert wait_for(lambda: b.state is CLOSED, WAIT)
     assert b.execute(ok) == "ok"
 
 
@@ -317,7 +319,7 @@ def test_probe_failure_reopens_with_backoff_for_everyone(stores: Callable[..., R
     b = CircuitBreaker("backoff", config, store=stores())
     fail(a, 1)
     fail(a, 1)  # the probe fails: OPEN again, reopens = 1
-    assert wait_for(lambda: b._reopen_count == 1, 2.0)
+    assert wait_for(lambda: b._reopen_count == 1, WAIT)
 
 
 def test_operator_actions_reach_every_process(stores: Callable[..., RedisStore]) -> None:
@@ -325,13 +327,13 @@ def test_operator_actions_reach_every_process(stores: Callable[..., RedisStore])
     a = CircuitBreaker("ops", config, store=stores())
     b = CircuitBreaker("ops", config, store=stores())
     a.force_open()
-    assert wait_for(lambda: b.state is CircuitState.FORCED_OPEN, 2.0)
+    assert wait_for(lambda: b.state is CircuitState.FORCED_OPEN, WAIT)
     with pytest.raises(CircuitOpenError):
         b.execute(ok)
     b.disable()
-    assert wait_for(lambda: a.state is CircuitState.DISABLED, 2.0)
+    assert wait_for(lambda: a.state is CircuitState.DISABLED, WAIT)
     a.reset()
-    assert wait_for(lambda: b.state is CLOSED, 2.0)
+    assert wait_for(lambda: b.state is CLOSED, WAIT)
     assert b.execute(ok) == "ok"
 
 
@@ -363,7 +365,7 @@ def test_a_probe_that_outlives_a_short_outage_gives_its_slot_back(
     with a.permit():  # a's probe holds the fleet's only slot ...
         assert client.zcard(probes) == 1
         store_a._backend.failed(redis.TimeoutError("blip"))  # ... through a short outage
-        assert wait_for(lambda: store_a.online, 2.0)
+        assert wait_for(lambda: store_a.online, WAIT)
     assert client.zcard(probes) == 0  # the finished probe gave its slot back
     assert state_hash(client, store_a, "lease")["probe_ok"] == "1"
     assert b.execute(ok) == "ok"  # so the next probe runs (and closes the breaker)
@@ -404,7 +406,7 @@ def test_fleet_messages_do_not_override_the_outage_fallback(
     assert a.state is during  # the fallback holds while a is offline
     for name, script in scripts.items():
         setattr(store_a, name, script)
-    assert wait_for(lambda: store_a.online, 2.0)  # reconciled: now a adopts the fleet's state
+    assert wait_for(lambda: store_a.online, WAIT)  # reconciled: now a adopts the fleet's state
     assert a.state is OPEN
 
 
@@ -426,7 +428,7 @@ def test_closing_while_reconciling_leaves_the_store_closed(
     assert reconciling.wait(2.0)
     closer = threading.Thread(target=store.close)
     closer.start()
-    assert wait_for(store._backend._stop.is_set, 2.0)
+    assert wait_for(store._backend._stop.is_set, WAIT)
     proceed.set()
     closer.join(5.0)
     assert not closer.is_alive()
@@ -477,7 +479,7 @@ def test_outage_falls_back_to_local_state_and_converges(
         fail(a, 2)
         with caplog.at_level(logging.WARNING, logger="codomyrmex.service_mesh.redis"):
             private_redis.stop()
-            assert wait_for(lambda: not store_a.online and not store_b.online, 5.0)
+            assert wait_for(lambda: not store_a.online and not store_b.online, WAIT)
             seen = _calls_without_store_errors(b, 30)  # zero store errors reach callers
             assert seen["ok"] >= 1 and seen["failed"] >= 1
             fail(a, 3)
@@ -487,9 +489,9 @@ def test_outage_falls_back_to_local_state_and_converges(
             ]
             assert len(outage_warnings) == 2  # once per store, not once per call
         private_redis.start()  # same port, empty data
-        assert wait_for(lambda: store_a.online and store_b.online, 10.0)
+        assert wait_for(lambda: store_a.online and store_b.online, WAIT)
         # a opened during the outage and tells the fleet; b converges on it.
-        assert wait_for(lambda: b.state is OPEN, 5.0)
+        assert wait_for(lambda: b.state is OPEN, WAIT)
         assert a.state is OPEN
         client = redis.Redis.from_url(private_redis.url, decode_responses=True)
         assert client.hget(store_a.keys("outage")[0], "state") == "open"
@@ -513,7 +515,7 @@ def test_outage_modes(private_redis: RedisServer, mode: str, during: CircuitStat
     try:
         cb = CircuitBreaker("modes", CircuitBreakerConfig(failure_threshold=2), store=store)
         private_redis.stop()
-        assert wait_for(lambda: cb.state is during, 5.0)
+        assert wait_for(lambda: cb.state is during, WAIT)
         if mode == "fail_open":
             fail(cb, 10)
             assert cb.execute(ok) == "ok"
@@ -521,7 +523,7 @@ def test_outage_modes(private_redis: RedisServer, mode: str, during: CircuitStat
             with pytest.raises(CircuitOpenError):
                 cb.execute(ok)
         private_redis.start()
-        assert wait_for(lambda: cb.state is CLOSED, 10.0)
+        assert wait_for(lambda: cb.state is CLOSED, WAIT)
         assert cb.execute(ok) == "ok"
     finally:
         store.close()
@@ -535,10 +537,10 @@ def test_operator_action_during_outage_is_applied_on_return(private_redis: Redis
         a = CircuitBreaker("opout", store=store_a)
         b = CircuitBreaker("opout", store=store_b)
         private_redis.stop()
-        assert wait_for(lambda: not store_a.online, 5.0)
+        assert wait_for(lambda: not store_a.online, WAIT)
         a.force_open()
         private_redis.start()
-        assert wait_for(lambda: b.state is CircuitState.FORCED_OPEN, 10.0)
+        assert wait_for(lambda: b.state is CircuitState.FORCED_OPEN, WAIT)
     finally:
         store_a.close()
         store_b.close()
@@ -563,7 +565,7 @@ def test_a_breaker_bound_before_fork_hears_the_fleet_in_the_child(
         try:
             fail(cb, 1)
             os.write(ready_w, b"r")
-            os.write(done_w, b"1" if wait_for(lambda: cb.state is OPEN, 3.0) else b"0")
+            os.write(done_w, b"1" if wait_for(lambda: cb.state is OPEN, WAIT) else b"0")
         finally:
             os._exit(0)
     os.close(ready_w)
@@ -594,7 +596,7 @@ def test_a_forked_child_publishes_under_an_origin_of_its_own(
             os._exit(0)
     os.waitpid(pid, 0)
     assert state_hash(client, store, "forked")["state"] == "open"
-    assert wait_for(lambda: cb.state is OPEN, 2.0)
+    assert wait_for(lambda: cb.state is OPEN, WAIT)
 
 
 PROBE_LUA = """
@@ -808,7 +810,7 @@ def test_async_calls_and_decorators_share_state(stores: Callable[..., RedisStore
             await call(False)
 
     asyncio.run(run())
-    assert wait_for(lambda: other.state is OPEN, 2.0)
+    assert wait_for(lambda: other.state is OPEN, WAIT)
 
 
 def test_a_mesh_store_gives_decorators_shared_state(stores: Callable[..., RedisStore]) -> None:
@@ -830,6 +832,6 @@ def test_a_mesh_store_gives_decorators_shared_state(stores: Callable[..., RedisS
         with pytest.raises(Boom):
             call(True)
     assert call.circuit_breaker.state is OPEN
-    assert wait_for(lambda: other.state is OPEN, 2.0), "the trip did not reach the other breaker"
+    assert wait_for(lambda: other.state is OPEN, WAIT), "the trip did not reach the other breaker"
     with pytest.raises(TypeError, match="store"):
         mesh.store = object()  # type: ignore[assignment]

@@ -59,7 +59,12 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import timezone
 from typing import Literal, TypeAlias
 
-import httpx
+from ._extras import missing_extra
+
+try:
+    import httpx
+except ImportError as exc:
+    raise missing_extra(__name__, "httpx", exc) from exc
 
 from ..circuit_breaker import CircuitBreaker, CircuitBreakerConfig, CircuitState, StateListener
 from ..errors import CircuitOpenError, ServiceMeshError

@@ -23,19 +23,16 @@ import json
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
-from typing_extensions import NotRequired, TypedDict
+from ._extras import missing_extra
 
-try:
+try:  # pydantic and typing_extensions come with the SDK: guarded, so their absence names it too
     from mcp.server.mcpserver import MCPServer
     from mcp.server.mcpserver.tools import Tool
     from mcp.types import CallToolResult, TextContent, ToolAnnotations
-except ImportError as exc:  # pragma: no cover - depends on the installed SDK
-    raise ImportError(
-        "codomyrmex.service_mesh.integrations.mcp needs the MCP Python SDK 2.x: "
-        "pip install 'codomyrmex-service-mesh[mcp]'",
-        name="mcp",
-    ) from exc
+    from pydantic import Field
+    from typing_extensions import NotRequired, TypedDict
+except ImportError as exc:
+    raise missing_extra(__name__, "mcp", exc) from exc
 
 from ..circuit_breaker import CircuitBreaker, CircuitBreakerConfig, CircuitState
 from ..load_balancer import LoadBalancer, LoadBalancerStrategy, ServiceInstance

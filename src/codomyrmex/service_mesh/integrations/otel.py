@@ -36,7 +36,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 
-from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter
+from ._extras import missing_extra
+
+try:
+    from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter
+except ImportError as exc:
+    raise missing_extra(__name__, "otel", exc) from exc
 
 from .. import __version__
 from ..events import (

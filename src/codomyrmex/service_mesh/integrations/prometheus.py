@@ -43,14 +43,19 @@ import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
-from prometheus_client.core import (
-    REGISTRY,
-    CollectorRegistry,
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+from ._extras import missing_extra
+
+try:
+    from prometheus_client.core import (
+        REGISTRY,
+        CollectorRegistry,
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+        Metric,
+    )
+except ImportError as exc:
+    raise missing_extra(__name__, "prometheus", exc) from exc
 
 from ..events import (
     CallFailed,

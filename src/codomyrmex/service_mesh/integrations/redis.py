@@ -105,11 +105,16 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
-import redis
-from redis.backoff import NoBackoff
-from redis.cluster import RedisCluster
-from redis.exceptions import RedisError
-from redis.retry import Retry
+from ._extras import missing_extra
+
+try:
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.cluster import RedisCluster
+    from redis.exceptions import RedisError
+    from redis.retry import Retry
+except ImportError as exc:
+    raise missing_extra(__name__, "redis", exc) from exc
 
 from .._validate import check_number, check_str
 from ..circuit_breaker import CircuitBreaker, CircuitState
@@ -307,7 +312,7 @@ class _Backend:
         while not self._stop.is_set():
             try:
                 if pubsub is None:
-                    pubsub = self.client.pubsub(  # type: ignore[no-untyped-call]
+                    pubsub = self.client.pubsub(  # type: ignore[no-untyped-call,unused-ignore]
                         ignore_subscribe_messages=True
                     )
                     pubsub.subscribe(self.channel)
