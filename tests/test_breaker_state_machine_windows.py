@@ -311,7 +311,7 @@ class WindowedBreakerMachine(RuleBasedStateMachine):
             window_type,
             size,
             minimum,
-            failure_rate,
+            50.0 if failure_rate is None else failure_rate,  # the default rate when slow-only
             slow_rate,
             success_threshold,
             max_probes,

@@ -101,6 +101,9 @@ StateListener = Callable[["CircuitBreaker", CircuitState, CircuitState], None]
 
 _Changes = list[tuple[CircuitState, CircuitState]]
 
+DEFAULT_FAILURE_RATE = 50.0
+"""The failure percentage of a windowed breaker configured for slow calls only."""
+
 
 def _check_types(field: str, value: Any) -> tuple[type[BaseException], ...]:
     if not isinstance(value, tuple) or not all(
@@ -118,7 +121,9 @@ class CircuitBreakerConfig:
     ``failure_rate_threshold`` or ``slow_call_duration_threshold`` switches it to
     rates over a sliding window (the last ``sliding_window_size`` calls, or
     seconds with ``sliding_window_type="time"``), judged once the window holds
-    ``minimum_number_of_calls``; ``failure_threshold`` is then unused.
+    ``minimum_number_of_calls``; ``failure_threshold`` is then unused. Failures
+    still open a windowed breaker when only slow calls were configured: at
+    ``failure_rate_threshold``, 50% unless set (resilience4j's default).
     """
 
     failure_threshold: int = 5
@@ -130,7 +135,8 @@ class CircuitBreakerConfig:
     half_open_max_calls: int = 3
     """Probes allowed in flight at the same time while HALF_OPEN."""
     failure_rate_threshold: float | None = None
-    """Percentage of failed calls in the window that opens the circuit (window mode)."""
+    """Percentage of failed calls in the window that opens the circuit (window mode;
+    50 when only ``slow_call_duration_threshold`` is set)."""
     sliding_window_type: Literal["count", "time"] = "count"
     """``"count"``: the last N calls; ``"time"``: the calls of the last N seconds."""
     sliding_window_size: int = 100
@@ -196,6 +202,12 @@ class CircuitBreakerConfig:
         return (
             self.failure_rate_threshold is not None or self.slow_call_duration_threshold is not None
         )
+
+    @property
+    def window_failure_rate(self) -> float:
+        """The failure percentage that opens a windowed breaker (50 unless set)."""
+        rate = self.failure_rate_threshold
+        return DEFAULT_FAILURE_RATE if rate is None else rate
 
     @property
     def minimum_calls(self) -> int:
@@ -745,10 +757,7 @@ class CircuitBreaker:
     def _window_tripped(self, window: OutcomeWindow) -> bool:
         """Whether the window's failure or slow-call rate opens the circuit. Lock held."""
         config = self.config
-        return (
-            config.failure_rate_threshold is not None
-            and window.failure_rate() >= config.failure_rate_threshold
-        ) or (
+        return window.failure_rate() >= config.window_failure_rate or (
             config.slow_call_duration_threshold is not None
             and window.slow_rate() >= config.slow_call_rate_threshold
         )

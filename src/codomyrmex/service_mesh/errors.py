@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import math
+from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
     from .circuit_breaker import CircuitState
@@ -17,6 +18,10 @@ __all__ = [
 
 class ServiceMeshError(Exception):
     """Base class of every error the mesh raises itself (never of a wrapped call's error)."""
+
+    retryable: ClassVar[bool] = False
+    """Whether the default retry policy retries it. The mesh's rejections (an open
+    circuit, no instance, a full bulkhead) are not: retrying would only add load."""
 
 
 class CircuitOpenError(ServiceMeshError):
@@ -48,7 +53,9 @@ class CircuitOpenError(ServiceMeshError):
         return self.args[2]  # type: ignore[no-any-return]
 
     def __str__(self) -> str:
-        return f"circuit {self.name!r} is {self.state.value}; retry after {self.retry_after:.3f}s"
+        wait = self.retry_after
+        when = "until an operator resets it" if math.isinf(wait) else f"retry after {wait:.3f}s"
+        return f"circuit {self.name!r} is {self.state.value}; {when}"
 
 
 class NoHealthyInstanceError(ServiceMeshError):

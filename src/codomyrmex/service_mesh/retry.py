@@ -20,7 +20,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from ._validate import check_callable, check_int, check_number, check_optional_number
 from .budget import RetryBudget
-from .errors import CircuitOpenError, NoHealthyInstanceError
+from .errors import ServiceMeshError
 from .events import CallRejected, EventListener, RetryGaveUp, RetryScheduled, publish
 
 __all__ = [
@@ -43,7 +43,6 @@ JITTER_MODES = ("none", "full", "equal", "decorrelated")
 
 logger = logging.getLogger("codomyrmex.service_mesh")
 
-_MESH_REJECTIONS = (CircuitOpenError, NoHealthyInstanceError)
 
 # The nested-retry guard: True while a call is being retried (from its first
 # failure on). A policy that fails inside such a call makes no retries of its own,
@@ -556,8 +555,14 @@ def _retry_predicate(retry_on: RetryOn | None) -> Callable[[BaseException], bool
 
 
 def _default_retryable(exc: BaseException) -> bool | float:
-    """Every ``Exception`` but the mesh's rejections; a failure's ``retry_after`` is honoured."""
-    if not isinstance(exc, Exception) or isinstance(exc, _MESH_REJECTIONS):
+    """Every ``Exception`` but the mesh's rejections; a failure's ``retry_after`` is honoured.
+
+    A rejection is a :class:`ServiceMeshError` that is not ``retryable`` (an open
+    circuit, no healthy instance, a full bulkhead, an exceeded limit).
+    """
+    if not isinstance(exc, Exception) or (
+        isinstance(exc, ServiceMeshError) and not exc.retryable
+    ):
         return False
     retry_after = getattr(exc, "retry_after", None)
     if isinstance(retry_after, (int, float)) and not isinstance(retry_after, bool):

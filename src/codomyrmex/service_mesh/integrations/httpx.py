@@ -115,6 +115,8 @@ class FailureStatus(httpx.HTTPStatusError):
 class InstanceCircuitOpen(ServiceMeshError):
     """An instance's own breaker refused an attempt; nothing was sent, try another instance."""
 
+    retryable = True  # on another instance: unlike the mesh's other rejections
+
     def __init__(self, error: CircuitOpenError) -> None:
         super().__init__(error)
         self.error = error

@@ -800,7 +800,6 @@ class _RedisLink:
         config = breaker.config
         window = config.sliding_window_type if config.windowed else "none"
         self._windowed = config.windowed
-        rate = config.failure_rate_threshold
         slow = config.slow_call_duration_threshold
         self._args: list[str | int | float] = [
             f"{store.prefix}cb:events",
@@ -817,7 +816,7 @@ class _RedisLink:
             window,
             config.sliding_window_size,
             config.minimum_calls,
-            -1 if rate is None else rate,
+            config.window_failure_rate,
             -1 if slow is None else config.slow_call_rate_threshold,
         ]
         self._io_lock = threading.Lock()
