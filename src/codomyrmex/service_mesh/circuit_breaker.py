@@ -144,7 +144,8 @@ class CircuitBreakerConfig:
     minimum_number_of_calls: int = 10
     """Calls the window must hold before any rate is judged."""
     slow_call_duration_threshold: float | None = None
-    """Seconds after which a call counts as slow, whatever its outcome (window mode)."""
+    """A call lasting longer than this many seconds is slow, whatever its outcome (window
+    mode); one lasting exactly this long is not."""
     slow_call_rate_threshold: float = 100.0
     """Percentage of slow calls in the window that opens the circuit."""
     record_exceptions: tuple[type[BaseException], ...] = (Exception,)
@@ -158,7 +159,7 @@ class CircuitBreakerConfig:
     open_backoff_multiplier: float = 1.0
     """Each re-open from HALF_OPEN multiplies the OPEN wait by this (reset on close)."""
     max_open_seconds: float | None = None
-    """Cap on the grown OPEN wait."""
+    """Cap on the grown OPEN wait; at least ``timeout_seconds``."""
 
     def __post_init__(self) -> None:
         check_int("failure_threshold", self.failure_threshold, 1)
@@ -195,6 +196,11 @@ class CircuitBreakerConfig:
         check_number("open_backoff_multiplier", self.open_backoff_multiplier, 1.0)
         if self.max_open_seconds is not None:
             check_number("max_open_seconds", self.max_open_seconds, 0.0)
+            if self.max_open_seconds < self.timeout_seconds:
+                raise ValueError(
+                    f"max_open_seconds must be >= timeout_seconds ({self.timeout_seconds!r}), "
+                    f"got {self.max_open_seconds!r}"
+                )
 
     @property
     def windowed(self) -> bool:
@@ -277,6 +283,8 @@ class CircuitBreaker:
         elif not isinstance(config, CircuitBreakerConfig):
             raise TypeError(f"config must be a CircuitBreakerConfig, got {config!r}")
         check_callable("clock", clock)
+        if store is not None and not callable(getattr(store, "bind", None)):
+            raise TypeError(f"store must be a BreakerStore (with a bind method), got {store!r}")
         self.name = name
         self.config = config
         self._clock = clock
@@ -663,7 +671,7 @@ class CircuitBreaker:
 
     def _is_slow(self, start: float) -> bool:
         threshold = self.config.slow_call_duration_threshold
-        return threshold is not None and self._clock() - start >= threshold
+        return threshold is not None and self._clock() - start > threshold
 
     def _release(self, epoch: int) -> None:
         """Free the slot of a call that ended with neither success nor failure."""
@@ -846,7 +854,7 @@ class CircuitBreaker:
             except OverflowError:
                 seconds = math.inf
         if config.max_open_seconds is not None:
-            seconds = min(seconds, max(config.max_open_seconds, config.timeout_seconds))
+            seconds = min(seconds, config.max_open_seconds)
         return seconds
 
     def _wants_record(self) -> bool:

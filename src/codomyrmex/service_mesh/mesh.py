@@ -58,7 +58,8 @@ class Mesh:
     )
 
     def __init__(self, *, store: BreakerStore | None = None) -> None:
-        self._store = store
+        self._store: BreakerStore | None = None
+        self.store = store  # checked now, not at the first breaker (maybe at import time)
         self._lock = threading.Lock()
         self._breakers: dict[str, CircuitBreaker] = {}
         self._services: dict[str, ServiceProxy] = {}
@@ -112,8 +113,8 @@ class Mesh:
 
     @store.setter
     def store(self, store: BreakerStore | None) -> None:
-        if store is not None and not hasattr(store, "bind"):
-            raise TypeError(f"store must be a BreakerStore, got {store!r}")
+        if store is not None and not callable(getattr(store, "bind", None)):
+            raise TypeError(f"store must be a BreakerStore (with a bind method), got {store!r}")
         self._store = store
 
     def add_circuit_breaker(self, breaker: CircuitBreaker) -> CircuitBreaker:

@@ -308,6 +308,9 @@ class ServiceProxy:
                 raise self._give_up(failure, state.last_real)
             state.last_real = failure
         if not retry:
+            budget = self.retry_policy.budget
+            if budget is not None:  # as a retried call's failure would: success refunds
+                budget.record_outcome(False)
             return None
         if state.token is None:
             state.token = _IN_RETRY.set(True)  # the nested-retry guard (see retry.py)
