@@ -6,14 +6,20 @@ the ``clock`` fixture or a :class:`ManualTimer`; nothing sleeps.
 
 from __future__ import annotations
 
+import asyncio
 import random
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from codomyrmex.service_mesh import (
+    Bulkhead,
+    BulkheadFullError,
     CircuitBreaker,
     CircuitBreakerConfig,
+    CircuitOpenError,
     CircuitState,
     LoadBalancer,
     LoadBalancerStrategy,
@@ -22,7 +28,10 @@ from codomyrmex.service_mesh import (
     ServiceInstance,
     ServiceProxy,
     TokenBucketRetryBudget,
+    disable_retries,
+    set_testing,
 )
+from codomyrmex.service_mesh.timers import ManualTimer
 
 
 class Boom(Exception):
@@ -170,3 +179,289 @@ def test_item22_a_mesh_refuses_a_bad_store_at_construction(store: Any) -> None:
     with pytest.raises(TypeError, match="store") as caught:
         Mesh(store=store)
     assert repr(store) in str(caught.value)
+
+
+# -- items 1 and 2: hedging ---------------------------------------------------------------------
+
+WAIT = 30.0  # a bound on waiting for another thread (never a timing assertion)
+
+
+class BadRequest(Exception):
+    """A failure the policy's ``retry_on`` does not retry (a 400)."""
+
+
+class Gate:
+    """A sync handler: attempts on ``slow`` instances block until ``open`` is set."""
+
+    def __init__(self, slow: str = "", fail: str = "", bad: str = "") -> None:
+        self.slow, self.fail, self.bad = slow, fail, bad
+        self.open = threading.Event()
+        self.lock = threading.Lock()
+        self.attempts: list[str] = []
+        self.running = 0
+        self.most = 0
+        self.ended = threading.Semaphore(0)
+
+    def __call__(self, inst: ServiceInstance) -> str:
+        with self.lock:
+            self.attempts.append(inst.id)
+            self.running += 1
+            self.most = max(self.most, self.running)
+        try:
+            if inst.id in self.slow:
+                assert self.open.wait(WAIT)
+            if inst.id in self.bad:
+                raise BadRequest(inst.id)
+            if inst.id in self.fail:
+                raise Boom(inst.id)
+            return inst.id
+        finally:
+            with self.lock:
+                self.running -= 1
+            self.ended.release()
+
+
+def hedging_proxy(
+    clock: Any,
+    ids: str = "abc",
+    *,
+    max_hedged_attempts: int = 3,
+    hedging_delay: float = 1.0,
+    breaker: CircuitBreaker | None = None,
+    bulkhead: Bulkhead | None = None,
+    **policy_kwargs: Any,
+) -> tuple[ServiceProxy, ManualTimer]:
+    timer = ManualTimer()
+    policy_kwargs.setdefault("jitter", False)
+    policy = RetryPolicy(
+        sleep=clock.sleep, async_sleep=clock.async_sleep, clock=timer, timer=timer, **policy_kwargs
+    )
+    proxy = ServiceProxy(
+        "orders",
+        make_lb(ids),
+        circuit_breaker=breaker or CircuitBreaker("orders", clock=clock),
+        retry_policy=policy,
+        bulkhead=bulkhead,
+        hedging_delay=hedging_delay,
+        max_hedged_attempts=max_hedged_attempts,
+    )
+    return proxy, timer
+
+
+def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(fn())
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+@pytest.mark.parametrize(
+    "switch", [disable_retries, lambda: set_testing(attempts=1)], ids=["disable", "testing"]
+)
+def test_item1_the_testing_switches_stop_hedges(clock: Any, switch: Any) -> None:
+    proxy, timer = hedging_proxy(clock)
+    gate = Gate(slow="a")
+    with switch():
+        caller, outcome = in_thread(lambda: proxy.call(gate))
+        timer.until_waiting(1)
+        assert timer.deadlines() == [None]  # no hedge is due: the caller waits for "a"
+        timer.advance(10.0)
+        gate.open.set()
+        caller.join(WAIT)
+    assert outcome == ["a"]
+    assert gate.attempts == ["a"]
+
+
+def test_item1_set_testing_caps_the_hedges(clock: Any) -> None:
+    proxy, _ = hedging_proxy(clock, max_hedged_attempts=3)
+    gate = Gate(fail="abc")
+    with set_testing(attempts=2), pytest.raises(Boom):
+        proxy.call(gate)
+    assert gate.attempts == ["a", "b"]
+
+
+def test_item1_async_the_testing_switches_stop_hedges(run_async: Any, clock: Any) -> None:
+    proxy, _ = hedging_proxy(clock)
+    attempts: list[str] = []
+
+    async def fail_async(inst: ServiceInstance) -> None:
+        attempts.append(inst.id)
+        raise Boom(inst.id)
+
+    with disable_retries(), pytest.raises(Boom):
+        run_async(proxy.call_async(fail_async))
+    assert attempts == ["a"]
+
+
+def test_item1_a_hedged_call_inside_a_retried_call_adds_up(flavour: Any, clock: Any) -> None:
+    """3 hedges inside 3 retried attempts made 9 attempts; nested, they add up: 3 + 1 + 1."""
+    proxy, _ = hedging_proxy(clock)
+    outer = RetryPolicy(max_retries=2, sleep=clock.sleep, async_sleep=clock.async_sleep)
+    attempts: list[str] = []
+
+    def handler(inst: ServiceInstance) -> None:
+        attempts.append(inst.id)
+        raise Boom(inst.id)
+
+    if flavour.is_async:
+
+        async def call() -> Any:
+            return await proxy.call_async(flavour.make_async(handler))
+
+        with pytest.raises(Boom):
+            flavour.run(outer.execute_async(call))
+    else:
+        with pytest.raises(Boom):
+            outer.execute(lambda: proxy.call(handler))
+    assert len(attempts) == 5
+
+
+def test_item1_a_failure_retry_on_excludes_ends_the_hedged_call(flavour: Any, clock: Any) -> None:
+    proxy, _ = hedging_proxy(clock, retry_on=lambda exc: not isinstance(exc, BadRequest))
+    gate = Gate(bad="abc")
+    with pytest.raises(BadRequest) as caught:
+        flavour.proxy(proxy, gate)
+    assert caught.value.args == ("a",)
+    assert gate.attempts == ["a"]  # not re-sent to every instance
+
+
+def test_item2_a_late_loser_keeps_the_bulkhead_slot_and_feeds_nothing(clock: Any) -> None:
+    bulkhead = Bulkhead(1, name="orders")
+    breaker = CircuitBreaker("orders", CircuitBreakerConfig(failure_threshold=1), clock=clock)
+    proxy, timer = hedging_proxy(clock, "ab", breaker=breaker, bulkhead=bulkhead)
+    gate = Gate(slow="a", fail="a")
+    caller, outcome = in_thread(lambda: proxy.call(gate))
+    timer.until_waiting(1)
+    timer.advance(1.0)  # the hedge goes to "b" and wins
+    caller.join(WAIT)
+    assert outcome == ["b"]
+    assert gate.ended.acquire(timeout=WAIT)  # "b" has ended; "a" still runs
+    assert bulkhead.in_flight == 1  # the loser still holds the call's slot
+    with pytest.raises(BulkheadFullError):
+        proxy.call(gate)  # so the bound holds: no second call beside the loser
+    gate.open.set()
+    assert gate.ended.acquire(timeout=WAIT)  # the loser failed, after the call
+    deadline = threading.Event()
+    for _ in range(10_000):
+        if bulkhead.in_flight == 0:
+            break
+        deadline.wait(0.001)
+    assert bulkhead.in_flight == 0
+    assert gate.most == 2
+    assert breaker.state is CircuitState.CLOSED  # the late failure counted as nothing
+    assert breaker.failure_count == 0
+    assert {i.id: i.connections for i in proxy.load_balancer.instances} == {"a": 0, "b": 0}
+
+
+def test_item2_a_hedge_never_goes_to_an_instance_already_tried(clock: Any) -> None:
+    proxy, timer = hedging_proxy(clock, "a")
+    gate = Gate(slow="a")
+    caller, outcome = in_thread(lambda: proxy.call(gate))
+    timer.until_waiting(1)
+    timer.advance(1.0)  # a hedge is due, but the only instance is busy with this call
+    timer.until_waiting(1)
+    assert timer.deadlines() == [None]
+    gate.open.set()
+    caller.join(WAIT)
+    assert outcome == ["a"]
+    assert gate.attempts == ["a"]
+
+
+def test_item2_async_a_hedge_never_goes_to_an_instance_already_tried(
+    run_async: Any, clock: Any
+) -> None:
+    proxy, timer = hedging_proxy(clock, "a")
+    attempts: list[str] = []
+    release = asyncio.Event()
+
+    async def slow(inst: ServiceInstance) -> str:
+        attempts.append(inst.id)
+        await release.wait()
+        return inst.id
+
+    async def main() -> Any:
+        call = asyncio.ensure_future(proxy.call_async(slow))
+        await timer.until_waiting_async(1)
+        timer.advance(1.0)
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert timer.deadlines() == [None]
+        release.set()
+        return await call
+
+    assert run_async(main()) == "a"
+    assert attempts == ["a"]
+
+
+def test_item2_no_hedge_starts_after_max_elapsed(clock: Any) -> None:
+    """Sync: the deadline also bounds the running attempt (as in async)."""
+    proxy, timer = hedging_proxy(clock, "ab", hedging_delay=2.0, max_elapsed=1.5)
+    gate = Gate(slow="ab")
+    caller, outcome = in_thread(lambda: proxy.call(gate))
+    timer.until_waiting(1)
+    assert timer.deadlines() == [1.5]  # the attempt's deadline comes before the hedge's
+    timer.advance(1.5)
+    caller.join(WAIT)
+    [error] = outcome
+    assert isinstance(error, TimeoutError)
+    assert gate.attempts == ["a"]  # no hedge after the deadline
+    gate.open.set()
+
+
+def test_item2_async_no_hedge_starts_after_max_elapsed(run_async: Any, clock: Any) -> None:
+    proxy, timer = hedging_proxy(clock, "ab", hedging_delay=2.0, max_elapsed=1.5)
+    attempts: list[str] = []
+
+    async def hang(inst: ServiceInstance) -> None:
+        attempts.append(inst.id)
+        await asyncio.Event().wait()
+
+    async def main() -> None:
+        call = asyncio.ensure_future(proxy.call_async(hang))
+        await timer.until_waiting_async(2)  # the hedging delay and the attempt's deadline
+        assert sorted(d for d in timer.deadlines() if d is not None) == [1.5, 2.0]
+        timer.advance(2.0)
+        await call
+
+    with pytest.raises(TimeoutError):
+        run_async(main())
+    assert attempts == ["a"]
+
+
+def test_item2_a_sync_hedge_obeys_attempt_timeout(clock: Any) -> None:
+    breaker = CircuitBreaker("orders", clock=clock)
+    proxy, timer = hedging_proxy(
+        clock, "ab", hedging_delay=60.0, attempt_timeout=0.5, breaker=breaker
+    )
+    gate = Gate(slow="a")
+    caller, outcome = in_thread(lambda: proxy.call(gate))
+    timer.until_waiting(1)
+    assert timer.deadlines() == [0.5]
+    timer.advance(0.5)  # "a" timed out: the next hedge starts at once
+    caller.join(WAIT)
+    assert outcome == ["b"]
+    assert gate.attempts == ["a", "b"]
+    gate.open.set()
+    assert gate.ended.acquire(timeout=WAIT) and gate.ended.acquire(timeout=WAIT)
+    for _ in range(10_000):
+        if breaker.failure_count:
+            break
+        threading.Event().wait(0.001)
+    assert breaker.failure_count == 1  # the timed-out attempt is a breaker failure
+
+
+def test_item2_a_breaker_rejection_costs_no_token_when_hedging(flavour: Any, clock: Any) -> None:
+    budget = TokenBucketRetryBudget(max_tokens=10, token_ratio=0.1)
+    budget.tokens = 8.0
+    proxy, _ = hedging_proxy(clock, budget=budget)
+    proxy.circuit_breaker.force_open()
+    with pytest.raises(CircuitOpenError):
+        flavour.proxy(proxy, lambda inst: inst.id)
+    assert budget.tokens == 8.0  # as when retrying: a rejection is not a failure

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Awaitable, Iterable
 from typing import Any, TypeVar
 
@@ -23,6 +24,10 @@ class Timer:
     """Real-time waits (the default of every timed stage)."""
 
     __slots__ = ()
+
+    def monotonic(self) -> float:
+        """The timer's time, in seconds (for deadlines measured by this timer)."""
+        return time.monotonic()
 
     def wait(self, event: threading.Event, timeout: float | None) -> bool:
         """Block until ``event`` is set (True) or ``timeout`` seconds pass (False)."""
@@ -75,6 +80,9 @@ class ManualTimer(Timer):
         self._sleepers: list[_Sleeper] = []
 
     def __call__(self) -> float:
+        return self._now
+
+    def monotonic(self) -> float:
         return self._now
 
     @property
