@@ -27,9 +27,11 @@ from codomyrmex.service_mesh import (
     RetryPolicy,
     ServiceInstance,
     ServiceProxy,
+    ThresholdCrossed,
     TokenBucketRetryBudget,
     disable_retries,
     set_testing,
+    with_circuit_breaker,
 )
 from codomyrmex.service_mesh.timers import ManualTimer
 
@@ -465,3 +467,195 @@ def test_item2_a_breaker_rejection_costs_no_token_when_hedging(flavour: Any, clo
     with pytest.raises(CircuitOpenError):
         flavour.proxy(proxy, lambda inst: inst.id)
     assert budget.tokens == 8.0  # as when retrying: a rejection is not a failure
+
+
+# -- item 8: listener signatures and equal-looking decorator configs ---------------------------
+
+
+def test_item8_an_old_new_listener_is_called_with_old_and_new(clock: Any) -> None:
+    seen: list[tuple[CircuitState, CircuitState]] = []
+    cb = CircuitBreaker(
+        "svc",
+        CircuitBreakerConfig(failure_threshold=1, timeout_seconds=5.0),
+        clock=clock,
+        on_state_change=lambda old, new: seen.append((old, new)),
+    )
+    three: list[str] = []
+    cb.add_listener(lambda breaker, old, new: three.append(breaker.name))
+    cb.record_failure()
+    clock.advance(5.0)
+    assert cb.state is CircuitState.HALF_OPEN
+    assert seen == [
+        (CircuitState.CLOSED, CircuitState.OPEN),
+        (CircuitState.OPEN, CircuitState.HALF_OPEN),
+    ]
+    assert three == ["svc", "svc"]
+
+
+def test_item8_a_two_argument_listener_can_be_removed(clock: Any) -> None:
+    seen: list[CircuitState] = []
+
+    def listener(old: CircuitState, new: CircuitState) -> None:
+        seen.append(new)
+
+    cb = CircuitBreaker("svc", CircuitBreakerConfig(failure_threshold=1), clock=clock)
+    cb.add_listener(listener)
+    cb.remove_listener(listener)
+    cb.record_failure()
+    assert seen == []
+
+
+@pytest.mark.parametrize("listener", [lambda: None, lambda a, b, c, d: None, lambda x: None])
+def test_item8_a_listener_of_neither_form_is_refused_when_added(listener: Any) -> None:
+    cb = CircuitBreaker("svc")
+    with pytest.raises(TypeError, match="listener"):
+        cb.add_listener(listener)
+
+
+def test_item8_same_name_decorators_with_equal_looking_lambdas_share_a_breaker() -> None:
+    mesh = Mesh()
+
+    def config(threshold: int) -> CircuitBreakerConfig:
+        return CircuitBreakerConfig(
+            failure_threshold=threshold, failure_predicate=lambda exc: "5" in str(exc)
+        )
+
+    first = with_circuit_breaker("payments", config(3), mesh=mesh)(lambda: "a")
+    second = with_circuit_breaker(
+        "payments",
+        CircuitBreakerConfig(failure_threshold=3, failure_predicate=lambda exc: "5" in str(exc)),
+        mesh=mesh,
+    )(lambda: "b")
+    assert first.circuit_breaker is second.circuit_breaker
+    with pytest.raises(ValueError, match="payments"):  # a different threshold still differs
+        with_circuit_breaker("payments", config(4), mesh=mesh)
+    with pytest.raises(ValueError, match="payments"):  # and so does different code
+        with_circuit_breaker(
+            "payments",
+            CircuitBreakerConfig(
+                failure_threshold=3, failure_predicate=lambda exc: "4" in str(exc)
+            ),
+            mesh=mesh,
+        )
+
+
+def test_item8_lambdas_capturing_different_values_are_different() -> None:
+    mesh = Mesh()
+
+    def config(code: str) -> CircuitBreakerConfig:
+        return CircuitBreakerConfig(failure_predicate=lambda exc: code in str(exc))
+
+    mesh.circuit_breaker("svc", config("503"))
+    mesh.circuit_breaker("svc", config("503"))
+    with pytest.raises(ValueError):
+        mesh.circuit_breaker("svc", config("500"))
+
+
+# -- item 10: METRICS_ONLY publishes crossings; HALF_OPEN judged by rate ------------------------
+
+
+def test_item10_metrics_only_publishes_a_threshold_crossing_once(clock: Any) -> None:
+    cb = CircuitBreaker("svc", CircuitBreakerConfig(failure_threshold=3), clock=clock)
+    events: list[Any] = []
+    cb.subscribe(events.append)
+    cb.metrics_only()
+    for _ in range(5):
+        cb.record_failure()
+    crossings = [e for e in events if isinstance(e, ThresholdCrossed)]
+    assert crossings == [ThresholdCrossed("svc", "failures", 3.0, 3.0)]
+    assert cb.state is CircuitState.METRICS_ONLY
+    cb.record_success()  # below the threshold again: the next crossing is announced
+    for _ in range(3):
+        cb.record_failure()
+    assert len([e for e in events if isinstance(e, ThresholdCrossed)]) == 2
+
+
+def test_item10_metrics_only_publishes_a_window_rate_crossing(flavour: Any, clock: Any) -> None:
+    config = CircuitBreakerConfig(
+        failure_rate_threshold=50.0, sliding_window_size=4, minimum_number_of_calls=4
+    )
+    cb = CircuitBreaker("svc", config, clock=clock)
+    events: list[Any] = []
+    cb.subscribe(events.append)
+    cb.metrics_only()
+    for ok in (True, False, True, False):
+        try:
+            flavour.breaker(cb, (lambda: "ok") if ok else fail_plain)
+        except Boom:
+            pass
+    assert [e for e in events if isinstance(e, ThresholdCrossed)] == [
+        ThresholdCrossed("svc", "failure_rate", 50.0, 50.0)
+    ]
+
+
+def fail_plain() -> None:
+    raise Boom
+
+
+def half_open(clock: Any, probes: int, **kwargs: Any) -> CircuitBreaker:
+    config = CircuitBreakerConfig(
+        failure_threshold=1,
+        timeout_seconds=1.0,
+        half_open_max_calls=probes,
+        half_open_judged_by_rate=True,
+        **kwargs,
+    )
+    cb = CircuitBreaker("svc", config, clock=clock)
+    cb.record_failure()
+    clock.advance(1.0)
+    assert cb.state is CircuitState.HALF_OPEN
+    return cb
+
+
+def test_item10_half_open_by_rate_closes_below_the_rate(clock: Any) -> None:
+    cb = half_open(clock, 4)
+    outcomes = [True, False, True, True]  # 25% failures < 50%
+    for k, ok in enumerate(outcomes):
+        with pytest.raises(Boom) if not ok else _nothing():
+            with cb.permit():
+                if not ok:
+                    raise Boom
+        expected = CircuitState.CLOSED if k == 3 else CircuitState.HALF_OPEN
+        assert cb.state is expected  # one failure did not re-open it
+
+
+def test_item10_half_open_by_rate_reopens_at_the_rate(clock: Any) -> None:
+    cb = half_open(
+        clock, 4, failure_rate_threshold=50.0, sliding_window_size=1, minimum_number_of_calls=1
+    )
+    for ok in (False, True, False):
+        with pytest.raises(Boom) if not ok else _nothing():
+            with cb.permit():
+                if not ok:
+                    raise Boom
+        assert cb.state is CircuitState.HALF_OPEN
+    with cb.permit():
+        pass
+    assert cb.state is CircuitState.OPEN  # 2 of 4 failed: 50% >= 50%
+
+
+def test_item10_half_open_by_rate_admits_the_probes_in_all(clock: Any) -> None:
+    cb = half_open(clock, 2)
+    with cb.permit():
+        pass
+    assert cb.can_execute()
+    first = cb.permit()
+    first.__enter__()
+    assert not cb.can_execute()  # one ended, one running: no third probe
+    with pytest.raises(CircuitOpenError):
+        cb.permit().__enter__()
+    first.__exit__(None, None, None)
+    assert cb.state is CircuitState.CLOSED
+
+
+def test_item10_half_open_by_rate_is_validated() -> None:
+    with pytest.raises(TypeError, match="half_open_judged_by_rate"):
+        CircuitBreakerConfig(half_open_judged_by_rate=1)  # type: ignore[arg-type]
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None

@@ -13,6 +13,7 @@ import math
 import threading
 from typing import Any, Protocol
 
+from ._equivalence import equivalent
 from ._validate import check_callable, check_str
 from .circuit_breaker import CircuitBreaker, CircuitBreakerConfig, Clock
 from .events import Event, EventListener, publish
@@ -81,7 +82,9 @@ class Mesh:
         """The breaker called ``name``, created on first use.
 
         Asking again with a different ``config`` than the registered breaker's
-        raises ValueError; ``config=None`` accepts whatever is registered.
+        raises ValueError; ``config=None`` accepts whatever is registered. Configs
+        holding equal-looking functions (the same code, capturing equal values) are
+        the same config.
         """
         check_str("name", name)
         with self._lock:
@@ -95,7 +98,7 @@ class Mesh:
                 breaker = CircuitBreaker(name, config, **options)
                 self._breakers[name] = breaker
                 self._sync()
-            elif config is not None and config != breaker.config:
+            elif config is not None and not equivalent(config, breaker.config):
                 raise ValueError(
                     f"circuit breaker {name!r} is registered with {breaker.config!r}; "
                     f"got a different config {config!r}"
