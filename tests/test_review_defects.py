@@ -659,3 +659,53 @@ class _nothing:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+# -- item 27: a store refusing an outcome ---------------------------------------------------------
+
+
+class _Link:
+    """A link to a fleet that is online but takes (or refuses) every outcome."""
+
+    def __init__(self, takes: bool) -> None:
+        self.takes = takes
+        self.records = 0
+
+    @property
+    def online(self) -> bool:
+        return True
+
+    def acquire_probe(self, epoch: int) -> bool | None:
+        return None
+
+    def record(self, epoch: int, state: CircuitState, success: bool, slow: bool) -> bool:
+        self.records += 1
+        return self.takes
+
+    def release(self, epoch: int) -> None:
+        return None
+
+    def operate(self, state: CircuitState) -> None:
+        return None
+
+
+class _Store:
+    def __init__(self, takes: bool) -> None:
+        self.link = _Link(takes)
+
+    def bind(self, breaker: CircuitBreaker) -> _Link:
+        return self.link
+
+
+@pytest.mark.parametrize("takes", [False, True])
+def test_item27_a_breaker_judges_an_outcome_its_store_refused(
+    flavour: Any, clock: Any, takes: bool
+) -> None:
+    store = _Store(takes)
+    cb = CircuitBreaker("svc", CircuitBreakerConfig(failure_threshold=2), clock=clock, store=store)
+    for _ in range(2):
+        with pytest.raises(Boom):
+            flavour.breaker(cb, fail_plain)
+    assert store.link.records == 2
+    # refused: the breaker decides on its own counts; taken: the fleet decides (and is silent)
+    assert cb.state is (CircuitState.CLOSED if takes else CircuitState.OPEN)

@@ -983,9 +983,15 @@ class CircuitBreaker:
                 self._enter(new, now, changes, adopted=True)
             if new is OPEN:
                 self._open_until = now + shared.retry_after
-            elif new is CLOSED and self._window is None:
+            if self._window is None and (new is CLOSED or shared.failures):
+                # the fleet's count (kept while OPEN, as a breaker that opened itself keeps its own)
                 self._failures = shared.failures
                 self._must_record = self._wants_record()
+            age = shared.last_failure_age
+            if age is not None:
+                at = now - age
+                if self._last_failure_at is None or at > self._last_failure_at:
+                    self._last_failure_at = at
         return changes
 
     def _refresh(self, now: float, changes: _Changes) -> None:
