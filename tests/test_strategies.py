@@ -225,15 +225,27 @@ def test_peak_ewma_estimate_decays_over_the_configured_window(clock: Any) -> Non
 
 
 def test_peak_ewma_a_fast_failure_does_not_make_an_instance_look_fast(clock: Any) -> None:
-    lb, _ = ewma_setup(clock, {"a": 0.050})
+    """A failure is no evidence of speed: it leaves the estimate as if no call had been made
+    (a failure slower than the estimate may raise it). Issue 15 item 27: the old version of
+    this test could not fail at its tolerance, since blending a 1 ms sample into a fresh
+    estimate moves it by well under 1%; here the blend would move it by half."""
+    lb, _ = ewma_setup(clock, {"a": 1.0})  # the estimate is 1.0 s, just measured
     a = lb.get("a")
     assert a is not None
+    clock.advance(9.7)  # idle: the estimate decays
     start = clock()
-    inst_ = lb._acquire()
-    assert inst_ is a
-    clock.advance(0.001)
+    assert lb._acquire() is a
+    clock.advance(0.3)  # 10 s after the sample, a failure after 0.3 s (< the decayed 0.37 s)
     lb._release(a, start, ConnectionRefusedError())
-    assert lb.latency_estimate("a") == pytest.approx(0.050, rel=0.01)
+    untouched = math.exp(-1.0)  # what the estimate would be had no call been made
+    blended = untouched + (1.0 - math.exp(-1.0)) * 0.3  # what averaging the sample in gives
+    assert lb.latency_estimate("a") == pytest.approx(untouched, rel=1e-9)
+    assert abs(blended - untouched) / untouched > 0.5
+    start = clock()
+    assert lb._acquire() is a
+    clock.advance(2.0)  # a failure slower than the estimate raises it at once
+    lb._release(a, start, ConnectionRefusedError())
+    assert lb.latency_estimate("a") == pytest.approx(2.0)
 
 
 def test_peak_ewma_unmeasured_instance_takes_one_call_at_a_time(clock: Any) -> None:
