@@ -7,6 +7,7 @@ the ``clock`` fixture or a :class:`ManualTimer`; nothing sleeps.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import threading
 from collections.abc import Callable
@@ -709,3 +710,33 @@ def test_item27_a_breaker_judges_an_outcome_its_store_refused(
     assert store.link.records == 2
     # refused: the breaker decides on its own counts; taken: the fleet decides (and is silent)
     assert cb.state is (CircuitState.CLOSED if takes else CircuitState.OPEN)
+
+
+# -- item 26: what the corrected docstrings say ---------------------------------------------------
+
+
+def test_item26_the_token_bucket_spends_nothing_when_asked() -> None:
+    budget = TokenBucketRetryBudget(max_tokens=10, token_ratio=0.5)
+    assert all(budget.try_retry() for _ in range(100))  # asking is free...
+    assert budget.tokens == 10.0
+    for _ in range(5):
+        budget.record_outcome(False)  # ...failures cost
+    assert not budget.try_retry()
+
+
+def test_item26_the_default_policy_raises_mesh_rejections_at_once(clock: Any) -> None:
+    policy = RetryPolicy(max_retries=3, sleep=clock.sleep)
+    for error in (
+        BulkheadFullError("b", 1, "full"),
+        CircuitOpenError("c", CircuitState.OPEN, 1.0),
+    ):
+        calls = []
+
+        def refuse(error: Exception = error) -> None:
+            calls.append(1)
+            raise error
+
+        with pytest.raises(type(error)):
+            policy.execute(refuse)
+        assert calls == [1]
+    assert "retry after" not in str(CircuitOpenError("c", CircuitState.FORCED_OPEN, math.inf))

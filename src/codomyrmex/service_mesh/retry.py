@@ -144,14 +144,17 @@ class RetryPolicy:
     ``min(max_delay, initial_delay * exponential_base ** n)``, drawn uniformly
     from ``[0, that]`` with the default full jitter (``jitter`` may also be
     ``"none"``/False, ``"equal"`` or ``"decorrelated"``). By default every
-    ``Exception`` is retried except the mesh's own rejections, which are raised
-    at once. When attempts run out the last exception is re-raised as is (or,
-    for a result rejected by ``retry_on_result``, the last result is returned).
+    ``Exception`` is retried except the mesh's own rejections (a
+    :class:`ServiceMeshError` whose ``retryable`` is False: an open circuit, no
+    instance, a full bulkhead), which are raised at once. A ``retry_on``
+    predicate's answer is judged by its truthiness, or is a :class:`RetryAfter`.
+    When attempts run out the last exception is re-raised as is (or, for a result
+    rejected by ``retry_on_result``, the last result is returned).
 
     ``attempt_timeout`` bounds each attempt of an async call (timed by ``timer``);
-    ``max_elapsed`` (> 0) bounds the whole call, counted from the first attempt: no
-    attempt starts after it (sync calls in progress are never interrupted). A ``budget`` caps
-    retries across all calls sharing the policy. Inside a call that is being
+    ``max_elapsed`` (> 0) bounds the whole call, counted from the first attempt:
+    no attempt starts after it (sync calls in progress are never interrupted). A
+    ``budget`` caps retries across all calls sharing the policy. Inside a call that is being
     retried (from its first failure on), a policy makes one attempt only, unless
     ``nested=True``: nested retries add up instead of multiplying.
     """
