@@ -28,6 +28,7 @@ from codomyrmex.service_mesh import (
     ServiceInstance,
     ServiceProxy,
 )
+from codomyrmex.service_mesh.timers import ManualTimer
 
 RR = LoadBalancerStrategy.ROUND_ROBIN
 ALL_STRATEGIES = list(LoadBalancerStrategy)
@@ -529,8 +530,23 @@ def test_cancelling_during_the_backoff_wait_stops_the_call(run_async: Any, clock
 # -- async attempt_timeout and max_elapsed ------------------------------------------------
 
 
+async def timed_out(timer: ManualTimer, coro: Any) -> Any:
+    """Await ``coro``, ending each attempt it waits on by moving ``timer`` past its timeout."""
+    task = asyncio.ensure_future(coro)
+    for _ in range(100):
+        for _ in range(10_000):
+            if task.done() or timer.waiting:
+                break
+            await asyncio.sleep(0)
+        if task.done():
+            break
+        timer.advance(3.0)
+    return await task
+
+
 def test_async_attempt_timeout_counts_as_a_breaker_failure(run_async: Any, clock: Any) -> None:
-    proxy = make_proxy(clock, failure_threshold=2, max_retries=5, attempt_timeout=0.02)
+    timer = ManualTimer()
+    proxy = make_proxy(clock, failure_threshold=2, max_retries=5, attempt_timeout=3.0, timer=timer)
     entered: list[str] = []
 
     async def hangs(instance: ServiceInstance) -> None:
@@ -538,7 +554,7 @@ def test_async_attempt_timeout_counts_as_a_breaker_failure(run_async: Any, clock
         await asyncio.Event().wait()
 
     with pytest.raises(CircuitOpenError) as caught:
-        run_async(proxy.call_async(hangs))
+        run_async(timed_out(timer, proxy.call_async(hangs)))
     assert len(entered) == 2, "two timeouts open a breaker with failure_threshold=2"
     assert isinstance(caught.value.__cause__, TimeoutError)
     assert proxy.circuit_breaker.state is CircuitState.OPEN
@@ -546,7 +562,8 @@ def test_async_attempt_timeout_counts_as_a_breaker_failure(run_async: Any, clock
 
 
 def test_async_attempt_timeout_is_retried_on_another_instance(run_async: Any, clock: Any) -> None:
-    proxy = make_proxy(clock, max_retries=2, attempt_timeout=0.02)
+    timer = ManualTimer()
+    proxy = make_proxy(clock, max_retries=2, attempt_timeout=3.0, timer=timer)
     entered: list[str] = []
 
     async def first_hangs(instance: ServiceInstance) -> str:
@@ -555,7 +572,7 @@ def test_async_attempt_timeout_is_retried_on_another_instance(run_async: Any, cl
             await asyncio.Event().wait()
         return instance.id
 
-    assert run_async(proxy.call_async(first_hangs)) == "b"
+    assert run_async(timed_out(timer, proxy.call_async(first_hangs))) == "b"
     assert entered == ["a", "b"]
     assert proxy.circuit_breaker.failure_count == 0, "the success reset the failure count"
     assert clock.sleeps == [0.1]
