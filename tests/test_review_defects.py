@@ -740,3 +740,28 @@ def test_item26_the_default_policy_raises_mesh_rejections_at_once(clock: Any) ->
             policy.execute(refuse)
         assert calls == [1]
     assert "retry after" not in str(CircuitOpenError("c", CircuitState.FORCED_OPEN, math.inf))
+
+
+def test_a_hedge_not_started_teaches_peak_ewma_nothing(clock: Any) -> None:
+    lb = LoadBalancer(LoadBalancerStrategy.PEAK_EWMA, rng=random.Random(0), clock=clock)
+    lb.register(ServiceInstance(id="a", host="10.0.0.1", port=80))
+    timer = ManualTimer()
+    policy = RetryPolicy(sleep=clock.sleep, clock=clock, timer=timer)
+    proxy = ServiceProxy("orders", lb, retry_policy=policy, hedging_delay=1.0)
+
+    def measured(inst: ServiceInstance) -> str:
+        clock.advance(0.05)
+        return inst.id
+
+    assert proxy.call(measured) == "a"
+    assert lb.latency_estimate("a") == pytest.approx(0.05)
+    gate = Gate(slow="a")
+    caller, outcome = in_thread(lambda: proxy.call(gate))
+    timer.until_waiting(1)
+    timer.advance(1.0)  # a hedge is due; the only instance was tried: it is given back
+    timer.until_waiting(1)
+    gate.open.set()
+    caller.join(WAIT)
+    assert outcome == ["a"]
+    estimate = lb.latency_estimate("a")
+    assert estimate is not None and estimate < 0.051  # no 1000-second "sample"

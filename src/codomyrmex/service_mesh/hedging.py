@@ -109,15 +109,21 @@ class _Hedge:
             if not self.launched:
                 raise self.proxy._no_instance(None)
             return None
-        if instance.id in self.tried:  # only instances already tried are left
-            balancer._release(instance, 0.0, ABORTED)
-            return None
-        if self.launched and self.budget is not None and not self.budget.try_retry():
-            balancer._release(instance, 0.0, ABORTED)
+        if instance.id in self.tried or (  # only instances already tried are left
+            self.launched and self.budget is not None and not self.budget.try_retry()
+        ):
+            self._unpick(instance)
             return None
         self.tried.add(instance.id)
         self.launched += 1
         return instance
+
+    def _unpick(self, instance: ServiceInstance) -> None:
+        """Give back an instance acquired for a hedge that does not start (a zero-length,
+        aborted call: it teaches the balancer nothing)."""
+        balancer = self.proxy.load_balancer
+        timer = balancer._observe_clock or self.proxy._event_clock
+        balancer._release(instance, 0.0 if timer is None else timer(), ABORTED)
 
     def delay(self, launched_now: bool) -> float | None:
         """How long to wait for an answer before the next hedge (None: until one ends).
