@@ -251,7 +251,13 @@ class _SyncCall:
         context = contextvars.copy_context()
         thread = threading.Thread(target=context.run, args=(run,), name="service-mesh-hedge")
         thread.daemon = True
-        thread.start()
+        try:
+            thread.start()
+        except BaseException:  # no thread (interpreter shutting down, no resources)
+            self.pending.remove(attempt)
+            self._let_go()
+            proxy.load_balancer._release(instance, 0.0, ABORTED)
+            raise
 
     def _end(self, attempt: _Attempt, error: Exception | None) -> None:
         """The handler returned (``error`` None) or raised: does the call still want it?"""
