@@ -29,6 +29,7 @@ from codomyrmex.service_mesh import (
     ServiceProxy,
 )
 from codomyrmex.service_mesh.outlier import OutlierDetectionConfig
+from codomyrmex.service_mesh.timers import ManualTimer
 
 RR = LoadBalancerStrategy.ROUND_ROBIN
 ALL_STRATEGIES = list(LoadBalancerStrategy)
@@ -658,6 +659,20 @@ def test_cancelling_during_the_backoff_wait_stops_the_call(run_async: Any, clock
 # -- async attempt_timeout and max_elapsed ------------------------------------------------
 
 
+async def timed_out(timer: ManualTimer, coro: Any) -> Any:
+    """Await ``coro``, ending each attempt it waits on by moving ``timer`` past its timeout."""
+    task = asyncio.ensure_future(coro)
+    for _ in range(100):
+        for _ in range(10_000):
+            if task.done() or timer.waiting:
+                break
+            await asyncio.sleep(0)
+        if task.done():
+            break
+        timer.advance(3.0)
+    return await task
+
+
 def test_async_attempt_timeout_is_an_instance_failure_the_breaker_sees_the_call(
     run_async: Any, clock: Any
 ) -> None:
@@ -668,7 +683,10 @@ def test_async_attempt_timeout_is_an_instance_failure_the_breaker_sees_the_call(
     )
     for k, i in enumerate("abc"):
         lb.register(ServiceInstance(id=i, host=f"10.0.0.{k + 1}", port=8080))
-    proxy = make_proxy(clock, lb, failure_threshold=2, max_retries=2, attempt_timeout=0.02)
+    timer = ManualTimer()
+    proxy = make_proxy(
+        clock, lb, failure_threshold=2, max_retries=2, attempt_timeout=3.0, timer=timer
+    )
     entered: list[str] = []
 
     async def hangs(instance: ServiceInstance) -> None:
@@ -676,25 +694,26 @@ def test_async_attempt_timeout_is_an_instance_failure_the_breaker_sees_the_call(
         await asyncio.Event().wait()
 
     with pytest.raises(TimeoutError):
-        run_async(proxy.call_async(hangs))
+        run_async(timed_out(timer, proxy.call_async(hangs)))
     assert entered == ["a", "b", "c"], "each timed-out attempt failed over at once"
     assert clock.sleeps == []
     assert proxy.circuit_breaker.failure_count == 1, "three timeouts are one failed call"
     assert proxy.circuit_breaker.state is CircuitState.CLOSED
     with pytest.raises(TimeoutError):
-        run_async(proxy.call_async(hangs))
+        run_async(timed_out(timer, proxy.call_async(hangs)))
     assert len(entered) == 6
     assert lb.is_ejected(entered[3]), "two timeouts in a row: outlier detection ejected it"
     assert proxy.circuit_breaker.state is CircuitState.OPEN
     with pytest.raises(CircuitOpenError) as caught:
-        run_async(proxy.call_async(hangs))
+        run_async(timed_out(timer, proxy.call_async(hangs)))
     assert len(entered) == 6
     assert caught.value.__cause__ is None
     assert_at_rest(proxy)
 
 
 def test_async_attempt_timeout_is_retried_on_another_instance(run_async: Any, clock: Any) -> None:
-    proxy = make_proxy(clock, max_retries=2, attempt_timeout=0.02)
+    timer = ManualTimer()
+    proxy = make_proxy(clock, max_retries=2, attempt_timeout=3.0, timer=timer)
     entered: list[str] = []
 
     async def first_hangs(instance: ServiceInstance) -> str:
@@ -704,7 +723,7 @@ def test_async_attempt_timeout_is_retried_on_another_instance(run_async: Any, cl
         return instance.id
 
     proxy.circuit_breaker.record_failure()
-    assert run_async(proxy.call_async(first_hangs)) == "b"
+    assert run_async(timed_out(timer, proxy.call_async(first_hangs))) == "b"
     assert entered == ["a", "b"]
     assert proxy.circuit_breaker.failure_count == 0, "the call succeeded: a breaker success"
     assert clock.sleeps == [], "a timed-out attempt fails over without waiting"

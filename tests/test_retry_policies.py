@@ -26,6 +26,7 @@ from codomyrmex.service_mesh import (
     set_testing,
 )
 from codomyrmex.service_mesh.events import Event, RetryGaveUp, RetryScheduled
+from codomyrmex.service_mesh.retry import RetryAfter
 
 
 class Boom(Exception):
@@ -201,10 +202,10 @@ class Throttled(Exception):
         self.retry_after = retry_after
 
 
-def retry_after_header(exc: BaseException) -> bool | float:
+def retry_after_header(exc: BaseException) -> bool | RetryAfter:
     """A ``retry_on`` predicate: honour a Retry-After, otherwise the policy's backoff."""
     if isinstance(exc, Throttled) and exc.retry_after is not None:
-        return exc.retry_after
+        return RetryAfter(exc.retry_after)
     return isinstance(exc, Exception)
 
 

@@ -225,16 +225,28 @@ def test_peak_ewma_estimate_decays_over_the_configured_window(clock: Any) -> Non
 
 
 def test_peak_ewma_a_fast_failure_does_not_make_an_instance_look_fast(clock: Any) -> None:
-    lb, _ = ewma_setup(clock, {"a": 0.050})
+    """A failure is no evidence of speed: it leaves the estimate as if no call had been made
+    (a failure slower than the estimate may raise it). Issue 15 item 27: the old version of
+    this test could not fail at its tolerance, since blending a 1 ms sample into a fresh
+    estimate moves it by well under 1%; here the blend would move it by half."""
+    lb, _ = ewma_setup(clock, {"a": 1.0})  # the estimate is 1.0 s, just measured
     a = lb.get("a")
     assert a is not None
+    clock.advance(9.7)  # idle: the estimate decays
     start = clock()
-    inst_ = lb._acquire()
-    assert inst_ is a
-    clock.advance(0.001)
+    assert lb._acquire() is a
+    clock.advance(0.3)  # 10 s after the sample, a failure after 0.3 s (< the decayed 0.37 s)
     lb._release(a, start, ConnectionRefusedError())
-    # A failure counts as a slow call (at least 1 s, as in Finagle), however fast it came back.
-    assert lb.latency_estimate("a") == pytest.approx(1.0, rel=0.01)
+    # A failure counts as a slow call (at least 1 s, as in Finagle), however fast it came
+    # back: the estimate neither blends the 0.3 s in nor stays at the decayed 0.37 s.
+    untouched = math.exp(-1.0)
+    assert lb.latency_estimate("a") == pytest.approx(1.0, rel=1e-9)
+    assert abs(1.0 - untouched) / untouched > 0.5
+    start = clock()
+    assert lb._acquire() is a
+    clock.advance(2.0)  # a failure slower than the estimate raises it at once
+    lb._release(a, start, ConnectionRefusedError())
+    assert lb.latency_estimate("a") == pytest.approx(2.0)
 
 
 def test_peak_ewma_a_slow_failure_counts_its_own_latency(clock: Any) -> None:

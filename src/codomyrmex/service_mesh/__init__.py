@@ -25,6 +25,7 @@ from .events import (
     RetryGaveUp,
     RetryScheduled,
     StateTransition,
+    ThresholdCrossed,
 )
 from .health import HealthCheckConfig, HealthChecker, HttpProbe, Probe, TcpProbe
 from .load_balancer import (
@@ -79,6 +80,7 @@ __all__ = [
     "SlowStartConfig",
     "StateTransition",
     "TcpProbe",
+    "ThresholdCrossed",
     "TokenBucketRetryBudget",
     "current_routing_key",
     "default_mesh",

@@ -27,24 +27,34 @@ class RetryBudget:
         """A new call (its first attempt) started."""
 
     def record_outcome(self, success: bool) -> None:
-        """An attempt ended in success or failure."""
+        """An attempt ended in success or failure (a rejected result is a failure)."""
 
     def try_retry(self) -> bool:
-        """Whether one more retry may start now; True spends it."""
+        """Whether one more retry (or hedge) may start now.
+
+        Asked after a failure was recorded, only when the policy would retry. A
+        budget that counts retries counts this one when it answers True; one that
+        charges failures (the token bucket) charges nothing here.
+        """
         raise NotImplementedError
 
 
 class TokenBucketRetryBudget(RetryBudget):
     """gRPC's retry throttling: failures cost a token, successes refund ``token_ratio``.
 
-    Retries are allowed only while more than half of ``max_tokens`` remain.
+    Retries are allowed only while more than half of ``max_tokens`` remain. As in
+    gRPC, ``0 < token_ratio <= 1`` and ``1 <= max_tokens <= 1000``.
     """
 
     __slots__ = ("_lock", "max_tokens", "token_ratio", "tokens")
 
     def __init__(self, max_tokens: float = 10.0, token_ratio: float = 0.1) -> None:
         self.max_tokens = check_number("max_tokens", max_tokens, 1.0)
+        if self.max_tokens > 1000.0:
+            raise ValueError(f"max_tokens must be <= 1000, got {max_tokens!r}")
         self.token_ratio = check_number("token_ratio", token_ratio, 0.0)
+        if not 0.0 < self.token_ratio <= 1.0:
+            raise ValueError(f"token_ratio must be in (0, 1], got {token_ratio!r}")
         self.tokens = self.max_tokens
         self._lock = threading.Lock()
 
@@ -59,6 +69,7 @@ class TokenBucketRetryBudget(RetryBudget):
                 self.tokens = max(0.0, self.tokens - 1.0)
 
     def try_retry(self) -> bool:
+        """True while more than half the tokens remain; spends none (failures do)."""
         return self.tokens > self.max_tokens / 2
 
 

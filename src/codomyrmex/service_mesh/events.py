@@ -29,6 +29,7 @@ __all__ = [
     "RetryGaveUp",
     "RetryScheduled",
     "StateTransition",
+    "ThresholdCrossed",
     "publish",
 ]
 
@@ -48,6 +49,20 @@ class StateTransition(Event):
 
     old: CircuitState
     new: CircuitState
+
+
+@dataclass(frozen=True, slots=True)
+class ThresholdCrossed(Event):
+    """A METRICS_ONLY breaker's counts crossed the threshold that would have opened it.
+
+    Published once per crossing (again only after the counts fell back below), for
+    shadow-mode alerting. ``measure`` is ``"failures"`` (consecutive mode),
+    ``"failure_rate"`` or ``"slow_call_rate"`` (percentages, window mode).
+    """
+
+    measure: str
+    value: float
+    threshold: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ import math
 import threading
 from typing import Any, Protocol
 
+from ._equivalence import equivalent
 from ._validate import check_callable, check_str
 from .circuit_breaker import CircuitBreaker, CircuitBreakerConfig, Clock
 from .events import Event, EventListener, publish
@@ -58,7 +59,8 @@ class Mesh:
     )
 
     def __init__(self, *, store: BreakerStore | None = None) -> None:
-        self._store = store
+        self._store: BreakerStore | None = None
+        self.store = store  # checked now, not at the first breaker (maybe at import time)
         self._lock = threading.Lock()
         self._breakers: dict[str, CircuitBreaker] = {}
         self._services: dict[str, ServiceProxy] = {}
@@ -80,7 +82,9 @@ class Mesh:
         """The breaker called ``name``, created on first use.
 
         Asking again with a different ``config`` than the registered breaker's
-        raises ValueError; ``config=None`` accepts whatever is registered.
+        raises ValueError; ``config=None`` accepts whatever is registered. Configs
+        holding equal-looking functions (the same code, capturing equal values) are
+        the same config.
         """
         check_str("name", name)
         with self._lock:
@@ -94,7 +98,7 @@ class Mesh:
                 breaker = CircuitBreaker(name, config, **options)
                 self._breakers[name] = breaker
                 self._sync()
-            elif config is not None and config != breaker.config:
+            elif config is not None and not equivalent(config, breaker.config):
                 raise ValueError(
                     f"circuit breaker {name!r} is registered with {breaker.config!r}; "
                     f"got a different config {config!r}"
@@ -112,8 +116,8 @@ class Mesh:
 
     @store.setter
     def store(self, store: BreakerStore | None) -> None:
-        if store is not None and not hasattr(store, "bind"):
-            raise TypeError(f"store must be a BreakerStore, got {store!r}")
+        if store is not None and not callable(getattr(store, "bind", None)):
+            raise TypeError(f"store must be a BreakerStore (with a bind method), got {store!r}")
         self._store = store
 
     def add_circuit_breaker(self, breaker: CircuitBreaker) -> CircuitBreaker:

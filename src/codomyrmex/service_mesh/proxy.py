@@ -16,8 +16,6 @@ opens only when the service as a whole is failing, not when one instance is.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextvars
 import inspect
 import threading
@@ -31,8 +29,10 @@ from .bulkhead import Bulkhead
 from .circuit_breaker import CircuitBreaker, CircuitState
 from .errors import CircuitOpenError, NoHealthyInstanceError
 from .events import CallFailed, CallRejected, CallSucceeded, EventListener, RetryGaveUp, publish
+from .hedging import RejectedResult, hedged, hedged_async
 from .load_balancer import ABORTED, LoadBalancer, ServiceInstance
-from .retry import _IN_RETRY, RetryPolicy, _Attempts, _aw
+from .retry import _IN_RETRY, RetryPolicy, _Attempts
+from .timers import Timer
 
 __all__ = ["ServiceProxy"]
 
@@ -48,17 +48,6 @@ _REFUSALS = {
 """The :class:`CallRejected` reason of a call the service's breaker refused, by its state."""
 
 _STAGE_FIELDS = frozenset({"circuit_breaker", "bulkhead", "hedging_delay", "fallback"})
-
-
-class RejectedResult(Exception):
-    """A hedged attempt's result that ``retry_on_result`` rejected: it loses the race.
-
-    Internal to hedging; when every hedge ends so, the last such result is returned.
-    """
-
-    def __init__(self, result: Any) -> None:
-        super().__init__(result)
-        self.result = result
 
 
 class ServiceProxy:
@@ -79,7 +68,9 @@ class ServiceProxy:
     another attempt on another instance when one has not answered in time (up
     to ``max_hedged_attempts``; first success wins; hedged calls are not also
     retried, a failed attempt starts the next hedge at once); ``fallback(exc)``
-    supplies the result when the stack gives up.
+    supplies the result when the stack gives up. Hedging follows the retry controls
+    (see :mod:`.hedging`); ``timer`` times the hedging delay and, for sync hedges, the
+    attempt timeout (by default the retry policy's timer).
     """
 
     __slots__ = (
@@ -99,6 +90,7 @@ class ServiceProxy:
         "max_hedged_attempts",
         "retry_policy",
         "service_name",
+        "timer",
     )
 
     def __init__(
@@ -113,8 +105,11 @@ class ServiceProxy:
         max_hedged_attempts: int = 2,
         fallback: Callable[[Exception], Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        timer: Timer | None = None,
     ) -> None:
         check_str("service_name", service_name)
+        if timer is not None and not isinstance(timer, Timer):
+            raise TypeError(f"timer must be a Timer, got {timer!r}")
         if load_balancer is None:
             load_balancer = LoadBalancer(name=service_name)
         elif not isinstance(load_balancer, LoadBalancer):
@@ -146,6 +141,7 @@ class ServiceProxy:
         self.max_hedged_attempts = max_hedged_attempts
         self.fallback = fallback
         self.clock = clock
+        self.timer = timer
         self._refresh()
         self._subscribers: tuple[EventListener, ...] = ()
         self._event_clock: Callable[[], float] | None = None
@@ -258,7 +254,8 @@ class ServiceProxy:
                 self._guard_bulkhead(bulkhead.acquire)
             try:
                 if self.hedging_delay is not None and retry:
-                    return self._guarded(self._hedged, handler_fn, args, kwargs)
+                    held, bulkhead = bulkhead, None  # released when the last hedge ends
+                    return self._guarded(self._hedged, handler_fn, args, kwargs, held)
                 return self._guarded(self._attempts, handler_fn, args, kwargs, retry)
             finally:
                 if bulkhead is not None:
@@ -351,6 +348,9 @@ class ServiceProxy:
         if not retry:
             if self._subscribers:
                 publish(self._subscribers, RetryGaveUp(self.service_name, 1, failure))
+            budget = self.retry_policy.budget
+            if budget is not None:  # as a retried call's failure would: success refunds
+                budget.record_outcome(False)
             return None
         if state.token is None:
             state.token = _IN_RETRY.set(True)  # the nested-retry guard (see retry.py)
@@ -386,60 +386,16 @@ class ServiceProxy:
         self._succeeded(instance, start, None, refund=False)  # the hedging loop refunds once
         return result
 
-    def _hedged(self, handler_fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+    def _hedged(
+        self, handler_fn: Callable[..., Any], args: Any, kwargs: Any, bulkhead: Bulkhead | None
+    ) -> Any:
         """Hedging (sync): each attempt on a thread of its own; the first success wins.
 
         Attempts run in a copy of the caller's context (contextvars: routing keys,
-        tracing) and are never queued behind other calls' attempts.
+        tracing) and are never queued behind other calls' attempts. See :mod:`.hedging`.
         """
-        budget = self.retry_policy.budget
-        if budget is not None:
-            budget.record_request()
-        tried: set[str] = set()
-        pending: set[concurrent.futures.Future[Any]] = set()
-        last_error: Exception | None = None
-        last_real: Exception | None = None
-        launched = 0
-        while True:
-            before = launched
-            can_launch = launched < self.max_hedged_attempts and (
-                launched == 0 or budget is None or budget.try_retry()
-            )
-            if can_launch:
-                instance = self.load_balancer._acquire(tried)
-                if instance is None:
-                    if not pending:
-                        raise self._no_instance(last_real)
-                else:
-                    tried.add(instance.id)
-                    launched += 1
-                    pending.add(_spawn(self._one_attempt, handler_fn, instance, args, kwargs))
-            if not pending:
-                assert last_error is not None
-                if isinstance(last_error, RejectedResult):
-                    return last_error.result
-                raise self._give_up(last_error, last_real)
-            # The hedging delay runs from a launch; after a refusal (budget, no instance)
-            # wait for an attempt to end rather than ask again on a timer.
-            timeout = self.hedging_delay if before < launched < self.max_hedged_attempts else None
-            done, pending = concurrent.futures.wait(
-                pending, timeout=timeout, return_when=concurrent.futures.FIRST_COMPLETED
-            )
-            for future in done:
-                error = future.exception()
-                if error is None:
-                    if budget is not None:
-                        budget.record_outcome(True)
-                    return future.result()  # the losers finish on their threads; ignored
-                if not isinstance(error, Exception):
-                    raise error
-                if budget is not None:
-                    budget.record_outcome(False)
-                last_error = error
-                if not isinstance(error, CircuitOpenError):
-                    last_real = error
-                elif not pending:
-                    raise self._give_up(error, last_real)
+        timer = self.timer if self.timer is not None else self.retry_policy.timer
+        return hedged(self, timer, handler_fn, args, kwargs, bulkhead)
 
     # -- async ------------------------------------------------------------------
 
@@ -572,17 +528,22 @@ class ServiceProxy:
             timeout = policy._remaining(started, timeout)
         if timeout is None:
             return await handler_fn(instance, *args, **kwargs)
-        return await _timed(timeout, handler_fn, instance, *args, **kwargs)
+        return await _timed(policy.timer, timeout, handler_fn, instance, *args, **kwargs)
 
     async def _one_attempt_async(
-        self, handler_fn: Callable[..., Any], instance: ServiceInstance, args: Any, kwargs: Any
+        self,
+        handler_fn: Callable[..., Any],
+        instance: ServiceInstance,
+        args: Any,
+        kwargs: Any,
+        started: float | None = None,
     ) -> Any:
         """One hedged attempt on an already acquired instance; releases its connection."""
         balancer = self.load_balancer
         timer = balancer._observe_clock or self._event_clock
         start = 0.0 if timer is None else timer()
         try:
-            result = await self._run_attempt_async(handler_fn, instance, args, kwargs)
+            result = await self._run_attempt_async(handler_fn, instance, args, kwargs, started)
         except Exception as exc:
             balancer._release(instance, start, exc)
             if self._subscribers:
@@ -600,68 +561,8 @@ class ServiceProxy:
 
     async def _hedged_async(self, handler_fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
         """Hedging (async): attempts as tasks; the first success wins, the losers are cancelled."""
-        budget = self.retry_policy.budget
-        if budget is not None:
-            budget.record_request()
-        tried: set[str] = set()
-        pending: set[asyncio.Task[Any]] = set()
-        last_error: Exception | None = None
-        last_real: Exception | None = None
-        launched = 0
-        try:
-            while True:
-                before = launched
-                can_launch = launched < self.max_hedged_attempts and (
-                    launched == 0 or budget is None or budget.try_retry()
-                )
-                if can_launch:
-                    instance = self.load_balancer._acquire(tried)
-                    if instance is None:
-                        if not pending:
-                            raise self._no_instance(last_real)
-                    else:
-                        tried.add(instance.id)
-                        launched += 1
-                        pending.add(
-                            asyncio.ensure_future(
-                                self._one_attempt_async(handler_fn, instance, args, kwargs)
-                            )
-                        )
-                if not pending:
-                    assert last_error is not None
-                    if isinstance(last_error, RejectedResult):
-                        return last_error.result
-                    raise self._give_up(last_error, last_real)
-                # The hedging delay runs from a launch; after a refusal (budget, no instance)
-                # wait for an attempt to end rather than ask again on a timer.
-                timeout = (
-                    self.hedging_delay if before < launched < self.max_hedged_attempts else None
-                )
-                done, pending = await asyncio.wait(
-                    pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-                )
-                for task in done:
-                    if task.cancelled():
-                        continue
-                    error = task.exception()
-                    if error is None:
-                        if budget is not None:
-                            budget.record_outcome(True)
-                        return task.result()
-                    if not isinstance(error, Exception):
-                        raise error
-                    if budget is not None:
-                        budget.record_outcome(False)
-                    last_error = error
-                    if not isinstance(error, CircuitOpenError):
-                        last_real = error
-                    elif not pending:
-                        raise self._give_up(error, last_real)
-        finally:
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
+        timer = self.timer if self.timer is not None else self.retry_policy.timer
+        return await hedged_async(self, timer, handler_fn, args, kwargs)
 
     # -- shared -----------------------------------------------------------------
 
@@ -763,25 +664,8 @@ class _Retrying:
         self.token: contextvars.Token[bool] | None = None
 
 
-def _spawn(fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future[Any]:
-    """Run ``fn(*args)`` on a new daemon thread, in a copy of the current context."""
-    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-    context = contextvars.copy_context()
-
-    def run() -> None:
-        if not future.set_running_or_notify_cancel():
-            return
-        try:
-            future.set_result(context.run(fn, *args))
-        except BaseException as exc:
-            future.set_exception(exc)
-
-    threading.Thread(target=run, name="service-mesh-hedge", daemon=True).start()
-    return future
-
-
 async def _timed(
-    timeout: float, fn: Callable[P, Awaitable[R]], *args: P.args, **kwargs: P.kwargs
+    timer: Timer, timeout: float, fn: Callable[P, Awaitable[R]], *args: P.args, **kwargs: P.kwargs
 ) -> R:
     """Await one attempt with a time limit; running out of time raises ``TimeoutError``."""
-    return await asyncio.wait_for(_aw(fn(*args, **kwargs)), timeout)
+    return await timer.wait_for(fn(*args, **kwargs), timeout)
