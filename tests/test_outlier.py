@@ -439,3 +439,19 @@ def test_a_raising_listener_is_logged_not_propagated(
     assert lb.is_ejected("a")
     assert "listener bug" in caplog.text
     lb.unsubscribe(broken)
+
+
+def test_a_raising_failure_predicate_is_logged_and_the_callers_error_kept(
+    clock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Regression (issue 15.16): the predicate's own exception replaced the caller's error.
+    def predicate(exc: BaseException) -> bool:
+        raise KeyError("predicate bug")
+
+    lb = make_lb(clock, ids="a", consecutive_failures=2, failure_predicate=predicate)
+    for _ in range(2):
+        with pytest.raises(ConnectionError, match="the real error"):
+            with lb.connection():
+                raise ConnectionError("the real error")
+    assert "predicate bug" in caplog.text
+    assert lb.is_ejected("a")  # a raising predicate counts the call as failed

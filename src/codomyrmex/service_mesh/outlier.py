@@ -18,6 +18,7 @@ publishes :class:`~codomyrmex.service_mesh.events.InstanceEjected` and
 from __future__ import annotations
 
 import heapq
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from typing import Any
 from ._validate import check_int, check_number
 
 __all__ = ["OutlierDetectionConfig", "OutlierDetector"]
+
+logger = logging.getLogger("codomyrmex.service_mesh")
 
 CONSECUTIVE_FAILURES = "consecutive_failures"
 FAILURE_RATE = "failure_rate"
@@ -176,9 +179,20 @@ class OutlierDetector:
         }
 
     def is_failure(self, error: BaseException) -> bool:
-        """Whether a call that raised ``error`` counts as a failure."""
+        """Whether a call that raised ``error`` counts as a failure.
+
+        A ``failure_predicate`` that raises is a bug in the predicate, not news about
+        the instance nor the caller's business: it is logged, the call counts as a
+        failure (it did raise), and the caller still gets its own exception.
+        """
         predicate = self.config.failure_predicate
-        return True if predicate is None else bool(predicate(error))
+        if predicate is None:
+            return True
+        try:
+            return bool(predicate(error))
+        except Exception:
+            logger.exception("outlier failure_predicate %r raised on %r", predicate, error)
+            return True
 
     def record(self, host: HostState, failed: bool, now: float) -> str | None:
         """Count one call's outcome; return the reason to eject the instance, or None."""
