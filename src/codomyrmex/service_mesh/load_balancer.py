@@ -18,6 +18,7 @@ import math
 import random
 import threading
 import time
+import weakref
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,7 +28,7 @@ from enum import Enum
 from types import TracebackType
 from typing import Any
 
-from . import _strategies
+from . import _strategies, _timers
 from ._hashing import (
     MAX_RING_POINTS,
     OWNER_MASK,
@@ -52,7 +53,13 @@ from .events import (
     InstanceReturned,
     publish,
 )
-from .outlier import EJECTION_TIME_ELAPSED, HostState, OutlierDetectionConfig, OutlierDetector
+from .outlier import (
+    EJECTION_TIME_ELAPSED,
+    SUCCESS_RATE,
+    HostState,
+    OutlierDetectionConfig,
+    OutlierDetector,
+)
 
 __all__ = [
     "ABORTED",
@@ -266,6 +273,17 @@ def _seq_of(entry: _Entry) -> int:
     return entry.seq
 
 
+def _return_callback(ref: weakref.ref[LoadBalancer]) -> Callable[[], None]:
+    """A timer callback that does not keep its balancer alive."""
+
+    def fire() -> None:
+        balancer = ref()
+        if balancer is not None:
+            balancer._timed_return()
+
+    return fire
+
+
 class LoadBalancer:
     """Thread-safe registry of one service's instances with a picking strategy.
 
@@ -287,6 +305,9 @@ class LoadBalancer:
     - ``min_ring_size`` / ``max_ring_size``: RING_HASH rings with fewer or more points in
       all are scaled up or down (Envoy's bounds; only the weights' ratios matter).
     - ``maglev_table_size``: MAGLEV lookup table size (a prime, ideally > 100 x instances).
+    - ``timer``: ``timer(delay, callback)`` runs ``callback`` in ``delay`` seconds; outlier
+      detection puts each ejection's end on it, so instances return while no call comes
+      (default: one shared background thread).
 
     The WEIGHTED, RING_HASH and MAGLEV tables cover the registered instances of
     positive weight: health flips and ejections never rebuild them (a pick passes
@@ -297,6 +318,7 @@ class LoadBalancer:
     """
 
     __slots__ = (
+        "__weakref__",
         "_alias",
         "_available",
         "_base_pick",
@@ -335,6 +357,7 @@ class LoadBalancer:
         "_tables_gen",
         "_tables_stale",
         "_tick",
+        "_timer",
         "_tracking",
         "name",
     )
@@ -354,6 +377,7 @@ class LoadBalancer:
         maglev_table_size: int = 65537,
         min_ring_size: int = 256,
         max_ring_size: int = MAX_RING_POINTS,
+        timer: Callable[[float, Callable[[], None]], object] | None = None,
     ) -> None:
         if not isinstance(name, str):
             raise TypeError(f"name must be a str, got {name!r}")
@@ -377,6 +401,8 @@ class LoadBalancer:
         if decay <= 0.0:
             raise ValueError(f"ewma_decay must be > 0, got {ewma_decay!r}")
         check_int("ring_replicas", ring_replicas, 1)
+        if timer is not None:
+            check_callable("timer", timer)
         check_int("min_ring_size", min_ring_size, 1)
         check_int("max_ring_size", max_ring_size, 1)
         if max_ring_size < min_ring_size:
@@ -407,6 +433,7 @@ class LoadBalancer:
         self._building = False
         self._min_ring = min_ring_size
         self._max_ring = max_ring_size
+        self._timer = _timers.TIMER if timer is None else timer
         self._buckets: dict[int, list[_Entry]] | None = None
         self._min_count = 0
         self._rng = rng if rng is not None else random.Random()
@@ -545,7 +572,7 @@ class LoadBalancer:
                 self._seq += 1
                 self._entries[instance.id] = entry
                 if self._detector is not None:
-                    entry.outlier = HostState(instance.id)
+                    entry.outlier = self._detector.host(instance.id)
                 self._invalidate_members()
                 self._refresh(entry, ramp=True)
             else:
@@ -997,9 +1024,17 @@ class LoadBalancer:
             return
         if detector.next_due <= now:
             self._return_due()
+        if detector.next_sweep <= now:  # this call belongs to the next interval
+            self._sweep_success_rates(now)
         failed = outcome is not None and detector.is_failure(outcome)
         reason = detector.record(entry.outlier, failed, now)
-        if reason is None:
+        if reason is not None:
+            self._eject_entry(entry, reason, now)
+
+    def _eject_entry(self, entry: _Entry, reason: str, now: float) -> None:
+        """Eject an instance (within ``max_ejection_percent``) and time its return."""
+        detector = self._detector
+        if detector is None or entry.outlier is None or entry.outlier.ejected:
             return
         if not detector.may_eject(len(self._entries)):
             detector.refused()
@@ -1008,6 +1043,23 @@ class LoadBalancer:
         entry.ejected = True
         self._refresh(entry, ramp=False)
         self._emit(InstanceEjected(self.name, entry.inst.id, reason, duration))
+        self._timer(duration, _return_callback(weakref.ref(self)))
+
+    def _sweep_success_rates(self, now: float) -> None:
+        """End a success-rate interval: eject the instances well below the others' rate."""
+        detector = self._detector
+        if detector is None:
+            return
+        for host in detector.sweep(now):
+            entry = self._entries.get(host.instance_id)
+            if entry is not None and entry.outlier is host:
+                self._eject_entry(entry, SUCCESS_RATE, now)
+
+    def _timed_return(self) -> None:
+        """The timer's callback: return the instances whose ejection has ended, publish it."""
+        with self._lock:
+            self._return_due()
+        self._flush()
 
     def _ewma_sample(self, entry: _Entry, rtt: float, now: float, *, peak_only: bool) -> None:
         """Fold one latency sample into the estimate: a slower sample is taken at once."""

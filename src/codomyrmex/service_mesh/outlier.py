@@ -9,6 +9,15 @@ one for every ``interval`` the instance stays in service, starting
 ``base_ejection_time`` after its return. At most ``max_ejection_percent`` of
 the instances are ejected at once, but one instance may always be.
 
+Failure-rate ejection applies only while at least ``failure_rate_minimum_hosts``
+instances have had ``failure_rate_minimum_calls`` calls in their window.
+Success-rate ejection (``success_rate_stdev_factor``) runs once per
+``interval``: among the instances with at least ``success_rate_request_volume``
+calls in it, if there are ``success_rate_minimum_hosts`` of them, those whose
+success rate is below ``mean - stdev_factor x stdev`` are ejected. An ejection's
+end is also put on the balancer's timer, so the instance returns (and
+``InstanceReturned`` is published) even while no call comes.
+
 The detector keeps the per-instance state and decides; the load balancer owns
 the lock, applies the decisions (an ejected instance is not picked) and
 publishes :class:`~codomyrmex.service_mesh.events.InstanceEjected` and
@@ -32,6 +41,7 @@ logger = logging.getLogger("codomyrmex.service_mesh")
 
 CONSECUTIVE_FAILURES = "consecutive_failures"
 FAILURE_RATE = "failure_rate"
+SUCCESS_RATE = "success_rate"
 EJECTION_TIME_ELAPSED = "ejection_time_elapsed"
 
 
@@ -68,6 +78,16 @@ class OutlierDetectionConfig:
     """Calls an instance must have had in the window before its failure rate is judged."""
     failure_predicate: Callable[[BaseException], bool] | None = None
     """If set, decides whether an exception counts as a failure (False: a success)."""
+    failure_rate_minimum_hosts: int = 5
+    """Instances that must have ``failure_rate_minimum_calls`` calls in their window before
+    failure-rate ejection applies (Envoy's ``failure_percentage_minimum_hosts``)."""
+    success_rate_stdev_factor: float | None = None
+    """Eject instances whose success rate over an ``interval`` is below ``mean -
+    factor x stdev`` of the instances' rates (Envoy's 1.9, i.e. 1900 / 1000); None: off."""
+    success_rate_minimum_hosts: int = 5
+    """Instances with ``success_rate_request_volume`` calls in the interval needed to judge."""
+    success_rate_request_volume: int = 100
+    """Calls an instance must have had in the interval to take part in success-rate ejection."""
 
     def __post_init__(self) -> None:
         if self.consecutive_failures is not None:
@@ -85,10 +105,19 @@ class OutlierDetectionConfig:
         check_int("failure_rate_minimum_calls", self.failure_rate_minimum_calls, 1)
         if self.failure_predicate is not None and not callable(self.failure_predicate):
             raise TypeError(f"failure_predicate must be callable, got {self.failure_predicate!r}")
-        if self.consecutive_failures is None and self.failure_rate_threshold is None:
+        check_int("failure_rate_minimum_hosts", self.failure_rate_minimum_hosts, 1)
+        if self.success_rate_stdev_factor is not None:
+            check_number("success_rate_stdev_factor", self.success_rate_stdev_factor, 0.0)
+        check_int("success_rate_minimum_hosts", self.success_rate_minimum_hosts, 1)
+        check_int("success_rate_request_volume", self.success_rate_request_volume, 1)
+        if (
+            self.consecutive_failures is None
+            and self.failure_rate_threshold is None
+            and self.success_rate_stdev_factor is None
+        ):
             raise ValueError(
-                "outlier detection needs consecutive_failures or failure_rate_threshold, "
-                "both are None"
+                "outlier detection needs consecutive_failures, failure_rate_threshold or "
+                "success_rate_stdev_factor, all are None"
             )
 
 
@@ -104,6 +133,8 @@ class HostState:
         "instance_id",
         "multiplier",
         "returned_at",
+        "sr_calls",
+        "sr_successes",
         "times_ejected",
         "window_start",
     )
@@ -119,6 +150,8 @@ class HostState:
         self.multiplier = 0
         self.returned_at: float | None = None
         self.times_ejected = 0
+        self.sr_calls = 0  # calls and successes in the current success-rate interval
+        self.sr_successes = 0
 
     def __repr__(self) -> str:
         state = f"ejected until {self.ejected_until:g}" if self.ejected else "in service"
@@ -144,12 +177,14 @@ class OutlierDetector:
 
     __slots__ = (
         "_heap",
+        "_hosts",
         "_order",
         "config",
         "ejected_count",
         "ejections_overflow",
         "ejections_total",
         "next_due",
+        "next_sweep",
     )
 
     def __init__(self, config: OutlierDetectionConfig) -> None:
@@ -159,6 +194,8 @@ class OutlierDetector:
         self._heap: list[tuple[float, int, HostState]] = []
         self._order = 0
         self.next_due = math.inf
+        self.next_sweep = math.inf  # when success-rate ejection next judges (inf: not yet)
+        self._hosts: dict[int, HostState] = {}
         self.ejected_count = 0
         self.ejections_total = 0
         self.ejections_overflow = 0
@@ -194,11 +231,23 @@ class OutlierDetector:
             logger.exception("outlier failure_predicate %r raised on %r", predicate, error)
             return True
 
+    def host(self, instance_id: str) -> HostState:
+        """A new instance's state, tracked until :meth:`forget`."""
+        host = HostState(instance_id)
+        self._hosts[id(host)] = host
+        return host
+
     def record(self, host: HostState, failed: bool, now: float) -> str | None:
         """Count one call's outcome; return the reason to eject the instance, or None."""
         if host.ejected:
             return None  # a call that started before the ejection
         config = self.config
+        if config.success_rate_stdev_factor is not None:
+            host.sr_calls += 1
+            if not failed:
+                host.sr_successes += 1
+            if self.next_sweep == math.inf:
+                self.next_sweep = now + config.interval
         if failed:
             host.consecutive += 1
         else:
@@ -214,12 +263,52 @@ class OutlierDetector:
                 if (
                     host.calls >= config.failure_rate_minimum_calls
                     and host.failures * 100.0 >= config.failure_rate_threshold * host.calls
+                    and self._judged_hosts(now) >= config.failure_rate_minimum_hosts
                 ):
                     return FAILURE_RATE
         limit = config.consecutive_failures
         if failed and limit is not None and host.consecutive >= limit:
             return CONSECUTIVE_FAILURES
         return None
+
+    def _judged_hosts(self, now: float) -> int:
+        """Instances in service with enough calls in their current failure-rate window."""
+        config = self.config
+        return sum(
+            1
+            for h in self._hosts.values()
+            if not h.ejected
+            and now - h.window_start < config.interval
+            and h.calls >= config.failure_rate_minimum_calls
+        )
+
+    def sweep(self, now: float) -> list[HostState]:
+        """End a success-rate interval: the instances to eject for their low success rate.
+
+        Envoy's rule: among the instances in service with at least
+        ``success_rate_request_volume`` calls in the interval, if there are
+        ``success_rate_minimum_hosts`` of them, those whose success rate is below
+        ``mean - success_rate_stdev_factor x stdev`` (population stdev).
+        """
+        config = self.config
+        factor = config.success_rate_stdev_factor
+        if factor is None:
+            self.next_sweep = math.inf
+            return []
+        self.next_sweep = now + config.interval
+        judged: list[tuple[HostState, float]] = []
+        for h in self._hosts.values():
+            if not h.ejected and h.sr_calls >= config.success_rate_request_volume:
+                judged.append((h, h.sr_successes * 100.0 / h.sr_calls))
+            h.sr_calls = 0
+            h.sr_successes = 0
+        if len(judged) < config.success_rate_minimum_hosts:
+            return []
+        rates = [rate for _, rate in judged]
+        mean = math.fsum(rates) / len(rates)
+        stdev = math.sqrt(math.fsum((r - mean) ** 2 for r in rates) / len(rates))
+        threshold = mean - factor * stdev
+        return [h for h, rate in judged if rate < threshold]
 
     def may_eject(self, instances: int) -> bool:
         """Whether one more ejection stays within ``max_ejection_percent`` of ``instances``."""
@@ -273,6 +362,7 @@ class OutlierDetector:
 
     def forget(self, host: HostState) -> None:
         """Drop a deregistered instance (it no longer counts as ejected)."""
+        self._hosts.pop(id(host), None)
         if host.ejected:
             host.ejected = False
             self.ejected_count -= 1
