@@ -813,7 +813,13 @@ class LoadBalancer:
         return bucket[self._tick % len(bucket)]
 
     def _pick_power_of_two(self) -> _Entry | None:
-        """Two independent uniform draws; the one with fewer connections per weight wins."""
+        """Two independent uniform draws; the one with fewer connections per weight wins.
+
+        The cost is ``(connections + 1) / weight``, the first draw winning ties. Idle,
+        with distinct weights, the k-th heaviest of n gets ``(2(n - k) + 1) / n**2`` of
+        the picks (weights 1, 2, 3: 1/9, 3/9, 5/9), so shares are not in proportion to
+        weight as with Envoy's weighted least request; WEIGHTED gives those.
+        """
         pool = self._positive
         if pool is None:
             pool = self._build_positive()
