@@ -491,6 +491,12 @@ def test_failure_rate_needs_the_minimum_number_of_judged_hosts(clock: Any) -> No
     many = make_lb(clock, ids="abcde", **options)
     drive(many, 40, {"b": 6})
     assert many.is_ejected("b")
+    # b always fails: at its 20th call only a and b have 20 calls; at its 21st, all do.
+    exact = make_lb(clock, ids="abcde", **options)
+    drive(exact, 20, {"b": 10})
+    assert not exact.is_ejected("b")
+    drive(exact, 1, {"b": 10})
+    assert exact.is_ejected("b")
 
 
 def test_success_rate_ejects_below_mean_minus_stdev_factor(clock: Any) -> None:

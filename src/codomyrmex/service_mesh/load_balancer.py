@@ -307,7 +307,8 @@ class LoadBalancer:
     - ``maglev_table_size``: MAGLEV lookup table size (a prime, ideally > 100 x instances).
     - ``timer``: ``timer(delay, callback)`` runs ``callback`` in ``delay`` seconds; outlier
       detection puts each ejection's end on it, so instances return while no call comes
-      (default: one shared background thread).
+      (default: one shared background thread). It is called under the balancer's lock
+      and must only schedule, never run the callback itself.
 
     The WEIGHTED, RING_HASH and MAGLEV tables cover the registered instances of
     positive weight: health flips and ejections never rebuild them (a pick passes

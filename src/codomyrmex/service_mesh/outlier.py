@@ -178,6 +178,7 @@ class OutlierDetector:
     __slots__ = (
         "_heap",
         "_hosts",
+        "_judged",
         "_order",
         "config",
         "ejected_count",
@@ -196,6 +197,7 @@ class OutlierDetector:
         self.next_due = math.inf
         self.next_sweep = math.inf  # when success-rate ejection next judges (inf: not yet)
         self._hosts: dict[int, HostState] = {}
+        self._judged = (-math.inf, 0)  # (when, count) of the last _judged_hosts scan
         self.ejected_count = 0
         self.ejections_total = 0
         self.ejections_overflow = 0
@@ -257,7 +259,10 @@ class OutlierDetector:
                 host.window_start = now
                 host.calls = 0
                 host.failures = 0
+                self._judged = (-math.inf, 0)
             host.calls += 1
+            if host.calls == config.failure_rate_minimum_calls:
+                self._judged = (-math.inf, 0)
             if failed:
                 host.failures += 1
                 if (
@@ -272,15 +277,25 @@ class OutlierDetector:
         return None
 
     def _judged_hosts(self, now: float) -> int:
-        """Instances in service with enough calls in their current failure-rate window."""
+        """Instances in service with enough calls in their current failure-rate window.
+
+        A scan of every instance, so its count is reused until an instance reaches
+        the minimum calls, a window starts over, an ejection begins or ends, or a
+        tenth of ``interval`` has passed (windows also run out with no call).
+        """
         config = self.config
-        return sum(
+        when, count = self._judged
+        if 0.0 <= now - when < config.interval / 10.0:
+            return count
+        count = sum(
             1
             for h in self._hosts.values()
             if not h.ejected
             and now - h.window_start < config.interval
             and h.calls >= config.failure_rate_minimum_calls
         )
+        self._judged = (now, count)
+        return count
 
     def sweep(self, now: float) -> list[HostState]:
         """End a success-rate interval: the instances to eject for their low success rate.
@@ -331,6 +346,7 @@ class OutlierDetector:
         host.multiplier = multiplier
         duration = min(base * multiplier, max(config.max_ejection_time, base))
         host.ejected = True
+        self._judged = (-math.inf, 0)
         host.ejected_until = now + duration
         host.times_ejected += 1
         host._reset_counts()
@@ -353,6 +369,7 @@ class OutlierDetector:
             until, _, host = heapq.heappop(heap)
             if host.ejected and host.ejected_until == until:
                 host.ejected = False
+                self._judged = (-math.inf, 0)
                 host.returned_at = until
                 host._reset_counts()
                 self.ejected_count -= 1
@@ -363,6 +380,7 @@ class OutlierDetector:
     def forget(self, host: HostState) -> None:
         """Drop a deregistered instance (it no longer counts as ejected)."""
         self._hosts.pop(id(host), None)
+        self._judged = (-math.inf, 0)
         if host.ejected:
             host.ejected = False
             self.ejected_count -= 1
