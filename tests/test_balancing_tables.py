@@ -17,7 +17,13 @@ from typing import Any
 
 import pytest
 
-from codomyrmex.service_mesh import LoadBalancer, LoadBalancerStrategy, ServiceInstance, _strategies
+from codomyrmex.service_mesh import (
+    LoadBalancer,
+    LoadBalancerStrategy,
+    NoHealthyInstanceError,
+    ServiceInstance,
+    _strategies,
+)
 from codomyrmex.service_mesh import load_balancer as lb_module
 
 WEIGHTED = LoadBalancerStrategy.WEIGHTED
@@ -225,3 +231,47 @@ def test_vanishing_weights_build_and_pick(strategy: LoadBalancerStrategy) -> Non
     assert got["a"] > 0.99
     lb.mark_healthy("a", False)
     assert lb.get_instance(key="x") is lb.get("b")  # the light one still serves alone
+
+
+@pytest.mark.parametrize("strategy", TABLED)
+def test_membership_churn_from_a_thread_while_an_event_loop_picks(
+    strategy: LoadBalancerStrategy,
+) -> None:
+    lb = make_lb(strategy, {f"i{k}": 1 + k % 3 for k in range(30)}, maglev_table_size=1021)
+    stop = threading.Event()
+
+    def churn() -> None:
+        rng = random.Random(5)
+        for step in range(400):
+            target = f"i{rng.randrange(40)}"
+            roll = rng.random()
+            if roll < 0.3:
+                lb.deregister(target)
+            elif roll < 0.6:
+                lb.register(inst(target, rng.choice([0, 1, 2])))
+            else:
+                lb.mark_healthy(target, step % 2 == 0)
+        stop.set()
+
+    async def main() -> int:
+        picks = 0
+        worker = threading.Thread(target=churn, daemon=True)
+        worker.start()
+        while not stop.is_set() or picks < 200:
+            try:
+                async with lb.connection():
+                    pass
+            except NoHealthyInstanceError:
+                pass
+            picks += 1
+            await asyncio.sleep(0)
+        worker.join(30.0)
+        return picks
+
+    assert run(main()) >= 200
+    assert all(i.connections == 0 for i in lb.instances)
+    lb.build_tables()
+    survivors = {i.id for i in lb.healthy_instances if i.weight > 0}
+    for k in range(200):
+        picked = lb.get_instance(key=f"k{k}")
+        assert (picked is None and not survivors) or (picked is not None and picked.id in survivors)
