@@ -202,6 +202,7 @@ def test_failure_rate_over_the_window_ejects(clock: Any) -> None:
         consecutive_failures=None,
         failure_rate_threshold=50.0,
         failure_rate_minimum_calls=20,
+        failure_rate_minimum_hosts=1,
         interval=10.0,
     )
     # b fails every other call (never two in a row): 50% once it has had 20 calls.
@@ -224,6 +225,7 @@ def test_failure_rate_window_starts_over_each_interval(clock: Any) -> None:
         consecutive_failures=None,
         failure_rate_threshold=50.0,
         failure_rate_minimum_calls=10,
+        failure_rate_minimum_hosts=1,
         interval=10.0,
     )
     for _ in range(3):
@@ -428,6 +430,11 @@ def test_panic_and_ejection_work_with_every_strategy(
         ("failure_rate_threshold", 0.0, ValueError),
         ("failure_rate_minimum_calls", 0, ValueError),
         ("failure_predicate", 3, TypeError),
+        ("failure_rate_minimum_hosts", 0, ValueError),
+        ("success_rate_stdev_factor", -1.0, ValueError),
+        ("success_rate_stdev_factor", "1.9", TypeError),
+        ("success_rate_minimum_hosts", 0, ValueError),
+        ("success_rate_request_volume", 1.5, TypeError),
     ],
 )
 def test_config_validates_each_field(field: str, value: Any, error: type[Exception]) -> None:
@@ -497,3 +504,150 @@ def test_the_default_ejects_after_five_failures_and_at_most_half_the_pool(clock:
     clock.advance(30.0)
     assert picked_ids(lb) == {"a", "b", "c"}
     assert not lb.is_ejected("b")
+
+
+def test_a_raising_failure_predicate_is_logged_and_the_callers_error_kept(
+    clock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Regression (issue 15.16): the predicate's own exception replaced the caller's error.
+    def predicate(exc: BaseException) -> bool:
+        raise KeyError("predicate bug")
+
+    # Two instances (a sole one is never ejected); round robin: a, b, a, b.
+    lb = make_lb(clock, ids="ab", consecutive_failures=2, failure_predicate=predicate)
+    for _ in range(4):
+        with pytest.raises(ConnectionError, match="the real error"):
+            with lb.connection():
+                raise ConnectionError("the real error")
+    assert "predicate bug" in caplog.text
+    assert lb.is_ejected("a")  # a raising predicate counts the call as failed
+
+
+# -- Envoy's success-rate ejection, minimum hosts, timed returns (issue 15 item 18) -------
+
+
+def drive(lb: LoadBalancer, rounds: int, failing: dict[str, int]) -> None:
+    """Round robin over every instance ``rounds`` times; instance i fails failing[i] of 10."""
+    for r in range(rounds):
+        for _ in range(len(lb)):
+            try:
+                with lb.connection() as instance:
+                    if r % 10 < failing.get(instance.id, 0):
+                        raise ConnectionError(instance.id)
+            except ConnectionError:
+                pass
+
+
+def test_failure_rate_needs_the_minimum_number_of_judged_hosts(clock: Any) -> None:
+    options: dict[str, Any] = {
+        "consecutive_failures": None,
+        "failure_rate_threshold": 50.0,
+        "failure_rate_minimum_calls": 20,
+    }
+    few = make_lb(clock, ids="ab", **options)  # Envoy's default: 5 hosts with enough calls
+    drive(few, 40, {"b": 6})
+    assert not few.is_ejected("b")
+    many = make_lb(clock, ids="abcde", **options)
+    drive(many, 40, {"b": 6})
+    assert many.is_ejected("b")
+    # b always fails: at its 20th call only a and b have 20 calls; at its 21st, all do.
+    exact = make_lb(clock, ids="abcde", **options)
+    drive(exact, 20, {"b": 10})
+    assert not exact.is_ejected("b")
+    drive(exact, 1, {"b": 10})
+    assert exact.is_ejected("b")
+
+
+def test_success_rate_ejects_below_mean_minus_stdev_factor(clock: Any) -> None:
+    events: list[Event] = []
+    lb = make_lb(
+        clock,
+        ids=[f"i{k}" for k in range(6)],
+        events=events,
+        consecutive_failures=None,
+        success_rate_stdev_factor=1.9,
+        success_rate_request_volume=50,
+        interval=10.0,
+    )
+    drive(lb, 100, {"i4": 3})  # i4: 70% against 100% for the others
+    assert not lb.is_ejected("i4")  # judged only when the interval ends
+    clock.advance(10.0)
+    drive(lb, 1, {})
+    assert [i.id for i in lb.ejected_instances] == ["i4"]
+    ejected = [e for e in events if isinstance(e, InstanceEjected)]
+    assert [(e.instance_id, e.reason) for e in ejected] == [("i4", "success_rate")]
+
+
+def test_success_rate_needs_volume_and_minimum_hosts(clock: Any) -> None:
+    def run(ids: list[str], rounds: int, **extra: Any) -> bool:
+        lb = make_lb(
+            clock,
+            ids=ids,
+            consecutive_failures=None,
+            success_rate_stdev_factor=1.0,
+            success_rate_request_volume=50,
+            interval=10.0,
+            **extra,
+        )
+        drive(lb, rounds, {"i1": 5})
+        clock.advance(10.0)
+        drive(lb, 1, {})
+        return lb.is_ejected("i1")
+
+    six = [f"i{k}" for k in range(6)]
+    assert run(six, 60)
+    assert not run(six, 40)  # 40 calls each: below the request volume
+    assert not run(six[:4], 60)  # 4 hosts: below the default minimum of 5
+    assert run(six[:4], 60, success_rate_minimum_hosts=4)
+    # Equal rates: stdev 0, nobody is below the mean.
+    lb = make_lb(
+        clock,
+        ids=six,
+        consecutive_failures=None,
+        success_rate_stdev_factor=0.0,
+        success_rate_request_volume=10,
+    )
+    drive(lb, 20, dict.fromkeys(six, 5))
+    clock.advance(10.0)
+    drive(lb, 1, {})
+    assert lb.ejected_instances == []
+
+
+def test_an_ejected_instance_returns_on_the_timer_while_quiet(clock: Any) -> None:
+    timers: list[tuple[float, Any]] = []
+    events: list[Event] = []
+    lb = LoadBalancer(
+        RR,
+        name="svc",
+        clock=clock,
+        outlier_detection=OutlierDetectionConfig(consecutive_failures=1, max_ejection_percent=100),
+        timer=lambda delay, callback: timers.append((delay, callback)),
+    )
+    for i in "ab":
+        lb.register(inst(i))
+    lb.subscribe(events.append)
+    fail_on(lb, "b", 1)
+    assert [(d, type(c).__name__) for d, c in timers] == [(30.0, "function")]
+    clock.advance(30.0)
+    timers[0][1]()  # the timer fires; no call, no pick
+    returned = [e for e in events if isinstance(e, InstanceReturned)]
+    assert returned == [InstanceReturned("svc", "b", "ejection_time_elapsed")]
+
+
+def test_the_default_timer_returns_an_instance_without_any_call() -> None:
+    import threading
+
+    came_back = threading.Event()
+    lb = LoadBalancer(
+        RR,
+        name="svc",
+        outlier_detection=OutlierDetectionConfig(
+            consecutive_failures=1, base_ejection_time=0.05, max_ejection_percent=100
+        ),
+    )
+    for i in "ab":
+        lb.register(inst(i))
+    lb.subscribe(lambda e: came_back.set() if isinstance(e, InstanceReturned) else None)
+    fail_on(lb, "b", 1)
+    assert lb.is_ejected("b") or came_back.is_set()
+    assert came_back.wait(30.0)  # published from the timer thread, with no call at all

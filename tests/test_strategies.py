@@ -472,10 +472,19 @@ def test_slow_start_aggression_and_floor(clock: Any) -> None:
     assert_shares(shares(lb), {"a": 0.4, "b": 0.4, "c": 0.2})
 
 
-def test_slow_start_applies_to_p2c_through_the_effective_weight(clock: Any) -> None:
-    lb = ramped(clock, P2C, SlowStartConfig(window=60.0))
+@pytest.mark.parametrize("strategy", [P2C, EWMA])
+def test_slow_start_ramps_p2c_and_peak_ewma(clock: Any, strategy: LoadBalancerStrategy) -> None:
+    # Regression (issue 15.13): POWER_OF_TWO stayed flat at 1/9 then jumped to 1/3, and
+    # PEAK_EWMA gave the ramping instance its full share at once. Idle and equal, each
+    # strategy gives 1/3 each; the ramp keeps a pick of c with the factor's probability.
+    lb = ramped(clock, strategy, SlowStartConfig(window=60.0))
+    assert_shares(shares(lb), {"a": 1 / 2.1, "b": 1 / 2.1, "c": 0.1 / 2.1})  # floor: 10%
     clock.advance(30.0)
-    assert_shares(shares(lb), two_choice_closed_form({"a": 1.0, "b": 1.0, "c": 2.0}))
+    assert_shares(shares(lb), {"a": 0.4, "b": 0.4, "c": 0.2})  # halfway: f = 0.5
+    clock.advance(15.0)
+    assert_shares(shares(lb), {"a": 1 / 2.75, "b": 1 / 2.75, "c": 0.75 / 2.75})
+    clock.advance(15.0)
+    assert_shares(shares(lb), dict.fromkeys("abc", 1 / 3))  # done
 
 
 def test_slow_start_again_when_an_instance_becomes_healthy(clock: Any) -> None:
