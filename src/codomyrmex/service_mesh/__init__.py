@@ -10,7 +10,13 @@ from .bulkhead import Bulkhead
 from .chaos import Chaos
 from .circuit_breaker import CircuitBreaker, CircuitBreakerConfig, CircuitState
 from .decorators import with_circuit_breaker, with_retry
-from .errors import BulkheadFullError, CircuitOpenError, NoHealthyInstanceError, ServiceMeshError
+from .errors import (
+    BulkheadFullError,
+    CircuitOpenError,
+    LimitExceededError,
+    NoHealthyInstanceError,
+    ServiceMeshError,
+)
 from .events import (
     CallFailed,
     CallRejected,
@@ -22,11 +28,19 @@ from .events import (
     InstanceHealthChanged,
     InstancePicked,
     InstanceReturned,
+    LimitChanged,
     RetryGaveUp,
     RetryScheduled,
     StateTransition,
 )
 from .health import HealthCheckConfig, HealthChecker, HttpProbe, Probe, TcpProbe
+from .limits import (
+    AIMDLimit,
+    ConcurrencyLimiter,
+    Gradient2Limit,
+    RateLimiter,
+    VegasLimit,
+)
 from .load_balancer import (
     LoadBalancer,
     LoadBalancerStrategy,
@@ -41,6 +55,7 @@ from .proxy import ServiceProxy
 from .retry import RetryPolicy, disable_retries, set_testing
 
 __all__ = [
+    "AIMDLimit",
     "Bulkhead",
     "BulkheadFullError",
     "CallFailed",
@@ -51,9 +66,11 @@ __all__ = [
     "CircuitBreakerConfig",
     "CircuitOpenError",
     "CircuitState",
+    "ConcurrencyLimiter",
     "Event",
     "EventListener",
     "FaultInjected",
+    "Gradient2Limit",
     "HealthCheckConfig",
     "HealthChecker",
     "HttpProbe",
@@ -61,6 +78,8 @@ __all__ = [
     "InstanceHealthChanged",
     "InstancePicked",
     "InstanceReturned",
+    "LimitChanged",
+    "LimitExceededError",
     "LoadBalancer",
     "LoadBalancerStrategy",
     "Mesh",
@@ -69,6 +88,7 @@ __all__ = [
     "OutlierDetector",
     "PercentageRetryBudget",
     "Probe",
+    "RateLimiter",
     "RetryBudget",
     "RetryGaveUp",
     "RetryPolicy",
@@ -80,6 +100,7 @@ __all__ = [
     "StateTransition",
     "TcpProbe",
     "TokenBucketRetryBudget",
+    "VegasLimit",
     "current_routing_key",
     "default_mesh",
     "disable_retries",

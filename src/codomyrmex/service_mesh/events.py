@@ -26,6 +26,7 @@ __all__ = [
     "InstanceHealthChanged",
     "InstancePicked",
     "InstanceReturned",
+    "LimitChanged",
     "RetryGaveUp",
     "RetryScheduled",
     "StateTransition",
@@ -73,7 +74,8 @@ class CallRejected(Event):
     """A call was refused without running; ``reason`` says by what.
 
     Reasons: ``"circuit_open"``, ``"half_open_full"``, ``"forced_open"``,
-    ``"no_healthy_instance"``, ``"bulkhead_full"``, ``"retry_budget"``.
+    ``"no_healthy_instance"``, ``"bulkhead_full"``, ``"retry_budget"``,
+    ``"concurrency_limit"``, ``"rate_limit"``.
     """
 
     reason: str
@@ -144,6 +146,16 @@ class FaultInjected(Event):
     kind: str
     delay: float
     error: BaseException | None
+
+
+@dataclass(frozen=True, slots=True)
+class LimitChanged(Event):
+    """Adaptive concurrency limiter ``source`` moved its limit from ``old`` to ``new``;
+    ``in_flight`` calls were running then."""
+
+    old: int
+    new: int
+    in_flight: int
 
 
 EventListener = Callable[[Event], None]

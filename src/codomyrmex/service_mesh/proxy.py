@@ -2,7 +2,8 @@
 
 The stages, outermost first (``describe()`` prints them for a given proxy):
 
-    fallback -> bulkhead -> retry or hedging -> pick instance (count connection)
+    fallback -> rate limit -> concurrency limit -> bulkhead -> retry or hedging
+             -> pick instance (count connection)
              -> circuit breaker -> per-attempt timeout (async) -> handler
 
 Each attempt picks an instance (a retry or hedge prefers one not yet tried),
@@ -26,6 +27,7 @@ from .bulkhead import Bulkhead
 from .circuit_breaker import CircuitBreaker
 from .errors import CircuitOpenError, NoHealthyInstanceError
 from .events import CallFailed, CallRejected, CallSucceeded, EventListener, publish
+from .limits import ConcurrencyLimiter, RateLimit, admission
 from .load_balancer import ABORTED, LoadBalancer, ServiceInstance
 from .retry import _IN_RETRY, RetryPolicy, _Attempts, _aw
 
@@ -35,7 +37,9 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-_STAGE_FIELDS = frozenset({"circuit_breaker", "bulkhead", "hedging_delay", "fallback"})
+_STAGE_FIELDS = frozenset(
+    {"circuit_breaker", "bulkhead", "hedging_delay", "fallback", "rate_limit", "concurrency_limit"}
+)
 
 
 class RejectedResult(Exception):
@@ -61,7 +65,9 @@ class ServiceProxy:
     another attempt on another instance when one has not answered in time (up
     to ``max_hedged_attempts``; first success wins; hedged calls are not also
     retried, a failed attempt starts the next hedge at once); ``fallback(exc)``
-    supplies the result when the stack gives up.
+    supplies the result when the stack gives up. ``rate_limit`` and ``concurrency_limit``
+    (see :mod:`codomyrmex.service_mesh.limits`) refuse calls beyond a rate or an
+    adaptive concurrency limit with :class:`LimitExceededError`.
     """
 
     __slots__ = (
@@ -74,10 +80,12 @@ class ServiceProxy:
         "bulkhead",
         "circuit_breaker",
         "clock",
+        "concurrency_limit",
         "fallback",
         "hedging_delay",
         "load_balancer",
         "max_hedged_attempts",
+        "rate_limit",
         "retry_policy",
         "service_name",
     )
@@ -94,8 +102,16 @@ class ServiceProxy:
         max_hedged_attempts: int = 2,
         fallback: Callable[[Exception], Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        rate_limit: RateLimit | None = None,
+        concurrency_limit: ConcurrencyLimiter | None = None,
     ) -> None:
         check_str("service_name", service_name)
+        if rate_limit is not None and not isinstance(rate_limit, RateLimit):
+            raise TypeError(f"rate_limit must be a RateLimit (a RateLimiter), got {rate_limit!r}")
+        if concurrency_limit is not None and not isinstance(concurrency_limit, ConcurrencyLimiter):
+            raise TypeError(
+                f"concurrency_limit must be a ConcurrencyLimiter, got {concurrency_limit!r}"
+            )
         if load_balancer is None:
             load_balancer = LoadBalancer(name=service_name)
         elif not isinstance(load_balancer, LoadBalancer):
@@ -127,6 +143,8 @@ class ServiceProxy:
         self.max_hedged_attempts = max_hedged_attempts
         self.fallback = fallback
         self.clock = clock
+        self.rate_limit = rate_limit
+        self.concurrency_limit = concurrency_limit
         self._refresh()
         self._subscribers: tuple[EventListener, ...] = ()
         self._event_clock: Callable[[], float] | None = None
@@ -145,7 +163,7 @@ class ServiceProxy:
         self._execute_async = self.circuit_breaker.execute_async
         self._staged = (
             self.bulkhead is not None or self.hedging_delay is not None or self.fallback is not None
-        )
+        ) or (self.rate_limit is not None or self.concurrency_limit is not None)
 
     def __repr__(self) -> str:
         return (
@@ -158,6 +176,10 @@ class ServiceProxy:
         stages = []
         if self.fallback is not None:
             stages.append("fallback")
+        if self.rate_limit is not None:
+            stages.append(self.rate_limit.describe())
+        if self.concurrency_limit is not None:
+            stages.append(self.concurrency_limit.describe())
         if self.bulkhead is not None:
             stages.append(f"bulkhead(max_concurrent={self.bulkhead.max_concurrent})")
         if self.hedging_delay is not None:
@@ -226,16 +248,17 @@ class ServiceProxy:
         self, handler_fn: Callable[..., Any], args: Any, kwargs: Any, retry: bool = True
     ) -> Any:
         try:
-            bulkhead = self.bulkhead
-            if bulkhead is not None:
-                self._guard_bulkhead(bulkhead.acquire)
-            try:
-                if self.hedging_delay is not None and retry:
-                    return self._hedged(handler_fn, args, kwargs)
-                return self._attempts(handler_fn, args, kwargs, retry)
-            finally:
+            with self._admission():
+                bulkhead = self.bulkhead
                 if bulkhead is not None:
-                    bulkhead.release()
+                    self._guard_bulkhead(bulkhead.acquire)
+                try:
+                    if self.hedging_delay is not None and retry:
+                        return self._hedged(handler_fn, args, kwargs)
+                    return self._attempts(handler_fn, args, kwargs, retry)
+                finally:
+                    if bulkhead is not None:
+                        bulkhead.release()
         except Exception as exc:
             if self.fallback is None:
                 raise
@@ -435,16 +458,17 @@ class ServiceProxy:
         self, handler_fn: Callable[..., Any], args: Any, kwargs: Any, retry: bool = True
     ) -> Any:
         try:
-            bulkhead = self.bulkhead
-            if bulkhead is not None:
-                await self._guard_bulkhead_async(bulkhead)
-            try:
-                if self.hedging_delay is not None and retry:
-                    return await self._hedged_async(handler_fn, args, kwargs)
-                return await self._attempts_async(handler_fn, args, kwargs, retry)
-            finally:
+            async with self._admission():
+                bulkhead = self.bulkhead
                 if bulkhead is not None:
-                    bulkhead.release()
+                    await self._guard_bulkhead_async(bulkhead)
+                try:
+                    if self.hedging_delay is not None and retry:
+                        return await self._hedged_async(handler_fn, args, kwargs)
+                    return await self._attempts_async(handler_fn, args, kwargs, retry)
+                finally:
+                    if bulkhead is not None:
+                        bulkhead.release()
         except Exception as exc:
             if self.fallback is None:
                 raise
@@ -609,6 +633,12 @@ class ServiceProxy:
                 await asyncio.gather(*pending, return_exceptions=True)
 
     # -- shared -----------------------------------------------------------------
+
+    def _admission(self) -> Any:
+        """The overload stages (rate limit -> concurrency limit) for one call: limits/."""
+        return admission(
+            self.rate_limit, self.concurrency_limit, self.service_name, self._subscribers
+        )
 
     def _guard_bulkhead(self, acquire: Callable[[], None]) -> None:
         try:
