@@ -15,7 +15,7 @@ the fallback: ``fallback -> rate limit -> concurrency limit -> bulkhead -> retry
 """
 
 from ..errors import LimitExceededError
-from .algorithms import AIMDLimit, FixedLimit, Gradient2Limit, Limit, VegasLimit
+from .algorithms import AIMDLimit, FixedLimit, Gradient2Limit, Limit, VegasLimit, WindowedLimit
 from .limiter import ConcurrencyLimiter, Permit
 from .rate import RateLimit, RateLimiter
 from .stage import Admission, admission
@@ -32,5 +32,6 @@ __all__ = [
     "RateLimit",
     "RateLimiter",
     "VegasLimit",
+    "WindowedLimit",
     "admission",
 ]

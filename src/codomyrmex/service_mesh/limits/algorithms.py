@@ -10,6 +10,9 @@ concurrency-limits library, so its tuning advice carries over:
   ``alpha``/``beta``/``threshold``/``increase``/``decrease`` functions,
   ``probeMultiplier``): estimates the queue as ``limit * (1 - rtt_noload / rtt)``
   and keeps it between ``alpha`` and ``beta``; re-probes ``rtt_noload`` now and then;
+- :class:`WindowedLimit` (``minWindowTime``, ``maxWindowTime``, ``windowSize``,
+  ``minRttThreshold``) wraps any of them: samples are pooled for a window and the
+  algorithm sees one per window (the average RTT, the most in flight, any drop);
 - :class:`Gradient2Limit` (``initialLimit``, ``minLimit``, ``maxConcurrency``,
   ``smoothing``, ``queueSize``, ``rttTolerance``, ``longWindow``): compares each
   sample's RTT with a long exponential average and scales the limit by the
@@ -30,7 +33,15 @@ from collections.abc import Callable
 
 from .._validate import check_callable, check_int, check_number
 
-__all__ = ["AIMDLimit", "FixedLimit", "Gradient2Limit", "Limit", "VegasLimit", "log10_root"]
+__all__ = [
+    "AIMDLimit",
+    "FixedLimit",
+    "Gradient2Limit",
+    "Limit",
+    "VegasLimit",
+    "WindowedLimit",
+    "log10_root",
+]
 
 
 def log10_root(limit: int) -> int:
@@ -402,4 +413,96 @@ class Gradient2Limit(Limit):
             f"Gradient2Limit(limit={self.limit}, long_rtt={self.long_rtt}, "
             f"min_limit={self.min_limit}, max_concurrency={self.max_concurrency}, "
             f"smoothing={self.smoothing}, rtt_tolerance={self.rtt_tolerance})"
+        )
+
+
+class WindowedLimit(Limit):
+    """Feed ``delegate`` one sample per window instead of one per call.
+
+    Samples faster than ``min_rtt_threshold`` are discarded. A window closes with
+    the first sample that ends after its deadline; the deadline is set, when the
+    previous window closes, to ``clamp(2 * its lowest RTT, min_window_time,
+    max_window_time)`` later. A window with at least ``window_size`` samples is passed
+    on as one sample: its average RTT, the highest in-flight count and whether any
+    call dropped. Per-call algorithms then adapt per round trip, as TCP does, rather
+    than per call (AIMD's +1 per call would otherwise grow the limit by the limit
+    every round trip). Defaults are concurrency-limits' (1 s windows, 10 samples).
+    """
+
+    __slots__ = (
+        "_count",
+        "_deadline",
+        "_dropped",
+        "_max_in_flight",
+        "_min_rtt",
+        "_sum",
+        "delegate",
+        "max_window_time",
+        "min_rtt_threshold",
+        "min_window_time",
+        "window_size",
+    )
+
+    def __init__(
+        self,
+        delegate: Limit,
+        *,
+        min_window_time: float = 1.0,
+        max_window_time: float = 1.0,
+        window_size: int = 10,
+        min_rtt_threshold: float = 0.0001,
+    ) -> None:
+        if not isinstance(delegate, Limit):
+            raise TypeError(f"delegate must be a Limit, got {delegate!r}")
+        self.delegate = delegate
+        if check_number("min_window_time", min_window_time, 0.0) <= 0.0:
+            raise ValueError(f"min_window_time must be > 0, got {min_window_time!r}")
+        if check_number("max_window_time", max_window_time, 0.0) < min_window_time:
+            raise ValueError(
+                f"max_window_time must be >= min_window_time, got {max_window_time!r} "
+                f"< {min_window_time!r}"
+            )
+        self.min_window_time = float(min_window_time)
+        self.max_window_time = float(max_window_time)
+        self.window_size = check_int("window_size", window_size, 1)
+        self.min_rtt_threshold = check_number("min_rtt_threshold", min_rtt_threshold, 0.0)
+        self._deadline = -math.inf
+        self._reset()
+
+    def _reset(self) -> None:
+        self._count = 0
+        self._sum = 0.0
+        self._min_rtt = math.inf
+        self._max_in_flight = 0
+        self._dropped = False
+
+    @property
+    def limit(self) -> int:
+        return self.delegate.limit
+
+    def on_sample(self, start: float, rtt: float, in_flight: int, dropped: bool) -> None:
+        if rtt < self.min_rtt_threshold:
+            return
+        self._count += 1
+        self._sum += rtt
+        self._min_rtt = min(self._min_rtt, rtt)
+        self._max_in_flight = max(self._max_in_flight, in_flight)
+        self._dropped = self._dropped or dropped
+        end = start + rtt
+        if end <= self._deadline:
+            return
+        count, total, lowest = self._count, self._sum, self._min_rtt
+        most, drop = self._max_in_flight, self._dropped
+        self._reset()
+        self._deadline = end + min(max(2.0 * lowest, self.min_window_time), self.max_window_time)
+        if count >= self.window_size:
+            self.delegate.on_sample(start, total / count, most, drop)
+
+    def describe(self) -> str:
+        return f"{self.delegate.describe()} windowed {self.min_window_time:g}s"
+
+    def __repr__(self) -> str:
+        return (
+            f"WindowedLimit({self.delegate!r}, min_window_time={self.min_window_time}, "
+            f"max_window_time={self.max_window_time}, window_size={self.window_size})"
         )
