@@ -59,9 +59,10 @@ class Limit:
         """The current concurrency limit (at least 1)."""
         raise NotImplementedError
 
-    def on_sample(self, start: float, rtt: float, in_flight: int, dropped: bool) -> None:
+    def on_sample(self, start: float, rtt: float, in_flight: int, dropped: bool) -> int:
         """A call that started at ``start`` with ``in_flight`` calls running (itself
-        included) took ``rtt`` seconds; ``dropped``: it timed out or was shed downstream."""
+        included) took ``rtt`` seconds; ``dropped``: it timed out or was shed downstream.
+        Returns the limit after the sample (what :attr:`limit` reads)."""
         raise NotImplementedError
 
     def describe(self) -> str:
@@ -81,8 +82,8 @@ class FixedLimit(Limit):
     def limit(self) -> int:
         return self._limit
 
-    def on_sample(self, start: float, rtt: float, in_flight: int, dropped: bool) -> None:
-        return None
+    def on_sample(self, start: float, rtt: float, in_flight: int, dropped: bool) -> int:
+        return self._limit
 
     def describe(self) -> str:
         return f"fixed {self._limit}"
@@ -138,15 +139,16 @@ class AIMDLimit(Limit):
     def limit(self) -> int:
         return self._limit
 
-    def on_sample(self, start: float, rtt: float, in_flight: int, dropped: bool) -> None:
+    def on_sample(self, start: float, rtt: float, in_flight: int, dropped: bool) -> int:
         limit = self._limit
         if dropped or rtt > self.timeout:
             limit = int(limit * self.backoff_ratio)
         elif in_flight * 2 >= limit:
             limit += 1
         else:
-            return
-        self._limit = min(self.max_limit, max(self.min_limit, limit))
+            return limit
+        limit = self._limit = min(self.max_limit, max(self.min_limit, limit))
+        return limit
 
     def describe(self) -> str:
         return f"AIMD backoff_ratio={self.backoff_ratio:g} timeout={self.timeout:g}s"
@@ -199,6 +201,8 @@ class VegasLimit(Limit):
     """
 
     __slots__ = (
+        "_bounds",
+        "_bounds_for",
         "_estimate",
         "_probe_count",
         "_probe_jitter",
@@ -253,39 +257,51 @@ class VegasLimit(Limit):
         self.rtt_noload = 0.0
         self._probe_count = 0
         self._probe_jitter = self._rng.uniform(0.5, 1.0)
+        self._bounds_for = 0
+        self._bounds = (0.0, 0.0, 0.0)
+
+    def _thresholds(self, limit: int) -> tuple[float, float, float]:
+        """(threshold, alpha, beta) at ``limit``, computed once per limit value."""
+        if limit != self._bounds_for:
+            self._bounds = (self.threshold(limit), self.alpha(limit), self.beta(limit))
+            self._bounds_for = limit
+        return self._bounds
 
     @property
     def limit(self) -> int:
         return int(self._estimate)
 
-    def on_sample(self, start: float, rtt: float, in_flight: int, dropped: bool) -> None:
+    def on_sample(self, start: float, rtt: float, in_flight: int, dropped: bool) -> int:
+        limit = int(self._estimate)
         if rtt <= 0.0:
-            return
+            return limit
         self._probe_count += 1
         if self._probe_jitter * self.probe_multiplier * self._estimate <= self._probe_count:
             self._probe_jitter = self._rng.uniform(0.5, 1.0)
             self._probe_count = 0
             self.rtt_noload = rtt
-            return
+            return limit
         if self.rtt_noload == 0.0 or rtt < self.rtt_noload:
             self.rtt_noload = rtt
-            return
-        limit = int(self._estimate)
+            return limit
         queue = math.ceil(limit * (1.0 - self.rtt_noload / rtt))
         if dropped:
             new = self.decrease(limit)
         elif in_flight * 2 < limit:
-            return  # the application is not using the limit: no evidence either way
-        elif queue <= self.threshold(limit):
-            new = limit + self.beta(limit)
-        elif queue < self.alpha(limit):
-            new = self.increase(limit)
-        elif queue > self.beta(limit):
-            new = self.decrease(limit)
+            return limit  # the application is not using the limit: no evidence either way
         else:
-            return
+            threshold, alpha, beta = self._thresholds(limit)
+            if queue <= threshold:
+                new = limit + beta
+            elif queue < alpha:
+                new = self.increase(limit)
+            elif queue > beta:
+                new = self.decrease(limit)
+            else:
+                return limit
         new = max(1.0, min(float(self.max_concurrency), new))
         self._estimate = (1.0 - self.smoothing) * self._estimate + self.smoothing * new
+        return int(self._estimate)
 
     def describe(self) -> str:
         return f"Vegas smoothing={self.smoothing:g}"
@@ -389,21 +405,24 @@ class Gradient2Limit(Limit):
         """The long-term average RTT (0.0 before the first sample)."""
         return self._long.value
 
-    def on_sample(self, start: float, rtt: float, in_flight: int, dropped: bool) -> None:
-        if rtt <= 0.0:
-            return
+    def on_sample(self, start: float, rtt: float, in_flight: int, dropped: bool) -> int:
         estimate = self._estimate
+        if rtt <= 0.0:
+            return int(estimate)
         queue = self.queue_size(int(estimate))
         self.last_rtt = rtt
         long_rtt = self._long.add(rtt)
         if long_rtt / rtt > 2.0:
             self._long.value *= 0.95  # load has gone: let the baseline come down sooner
         if in_flight < estimate / 2.0:
-            return
+            return int(estimate)
         gradient = max(0.5, min(1.0, self.rtt_tolerance * long_rtt / rtt))
         new = estimate * gradient + queue
         new = estimate * (1.0 - self.smoothing) + new * self.smoothing
-        self._estimate = max(float(self.min_limit), min(float(self.max_concurrency), new))
+        estimate = self._estimate = max(
+            float(self.min_limit), min(float(self.max_concurrency), new)
+        )
+        return int(estimate)
 
     def describe(self) -> str:
         return f"Gradient2 rtt_tolerance={self.rtt_tolerance:g} long_window={self.long_window}"
@@ -433,6 +452,7 @@ class WindowedLimit(Limit):
         "_count",
         "_deadline",
         "_dropped",
+        "_last",
         "_max_in_flight",
         "_min_rtt",
         "_sum",
@@ -467,6 +487,7 @@ class WindowedLimit(Limit):
         self.window_size = check_int("window_size", window_size, 1)
         self.min_rtt_threshold = check_number("min_rtt_threshold", min_rtt_threshold, 0.0)
         self._deadline = -math.inf
+        self._last = delegate.limit
         self._reset()
 
     def _reset(self) -> None:
@@ -478,11 +499,11 @@ class WindowedLimit(Limit):
 
     @property
     def limit(self) -> int:
-        return self.delegate.limit
+        return self._last
 
-    def on_sample(self, start: float, rtt: float, in_flight: int, dropped: bool) -> None:
+    def on_sample(self, start: float, rtt: float, in_flight: int, dropped: bool) -> int:
         if rtt < self.min_rtt_threshold:
-            return
+            return self._last
         self._count += 1
         self._sum += rtt
         self._min_rtt = min(self._min_rtt, rtt)
@@ -490,13 +511,14 @@ class WindowedLimit(Limit):
         self._dropped = self._dropped or dropped
         end = start + rtt
         if end <= self._deadline:
-            return
+            return self._last
         count, total, lowest = self._count, self._sum, self._min_rtt
         most, drop = self._max_in_flight, self._dropped
         self._reset()
         self._deadline = end + min(max(2.0 * lowest, self.min_window_time), self.max_window_time)
         if count >= self.window_size:
-            self.delegate.on_sample(start, total / count, most, drop)
+            self._last = self.delegate.on_sample(start, total / count, most, drop)
+        return self._last
 
     def describe(self) -> str:
         return f"{self.delegate.describe()} windowed {self.min_window_time:g}s"

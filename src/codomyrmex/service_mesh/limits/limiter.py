@@ -68,7 +68,8 @@ class Permit:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.finish(exc)
+        limiter = self._limiter
+        limiter._finish(self, 1 if exc is None else limiter._classify(exc))
 
     async def __aenter__(self) -> Permit:
         return self
@@ -168,21 +169,29 @@ class ConcurrencyLimiter:
 
     def try_acquire(self) -> Permit | None:
         """A place for one call, or None when ``limit`` calls are already in flight."""
-        with self._lock:
-            in_flight = self._in_flight
-            if in_flight >= self._limit:
-                self.rejected += 1
-                return None
-            in_flight += 1
-            self._in_flight = in_flight
+        lock = self._lock
+        lock.acquire()
+        in_flight = self._in_flight
+        if in_flight >= self._limit:
+            self.rejected += 1
+            lock.release()
+            return None
+        self._in_flight = in_flight = in_flight + 1
+        lock.release()
         return Permit(self, self.clock(), in_flight)
 
     def acquire(self) -> Permit:
         """A place for one call; raise :class:`LimitExceededError` when there is none."""
-        permit = self.try_acquire()
-        if permit is None:
-            raise LimitExceededError(self.name, "concurrency_limit", self._limit)
-        return permit
+        lock = self._lock
+        lock.acquire()
+        in_flight = self._in_flight
+        if in_flight >= self._limit:
+            self.rejected += 1
+            lock.release()
+            raise LimitExceededError(self.name, "concurrency_limit", in_flight)
+        self._in_flight = in_flight = in_flight + 1
+        lock.release()
+        return Permit(self, self.clock(), in_flight)
 
     def _classify(self, error: BaseException | None) -> int:
         if error is None:
@@ -196,22 +205,24 @@ class ConcurrencyLimiter:
     def _finish(self, permit: Permit, outcome: int) -> None:
         """Free ``permit``'s place; outcome 0 ignore, 1 success, 2 dropped."""
         end = self.clock() if outcome else 0.0
-        changed: LimitChanged | None = None
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             if permit._done:
                 return
             permit._done = True
             self._in_flight -= 1
-            if outcome:
-                algorithm = self.algorithm
-                rtt = end - permit.start
-                algorithm.on_sample(permit.start, rtt, permit.in_flight, outcome == 2)
-                new = algorithm.limit
-                old = self._limit
-                if new != old:
-                    self._limit = new
-                    if self._subscribers:
-                        changed = LimitChanged(self.name, old, new, self._in_flight)
+            if not outcome:
+                return
+            start = permit.start
+            new = self.algorithm.on_sample(start, end - start, permit.in_flight, outcome == 2)
+            old = self._limit
+            if new == old:
+                return
+            self._limit = new
             subscribers = self._subscribers
-        if changed is not None:
-            publish(subscribers, changed)
+            in_flight = self._in_flight
+        finally:
+            lock.release()
+        if subscribers:
+            publish(subscribers, LimitChanged(self.name, old, new, in_flight))
