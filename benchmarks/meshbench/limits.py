@@ -114,6 +114,38 @@ def _rate_runner(is_async: bool) -> Callable[[Settings], Runner]:
     return build
 
 
+def _handler(instance: Any) -> None:
+    return None
+
+
+async def _ahandler(instance: Any) -> None:
+    return None
+
+
+def _proxy_runner(limit: str | None, is_async: bool) -> Callable[[Settings], Runner]:
+    """``proxy.call`` on one instance, with no limit, a Vegas limiter or a rate limiter."""
+
+    def build(settings: Settings) -> Runner:
+        sm, lim = ours(), _limits()
+        name = unique("limits-proxy")
+        lb = sm.LoadBalancer()
+        lb.register(sm.ServiceInstance("i1", "127.0.0.1", 8080))
+        kwargs: dict[str, Any] = {}
+        if limit == "concurrency":
+            kwargs["concurrency_limit"] = lim.ConcurrencyLimiter(lim.VegasLimit(initial_limit=100))
+        elif limit == "rate":
+            kwargs["rate_limit"] = lim.RateLimiter(1e12, burst=1e6)
+        proxy = sm.ServiceProxy(name, lb, sm.CircuitBreaker(name), sm.RetryPolicy(), **kwargs)
+        if is_async:
+            return LoopRunner(
+                "await proxy.call_async(h)", {"proxy": proxy, "h": _ahandler}, is_async=True
+            )
+        proxy.call(_handler)
+        return LoopRunner("proxy.call(h)", {"proxy": proxy, "h": _handler})
+
+    return build
+
+
 def _workload(is_async: bool) -> Workload:
     breaker = "ours: breaker cb.execute" + ("_async" if is_async else "")
     contenders = []
@@ -131,16 +163,23 @@ def _workload(is_async: bool) -> Workload:
     rate = "ours: RateLimiter (GCRA)"
     contenders.append(Contender(rate, "ours", _rate_runner(is_async)))
     pairs.append(Pair(rate, breaker))
+    plain = "ours: proxy.call" + ("_async" if is_async else "") + ", no limit"
+    contenders.append(Contender(plain, "ours", _proxy_runner(None, is_async)))
+    for kind, label in (("concurrency", "+ concurrency_limit (Vegas)"), ("rate", "+ rate_limit")):
+        full = f"ours: proxy.call{'_async' if is_async else ''} {label}"
+        contenders.append(Contender(full, "ours", _proxy_runner(kind, is_async)))
+        pairs.append(Pair(full, plain))
     return Workload(
         key="async_limiter_success" if is_async else "limiter_success",
         title=("13. Async l" if is_async else "12. L") + "imiter success path, next to the breaker",
         unit="ns/call",
         contenders=contenders,
         pairs=pairs,
-        ratio_label="limiter/breaker",
+        ratio_label="limiter/breaker (proxy rows: with/without the stage)",
         description=(
             "One admitted call per iteration through each limit (with limiter.acquire(): "
-            "fn(); or a GCRA try_acquire), compared with the breaker's CLOSED success path."
+            "fn(); or a GCRA try_acquire), compared with the breaker's CLOSED success path; "
+            "and a whole proxy call with each stage, compared with the same proxy without."
         ),
     )
 
