@@ -36,7 +36,6 @@ from .model import (
     Scenario,
     Uniform,
 )
-from .overload import OverloadResult, OverloadScenario, run_overload, simulate_overload
 from .report import format_table, plot
 from .scenarios import linkerd_stuck_backend, power_of_two_choices, supermarket_time_in_system
 
@@ -48,8 +47,6 @@ __all__ = [
     "Exponential",
     "Fault",
     "LogNormal",
-    "OverloadResult",
-    "OverloadScenario",
     "Policy",
     "Result",
     "Scenario",
@@ -62,9 +59,7 @@ __all__ = [
     "percentile",
     "plot",
     "power_of_two_choices",
-    "run_overload",
     "run_virtual",
     "simulate",
-    "simulate_overload",
     "supermarket_time_in_system",
 ]
