@@ -18,6 +18,7 @@ from codomyrmex.service_mesh import (
     LimitChanged,
     LimitExceededError,
     LoadBalancer,
+    Mesh,
     RateLimiter,
     RetryPolicy,
     ServiceInstance,
@@ -25,7 +26,7 @@ from codomyrmex.service_mesh import (
     ServiceProxy,
     VegasLimit,
 )
-from codomyrmex.service_mesh.limits import FixedLimit
+from codomyrmex.service_mesh.limits import FixedLimit, WindowedLimit
 
 
 class Clock:
@@ -377,3 +378,32 @@ def test_default_retry_policy_does_not_retry_a_limit_rejection() -> None:
     with pytest.raises(LimitExceededError):
         RetryPolicy(max_retries=3, initial_delay=0.0).execute(refused)
     assert attempts == [1]
+
+
+def test_windowed_limit_feeds_one_aggregated_sample_per_window() -> None:
+    inner = AIMDLimit(initial_limit=10, min_limit=1, timeout=0.05)
+    limit = WindowedLimit(inner, min_window_time=0.1, max_window_time=0.1, window_size=3)
+    # The first sample opens the first window (its deadline was unset): too few samples.
+    assert limit.on_sample(0.0, 0.01, 10, False) == 10
+    for k in range(5):  # within the window: pooled, the inner limit does not move
+        assert limit.on_sample(0.01 + k * 0.01, 0.01, 10, False) == 10
+    # The first sample ending after the deadline closes the window: one +1 for six samples.
+    assert limit.on_sample(0.2, 0.01, 10, False) == 11
+    for k in range(3):
+        limit.on_sample(0.22 + k * 0.01, 0.02, 4, k == 1)  # one drop in the window
+    assert limit.on_sample(0.5, 0.01, 4, False) == 9  # int(11 * 0.9): any drop counts
+    assert limit.limit == inner.limit == 9
+    assert limit.on_sample(0.6, 0.00001, 4, True) == 9  # below min_rtt_threshold: dropped
+    with pytest.raises(ValueError, match="max_window_time"):
+        WindowedLimit(inner, min_window_time=1.0, max_window_time=0.5)
+
+
+def test_a_mesh_can_watch_a_limiter() -> None:
+    mesh = Mesh()
+    limiter = ConcurrencyLimiter(AIMDLimit(initial_limit=2, min_limit=1, backoff_ratio=0.5))
+    seen: list[Event] = []
+    mesh.subscribe(seen.append)
+    mesh.watch(limiter)
+    with pytest.raises(TimeoutError), limiter.acquire():
+        raise TimeoutError
+    assert [e for e in seen if isinstance(e, LimitChanged)] == [LimitChanged("", 2, 1, 0)]
