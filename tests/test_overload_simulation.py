@@ -26,8 +26,9 @@ def test_the_report_has_the_five_setups() -> None:
     assert list(SETUPS) == ["no limit", "static bulkhead", "AIMD", "Vegas", "Gradient2"]
 
 
-def test_aimd_meets_the_target_and_adapts_to_the_drop() -> None:
-    result = simulate_overload(SCENARIO, SETUPS["AIMD"])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_aimd_meets_the_target_and_adapts_to_the_drop(seed: int) -> None:
+    result = simulate_overload(SCENARIO, SETUPS["AIMD"], seed)
     assert result.p99 <= 2 * SCENARIO.service_time  # twice the unloaded latency
     assert result.goodput >= 0.9
     assert result.recovery <= 3.0
