@@ -69,6 +69,7 @@ INTEGRATION_EXTRAS = {
     # integration module: (the library it needs, the extra that installs it)
     "httpx": ("httpx", "httpx"),
     "redis": ("redis", "redis"),
+    "redis_ratelimit": ("redis", "redis"),
     "prometheus": ("prometheus_client", "prometheus"),
     "otel": ("opentelemetry", "otel"),
     "mcp": ("mcp", "mcp"),

@@ -22,9 +22,12 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
 from codomyrmex.service_mesh import (
+    AIMDLimit,
     CircuitBreaker,
     CircuitBreakerConfig,
     CircuitOpenError,
+    ConcurrencyLimiter,
+    LimitExceededError,
     LoadBalancer,
     Mesh,
     NoHealthyInstanceError,
@@ -222,6 +225,46 @@ def test_in_flight_connections_are_read_at_scrape_time(
     assert seen_inside == [1, 0]
     after = scraper.samples()
     assert value(after, "service_mesh_instance_connections", service="svc", instance="s1") == 0
+
+
+def test_concurrency_limit_and_in_flight_are_read_at_scrape_time(
+    clock: FakeClock, registry: CollectorRegistry, scraper: Scraper
+) -> None:
+    mesh = Mesh()
+    balancer = LoadBalancer(name="db")
+    balancer.register(ServiceInstance("d1", "127.0.0.1", 9000))
+    limiter = ConcurrencyLimiter(
+        AIMDLimit(initial_limit=2, min_limit=1, backoff_ratio=0.5), name="db", clock=clock
+    )
+    proxy = mesh.register_service(
+        ServiceProxy(
+            "db", balancer, retry_policy=RetryPolicy(max_retries=0), concurrency_limit=limiter
+        )
+    )
+    instrument_mesh(mesh, registry)
+    seen: list[tuple[float | None, float | None]] = []
+
+    def handler(instance: ServiceInstance) -> None:
+        samples = scraper.samples()
+        seen.append(
+            (
+                value(samples, "service_mesh_concurrency_limit", service="db"),
+                value(samples, "service_mesh_concurrency_in_flight", service="db"),
+            )
+        )
+        raise TimeoutError  # a drop: the limit halves
+
+    with pytest.raises(TimeoutError):
+        proxy.call(handler)
+    assert seen == [(2, 1)]
+    after = scraper.samples()
+    assert value(after, "service_mesh_concurrency_limit", service="db") == 1
+    assert value(after, "service_mesh_concurrency_in_flight", service="db") == 0
+    with pytest.raises(LimitExceededError):
+        proxy.call(lambda instance: proxy.call(lambda inner: None))
+    rejected = value(scraper.samples(), "service_mesh_rejections_total", service="db",
+                     reason="concurrency_limit")  # fmt: skip
+    assert rejected == 1
 
 
 def test_ejections_and_injected_faults(

@@ -26,6 +26,7 @@ __all__ = [
     "InstanceHealthChanged",
     "InstancePicked",
     "InstanceReturned",
+    "LimitChanged",
     "RetryGaveUp",
     "RetryScheduled",
     "StateTransition",
@@ -88,8 +89,9 @@ class CallRejected(Event):
     """A call was refused without running; ``reason`` says by what.
 
     Reasons: ``"circuit_open"``, ``"half_open_full"``, ``"forced_open"``,
-    ``"no_healthy_instance"``, ``"bulkhead_full"``, ``"retry_budget"`` (a retry the
-    budget refused: the call then ends with its failure).
+    ``"no_healthy_instance"``, ``"bulkhead_full"``, ``"concurrency_limit"``,
+    ``"rate_limit"``, ``"retry_budget"`` (a retry the budget refused: the call then
+    ends with its failure).
     """
 
     reason: str
@@ -163,6 +165,16 @@ class FaultInjected(Event):
     kind: str
     delay: float
     error: BaseException | None
+
+
+@dataclass(frozen=True, slots=True)
+class LimitChanged(Event):
+    """Adaptive concurrency limiter ``source`` moved its limit from ``old`` to ``new``;
+    ``in_flight`` calls were running then."""
+
+    old: int
+    new: int
+    in_flight: int
 
 
 EventListener = Callable[[Event], None]

@@ -2,7 +2,8 @@
 
 The stages, outermost first (``describe()`` prints them for a given proxy):
 
-    fallback -> bulkhead -> circuit breaker (judges whole calls) -> retry or hedging
+    fallback -> rate limit -> concurrency limit -> bulkhead
+             -> circuit breaker (judges whole calls) -> retry or hedging
              -> pick instance (count connection, eject outliers)
              -> per-attempt timeout (async) -> handler
 
@@ -30,6 +31,7 @@ from .circuit_breaker import CircuitBreaker, CircuitState
 from .errors import CircuitOpenError, NoHealthyInstanceError
 from .events import CallFailed, CallRejected, CallSucceeded, EventListener, RetryGaveUp, publish
 from .hedging import RejectedResult, hedged, hedged_async
+from .limits import ConcurrencyLimiter, RateLimit, admission
 from .load_balancer import ABORTED, LoadBalancer, ServiceInstance
 from .retry import _IN_RETRY, RetryPolicy, _Attempts
 from .timers import Timer
@@ -47,7 +49,9 @@ _REFUSALS = {
 }
 """The :class:`CallRejected` reason of a call the service's breaker refused, by its state."""
 
-_STAGE_FIELDS = frozenset({"circuit_breaker", "bulkhead", "hedging_delay", "fallback"})
+_STAGE_FIELDS = frozenset(
+    {"circuit_breaker", "bulkhead", "hedging_delay", "fallback", "rate_limit", "concurrency_limit"}
+)
 
 
 class ServiceProxy:
@@ -70,7 +74,9 @@ class ServiceProxy:
     retried, a failed attempt starts the next hedge at once); ``fallback(exc)``
     supplies the result when the stack gives up. Hedging follows the retry controls
     (see :mod:`.hedging`); ``timer`` times the hedging delay and, for sync hedges, the
-    attempt timeout (by default the retry policy's timer).
+    attempt timeout (by default the retry policy's timer). ``rate_limit`` and
+    ``concurrency_limit`` (see :mod:`codomyrmex.service_mesh.limits`) refuse calls beyond
+    a rate or an adaptive concurrency limit with :class:`LimitExceededError`.
     """
 
     __slots__ = (
@@ -84,10 +90,12 @@ class ServiceProxy:
         "bulkhead",
         "circuit_breaker",
         "clock",
+        "concurrency_limit",
         "fallback",
         "hedging_delay",
         "load_balancer",
         "max_hedged_attempts",
+        "rate_limit",
         "retry_policy",
         "service_name",
         "timer",
@@ -106,10 +114,18 @@ class ServiceProxy:
         fallback: Callable[[Exception], Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
         timer: Timer | None = None,
+        rate_limit: RateLimit | None = None,
+        concurrency_limit: ConcurrencyLimiter | None = None,
     ) -> None:
         check_str("service_name", service_name)
         if timer is not None and not isinstance(timer, Timer):
             raise TypeError(f"timer must be a Timer, got {timer!r}")
+        if rate_limit is not None and not isinstance(rate_limit, RateLimit):
+            raise TypeError(f"rate_limit must be a RateLimit (a RateLimiter), got {rate_limit!r}")
+        if concurrency_limit is not None and not isinstance(concurrency_limit, ConcurrencyLimiter):
+            raise TypeError(
+                f"concurrency_limit must be a ConcurrencyLimiter, got {concurrency_limit!r}"
+            )
         if load_balancer is None:
             load_balancer = LoadBalancer(name=service_name)
         elif not isinstance(load_balancer, LoadBalancer):
@@ -142,6 +158,8 @@ class ServiceProxy:
         self.fallback = fallback
         self.clock = clock
         self.timer = timer
+        self.rate_limit = rate_limit
+        self.concurrency_limit = concurrency_limit
         self._refresh()
         self._subscribers: tuple[EventListener, ...] = ()
         self._event_clock: Callable[[], float] | None = None
@@ -161,7 +179,7 @@ class ServiceProxy:
         self._execute_async = self.circuit_breaker.execute_async
         self._staged = (
             self.bulkhead is not None or self.hedging_delay is not None or self.fallback is not None
-        )
+        ) or (self.rate_limit is not None or self.concurrency_limit is not None)
 
     def __repr__(self) -> str:
         return (
@@ -174,6 +192,10 @@ class ServiceProxy:
         stages = []
         if self.fallback is not None:
             stages.append("fallback")
+        if self.rate_limit is not None:
+            stages.append(self.rate_limit.describe())
+        if self.concurrency_limit is not None:
+            stages.append(self.concurrency_limit.describe())
         if self.bulkhead is not None:
             stages.append(f"bulkhead(max_concurrent={self.bulkhead.max_concurrent})")
         stages.append(f"circuit breaker({self.circuit_breaker.name}, judges calls)")
@@ -249,17 +271,18 @@ class ServiceProxy:
         self, handler_fn: Callable[..., Any], args: Any, kwargs: Any, retry: bool = True
     ) -> Any:
         try:
-            bulkhead = self.bulkhead
-            if bulkhead is not None:
-                self._guard_bulkhead(bulkhead.acquire)
-            try:
-                if self.hedging_delay is not None and retry:
-                    held, bulkhead = bulkhead, None  # released when the last hedge ends
-                    return self._guarded(self._hedged, handler_fn, args, kwargs, held)
-                return self._guarded(self._attempts, handler_fn, args, kwargs, retry)
-            finally:
+            with self._admission():
+                bulkhead = self.bulkhead
                 if bulkhead is not None:
-                    bulkhead.release()
+                    self._guard_bulkhead(bulkhead.acquire)
+                try:
+                    if self.hedging_delay is not None and retry:
+                        held, bulkhead = bulkhead, None  # released when the last hedge ends
+                        return self._guarded(self._hedged, handler_fn, args, kwargs, held)
+                    return self._guarded(self._attempts, handler_fn, args, kwargs, retry)
+                finally:
+                    if bulkhead is not None:
+                        bulkhead.release()
         except Exception as exc:
             if self.fallback is None:
                 raise
@@ -439,18 +462,21 @@ class ServiceProxy:
         self, handler_fn: Callable[..., Any], args: Any, kwargs: Any, retry: bool = True
     ) -> Any:
         try:
-            bulkhead = self.bulkhead
-            if bulkhead is not None:
-                await self._guard_bulkhead_async(bulkhead)
-            try:
-                if self.hedging_delay is not None and retry:
-                    return await self._guarded_async(self._hedged_async, handler_fn, args, kwargs)
-                return await self._guarded_async(
-                    self._attempts_async, handler_fn, args, kwargs, retry
-                )
-            finally:
+            async with self._admission():
+                bulkhead = self.bulkhead
                 if bulkhead is not None:
-                    bulkhead.release()
+                    await self._guard_bulkhead_async(bulkhead)
+                try:
+                    if self.hedging_delay is not None and retry:
+                        return await self._guarded_async(
+                            self._hedged_async, handler_fn, args, kwargs
+                        )
+                    return await self._guarded_async(
+                        self._attempts_async, handler_fn, args, kwargs, retry
+                    )
+                finally:
+                    if bulkhead is not None:
+                        bulkhead.release()
         except Exception as exc:
             if self.fallback is None:
                 raise
@@ -589,6 +615,12 @@ class ServiceProxy:
         if exc.name == self.circuit_breaker.name and not exc.retryable:
             reason = _REFUSALS.get(exc.state, "circuit_open")
             publish(self._subscribers, CallRejected(self.service_name, reason))
+
+    def _admission(self) -> Any:
+        """The overload stages (rate limit -> concurrency limit) for one call: limits/."""
+        return admission(
+            self.rate_limit, self.concurrency_limit, self.service_name, self._subscribers
+        )
 
     def _guard_bulkhead(self, acquire: Callable[[], None]) -> None:
         try:

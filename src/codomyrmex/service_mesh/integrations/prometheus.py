@@ -29,16 +29,20 @@ name                                                     type       labels
 ``service_mesh_instance_ejected``                        gauge      service, instance
 ``service_mesh_instance_connections``                    gauge      service, instance
 ``service_mesh_faults_injected_total``                   counter    source, kind
+``service_mesh_concurrency_limit``                       gauge      service
+``service_mesh_concurrency_in_flight``                   gauge      service
 =======================================================  =========  ==============================
 
 ``calls_total`` counts each call once, by how it ended: ``success``, ``failure``
 (every attempt it was allowed failed) or ``rejected`` (refused by the proxy: its
-breaker open, no instance, bulkhead full). ``attempts_total`` counts each attempt
-(``success``, ``failure``, or ``rejected`` by one instance's breaker), so ten calls
-with four retries read 10 calls and 14 attempts. ``retry_give_ups_total`` counts
-calls that were retried and still failed. The duration histogram holds the
-attempts that ran (``success`` and ``failure``). Series labelled by instance
-disappear once the instance leaves its service, so pod churn does not grow them.
+breaker open, no instance, bulkhead full, a rate or a concurrency limit).
+``attempts_total`` counts each attempt (``success``, ``failure``, or ``rejected`` by
+one instance's breaker), so ten calls with four retries read 10 calls and 14
+attempts. ``retry_give_ups_total`` counts calls that were retried and still failed.
+The duration histogram holds the attempts that ran (``success`` and ``failure``).
+Series labelled by instance disappear once the instance leaves its service, so pod
+churn does not grow them. The concurrency gauges report each service proxy's
+``concurrency_limit``: its current (adaptive) limit and the calls holding a place in it.
 """
 
 from __future__ import annotations
@@ -219,7 +223,22 @@ class MeshCollector:
             "Calls in flight on an instance.",
             labels=("service", "instance"),
         )
+        limit = GaugeMetricFamily(
+            f"{p}concurrency_limit",
+            "The current concurrency limit of a service proxy's (adaptive) limiter.",
+            labels=("service",),
+        )
+        in_flight = GaugeMetricFamily(
+            f"{p}concurrency_in_flight",
+            "Calls holding a place in a service proxy's concurrency limiter.",
+            labels=("service",),
+        )
         if with_samples:
+            for service, proxy in sorted(self.mesh.services().items()):
+                limiter = proxy.concurrency_limit
+                if limiter is not None:
+                    limit.add_metric((service,), limiter.limit)
+                    in_flight.add_metric((service,), limiter.in_flight)
             for breaker in read_breakers(self.mesh):
                 for value in BREAKER_STATES:
                     state.add_metric((breaker.name, value), float(value == breaker.state))
@@ -229,7 +248,7 @@ class MeshCollector:
                 healthy.add_metric(labels, float(instance.healthy))
                 ejected.add_metric(labels, float(instance.ejected))
                 connections.add_metric(labels, instance.connections)
-        return [state, failures, healthy, ejected, connections]
+        return [state, failures, healthy, ejected, connections, limit, in_flight]
 
 
 def instrument_mesh(
