@@ -455,3 +455,13 @@ def test_a_registered_resolver_kind_is_checked_and_started() -> None:
     assert (
         errors[0].startswith("services.a.resolver.type: must be one of ") and "'dns'" in errors[0]
     )
+
+
+def test_the_readme_shows_the_example_file_verbatim() -> None:
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Configuration") :]
+    block = re.search(r"```toml\n(.*?)```", section, re.S)
+    assert block is not None
+    assert block.group(1) == (ROOT / "examples" / "mesh.toml").read_text()

@@ -1,4 +1,4 @@
-"""``service-mesh verify FILE``: the fault matrix against a user's configuration, on real backends."""
+"""``service-mesh verify FILE``: the fault matrix against a configuration, on real servers."""
 
 from __future__ import annotations
 
