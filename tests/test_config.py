@@ -465,3 +465,55 @@ def test_the_readme_shows_the_example_file_verbatim() -> None:
     block = re.search(r"```toml\n(.*?)```", section, re.S)
     assert block is not None
     assert block.group(1) == (ROOT / "examples" / "mesh.toml").read_text()
+
+
+def test_breaker_reconfigure_switches_to_a_window_and_keeps_the_state() -> None:
+    from codomyrmex.service_mesh import CircuitBreaker, CircuitBreakerConfig
+
+    now = [0.0]
+    breaker = CircuitBreaker("b", CircuitBreakerConfig(failure_threshold=3), clock=lambda: now[0])
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            breaker.execute(_failing, None)
+    breaker.reconfigure(CircuitBreakerConfig(failure_threshold=2))
+    assert breaker.state is CircuitState.CLOSED and breaker.failure_count == 2
+    with pytest.raises(ConnectionError):
+        breaker.execute(_failing, None)
+    assert breaker.state is CircuitState.OPEN  # the third failure, now past the new threshold
+    windowed = CircuitBreakerConfig(
+        failure_rate_threshold=50, minimum_number_of_calls=2, sliding_window_size=4
+    )
+    breaker.reconfigure(windowed)
+    assert breaker.state is CircuitState.OPEN and breaker.config is windowed
+    now[0] = 31.0  # past the open period: probes close it, then the window judges
+    for _ in range(2):
+        breaker.execute(lambda _: "ok", None)
+    assert breaker.state is CircuitState.CLOSED
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            breaker.execute(_failing, None)
+    assert breaker.state is CircuitState.OPEN  # 2 of 4 calls failed: 50%
+    with pytest.raises(TypeError, match="config must be a CircuitBreakerConfig"):
+        breaker.reconfigure({"failure_threshold": 1})  # type: ignore[arg-type]
+
+
+def test_balancer_reconfigure_keeps_connections_and_changes_the_strategy() -> None:
+    from codomyrmex.service_mesh import LoadBalancer
+
+    balancer = LoadBalancer()
+    for port in (1, 2):
+        balancer.register(ServiceInstance(f"i{port}", "127.0.0.1", port))
+    with balancer.connection() as held:
+        balancer.reconfigure(
+            strategy=LoadBalancerStrategy.LEAST_CONNECTIONS,
+            outlier_detection=None,
+            slow_start=None,
+            panic_threshold=50.0,
+        )
+        assert balancer.strategy is LoadBalancerStrategy.LEAST_CONNECTIONS
+        assert held.connections == 1 and balancer.panic_threshold == 50.0
+        picked = balancer.get_instance()
+        assert picked is not None and picked.id != held.id  # least connections sees the held one
+    assert held.connections == 0
+    with pytest.raises(ValueError, match="panic_threshold"):
+        balancer.reconfigure(outlier_detection=None, slow_start=None, panic_threshold=101)
