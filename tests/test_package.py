@@ -73,6 +73,8 @@ INTEGRATION_EXTRAS = {
     "prometheus": ("prometheus_client", "prometheus"),
     "otel": ("opentelemetry", "otel"),
     "mcp": ("mcp", "mcp"),
+    "yaml": ("yaml", "yaml"),
+    "toml": ("tomli", "toml"),
 }
 STDLIB_INTEGRATIONS = {"status_http"}
 """Integration modules that need nothing beyond the standard library."""

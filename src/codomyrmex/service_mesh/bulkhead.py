@@ -94,6 +94,28 @@ class Bulkhead:
         """Calls waiting for a slot now."""
         return len(self._waiters)
 
+    def reconfigure(
+        self, max_concurrent: int, *, max_queue: int = 0, queue_timeout: float | None = None
+    ) -> None:
+        """New limits; calls in flight and waiting keep their place (a larger limit
+        admits waiters at once, a smaller one admits nobody until calls finish)."""
+        check_int("max_concurrent", max_concurrent, 1)
+        check_int("max_queue", max_queue, 0)
+        check_optional_number("queue_timeout", queue_timeout)
+        with self._lock:
+            self.max_concurrent = max_concurrent
+            self.max_queue = max_queue
+            self.queue_timeout = queue_timeout
+            while self._waiters and self._in_flight < max_concurrent:
+                waiter = self._waiters.popleft()
+                waiter.granted = True
+                self._in_flight += 1
+                if waiter.event is not None:
+                    waiter.event.set()
+                else:
+                    assert waiter.loop is not None and waiter.future is not None
+                    waiter.loop.call_soon_threadsafe(_resolve, waiter.future)
+
     def _full(self, reason: str) -> BulkheadFullError:
         return BulkheadFullError(self.name, self.max_concurrent, reason)
 

@@ -601,6 +601,38 @@ class CircuitBreaker:
         if self._link is not None:
             self._link.operate(new)
 
+    def reconfigure(self, config: CircuitBreakerConfig) -> None:
+        """Use ``config`` from now on, keeping the state, its counts and any open period.
+
+        The sliding window keeps its outcomes while its type and size stay the
+        same; a new window type or size (or a switch to or from window mode)
+        starts an empty window. An OPEN period already running ends as scheduled.
+        """
+        if not isinstance(config, CircuitBreakerConfig):
+            raise TypeError(f"config must be a CircuitBreakerConfig, got {config!r}")
+        with self._lock:
+            old = self.config
+            same_window = (
+                old.windowed == config.windowed
+                and old.sliding_window_type == config.sliding_window_type
+                and old.sliding_window_size == config.sliding_window_size
+            )
+            if not same_window:
+                size = config.sliding_window_size
+                self._window = (
+                    None
+                    if not config.windowed
+                    else CountWindow(size)
+                    if config.sliding_window_type == "count"
+                    else TimeWindow(size)
+                )
+            self.config = config
+            self._timed = config.slow_call_duration_threshold is not None or (
+                config.result_predicate is not None
+            )
+            self._classify = None if config.default_classification else self._classify_error
+            self._must_record = self._wants_record()
+
     # -- listeners --------------------------------------------------------------
 
     def add_listener(self, listener: StateListener) -> None:

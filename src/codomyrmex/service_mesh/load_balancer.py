@@ -561,6 +561,59 @@ class LoadBalancer:
         """Whether the balancer is in panic mode (picking among all registered instances)."""
         return self._panic
 
+    def reconfigure(
+        self,
+        *,
+        strategy: LoadBalancerStrategy | None = None,
+        outlier_detection: OutlierDetectionConfig | None,
+        slow_start: SlowStartConfig | None,
+        panic_threshold: float,
+    ) -> None:
+        """Apply new settings, keeping instances, connection counts and ejections.
+
+        A new outlier config applies to the running detector (ejected instances stay
+        out until their time is up); None switches detection off and returns every
+        ejected instance. ``strategy`` None keeps the current one.
+        """
+        if slow_start is not None and not isinstance(slow_start, SlowStartConfig):
+            raise TypeError(f"slow_start must be a SlowStartConfig, got {slow_start!r}")
+        if outlier_detection is not None and not isinstance(
+            outlier_detection, OutlierDetectionConfig
+        ):
+            raise TypeError(
+                f"outlier_detection must be an OutlierDetectionConfig, got {outlier_detection!r}"
+            )
+        panic = check_number("panic_threshold", panic_threshold, 0.0)
+        if panic > 100.0:
+            raise ValueError(
+                f"panic_threshold must be a percentage (0 to 100), got {panic_threshold!r}"
+            )
+        with self._lock:
+            self._panic_threshold = panic
+            self._slow_start = slow_start
+            if slow_start is None:
+                for entry in self._entries.values():
+                    entry.ramp_start = None
+            detector = self._detector
+            if outlier_detection is None and detector is not None:
+                self._detector = None
+                for entry in self._entries.values():
+                    entry.outlier = None
+                    if entry.ejected:
+                        entry.ejected = False
+                        self._refresh(entry, ramp=False)
+                        self._emit(InstanceReturned(self.name, entry.inst.id, "reconfigured"))
+            elif outlier_detection is not None and detector is None:
+                self._detector = OutlierDetector(outlier_detection)
+                for entry in self._entries.values():
+                    entry.outlier = HostState(entry.inst.id)
+            elif outlier_detection is not None and detector is not None:
+                detector.config = outlier_detection
+            self._sync_pool(None)
+            current = self._strategy
+        self._flush()
+        self.strategy = current if strategy is None else strategy  # rewires the pick path
+
     # -- events -----------------------------------------------------------------
 
     def subscribe(self, listener: EventListener) -> None:
