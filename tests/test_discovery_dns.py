@@ -8,11 +8,11 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from discovery_servers import WAIT, Dnsmasq, free_port, wait_for
 
 from codomyrmex.service_mesh import LoadBalancer, LoadBalancerStrategy
 from codomyrmex.service_mesh.discovery import Resolver
 from codomyrmex.service_mesh.integrations.dns import DnsSource
+from discovery_servers import WAIT, Dnsmasq, free_port, wait_for
 
 
 @pytest.fixture
