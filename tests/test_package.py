@@ -73,6 +73,7 @@ INTEGRATION_EXTRAS = {
     "otel": ("opentelemetry", "otel"),
     "mcp": ("mcp", "mcp"),
     "dns": ("dns", "dns"),
+    "etcd": ("httpx", "etcd"),
 }
 STDLIB_INTEGRATIONS = {"status_http"}
 """Integration modules that need nothing beyond the standard library."""

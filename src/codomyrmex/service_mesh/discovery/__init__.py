@@ -8,6 +8,7 @@ subclassing :class:`PollingSource` or by implementing :class:`Source`.
 Standard library only.
 """
 
+from .codec import instance_from_json, instance_to_json
 from .polling import PollingSource, Resolution
 from .resolver import Resolver, ResolverStatus, Source
 from .shutdown import on_sigterm, sigterm_hooks
@@ -18,6 +19,8 @@ __all__ = [
     "Resolver",
     "ResolverStatus",
     "Source",
+    "instance_from_json",
+    "instance_to_json",
     "on_sigterm",
     "sigterm_hooks",
 ]
