@@ -36,6 +36,7 @@ import atexit
 import base64
 import json
 import logging
+import socket
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -96,6 +97,8 @@ class EtcdGateway:
         self.endpoint = endpoint.rstrip("/")
         self.timeout = check_number("timeout", timeout, 0.001)
         self._client = httpx.Client(timeout=self.timeout)
+        self._streams_lock = threading.Lock()
+        self._streams: dict[int, Any] = {}  # id(stop event) -> the watch's socket
 
     def __repr__(self) -> str:
         return f"EtcdGateway({self.endpoint!r})"
@@ -167,6 +170,12 @@ class EtcdGateway:
             ):
                 if response.status_code != 200:
                     raise EtcdUnavailableError(f"etcd watch: HTTP {response.status_code}")
+                stream = response.extensions.get("network_stream")
+                sock = None if stream is None else stream.get_extra_info("socket")
+                with self._streams_lock:
+                    self._streams[id(stop)] = sock
+                if stop.is_set():
+                    return
                 for line in response.iter_lines():
                     if stop.is_set():
                         return
@@ -197,6 +206,19 @@ class EtcdGateway:
             if stop.is_set():
                 return
             raise EtcdUnavailableError(f"etcd watch: {type(exc).__name__}: {exc}") from exc
+        finally:
+            with self._streams_lock:
+                self._streams.pop(id(stop), None)
+
+    def interrupt(self, stop: threading.Event) -> None:
+        """End the watch started with ``stop`` (already set) now rather than at its idle timeout."""
+        with self._streams_lock:
+            sock = self._streams.get(id(stop))
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 class EtcdSource:
@@ -256,8 +278,10 @@ class EtcdSource:
 
     def stop(self) -> None:
         with self._lock:
-            self._stop.set()
+            stop = self._stop
+            stop.set()
             thread, self._thread = self._thread, None
+        self.gateway.interrupt(stop)
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=self.resync_interval + 5.0)
 
