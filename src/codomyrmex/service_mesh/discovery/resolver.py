@@ -137,7 +137,10 @@ class Resolver:
         if not isinstance(balancer, LoadBalancer):
             raise TypeError(f"balancer must be a LoadBalancer, got {balancer!r}")
         self.removal_grace = check_number("removal_grace", removal_grace, 0.0)
-        for field_name, flag in (("allow_empty", allow_empty), ("update_health", update_health)):
+        for field_name, flag in (
+            ("allow_empty", allow_empty),
+            ("update_health", update_health),
+        ):
             if not isinstance(flag, bool):
                 raise TypeError(f"{field_name} must be a bool, got {flag!r}")
         self.source = source
@@ -147,7 +150,7 @@ class Resolver:
         self._clock = check_callable("clock", clock)
         self._lock = threading.RLock()
         self._known: dict[str, str] = {}  # id -> fingerprint of what was applied
-        self._held: set[str] = set()
+        self._held: dict[str, float] = {}  # id -> when a listing first lacked it
         self._hold_until = -float("inf")
         self._ok = True
         self._outage_since: float | None = None
@@ -241,20 +244,21 @@ class Resolver:
                 if self._known.get(inst.id) != _fingerprint(inst, health)
             ]
             missing = [i for i in self._known if i not in listed]
-            self._held.intersection_update(missing)
-            if now < self._hold_until:
-                self._held.update(missing)
-                missing = []
-            else:
-                self._held.clear()
-            return self._apply(upsert, missing)
+            held = {i: self._held.get(i, now) for i in missing}
+            holding = now < self._hold_until
+            grace = self.removal_grace
+            gone = [i for i, since in held.items() if not holding or now - since >= grace]
+            for instance_id in gone:
+                del held[instance_id]
+            self._held = held
+            return self._apply(upsert, gone)
 
     def upsert(self, instance: ServiceInstance) -> MembershipChange:
         """One instance added or changed."""
         if not isinstance(instance, ServiceInstance):
             raise TypeError(f"instance must be a ServiceInstance, got {instance!r}")
         with self._lock:
-            self._held.discard(instance.id)
+            self._held.pop(instance.id, None)
             if self._known.get(instance.id) == _fingerprint(instance, self.update_health):
                 return MembershipChange()
             return self._apply([instance], [])
@@ -262,7 +266,7 @@ class Resolver:
     def remove(self, instance_id: str) -> MembershipChange:
         """One instance gone (deregistered, its key deleted or expired): removed at once."""
         with self._lock:
-            self._held.discard(instance_id)
+            self._held.pop(instance_id, None)
             if instance_id not in self._known:
                 return MembershipChange()
             return self._apply([], [instance_id])
