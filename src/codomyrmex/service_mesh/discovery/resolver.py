@@ -21,7 +21,6 @@ seconds (owners re-register after a restart of the source); explicit removals
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 import time
@@ -96,13 +95,13 @@ class ResolverStatus:
         }
 
 
-def _fingerprint(instance: ServiceInstance, health: bool) -> str:
-    try:
-        metadata = json.dumps(instance.metadata, sort_keys=True, default=repr)
-    except (TypeError, ValueError):
-        metadata = repr(instance.metadata)
+_Fingerprint = tuple[str, int, float, bool | None, dict[str, Any]]
+
+
+def _fingerprint(instance: ServiceInstance, health: bool) -> _Fingerprint:
+    """What the resolver applied of an instance; equal fingerprints mean nothing to update."""
     healthy = instance.healthy if health else None
-    return f"{instance.host}\0{instance.port}\0{instance.weight!r}\0{healthy}\0{metadata}"
+    return (instance.host, instance.port, instance.weight, healthy, instance.metadata)
 
 
 class Resolver:
@@ -149,7 +148,7 @@ class Resolver:
         self.update_health = update_health
         self._clock = check_callable("clock", clock)
         self._lock = threading.RLock()
-        self._known: dict[str, str] = {}  # id -> fingerprint of what was applied
+        self._known: dict[str, _Fingerprint] = {}  # id -> what was applied
         self._held: dict[str, float] = {}  # id -> when a listing first lacked it
         self._hold_until = -float("inf")
         self._ok = True
@@ -348,6 +347,9 @@ class Resolver:
         for instance_id in remove:
             self._known.pop(instance_id, None)
         for instance in upsert:
-            self._known[instance.id] = _fingerprint(instance, health)
+            fingerprint = _fingerprint(instance, health)
+            if fingerprint[4]:  # a copy: the balancer's instance shares the source's dict
+                fingerprint = (*fingerprint[:4], dict(fingerprint[4]))
+            self._known[instance.id] = fingerprint
         self._updates += 1
         return change
