@@ -317,6 +317,10 @@ def test_mesh_declares_one_resolver_per_service_and_reports_its_staleness(
     with pytest.raises(ValueError, match="balancer"):
         mesh.add_resolver("orders", other)
     assert mesh.remove_resolver("orders") and not mesh.remove_resolver("orders")
+    started = mesh.add_resolver("orders", ListSource(inst("b")))
+    assert started.running
+    assert mesh.remove_service("orders")
+    assert not started.running and mesh.get_resolver("orders") is None
 
 
 # -- SIGTERM --------------------------------------------------------------------------------

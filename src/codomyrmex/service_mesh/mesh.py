@@ -185,8 +185,9 @@ class Mesh:
     def remove_service(self, name: str) -> bool:
         """Forget service ``name`` (and its breaker, unless another service shares it).
 
-        True if it was registered.
+        True if it was registered. Its resolver, if any, is stopped.
         """
+        self.remove_resolver(name)
         with self._lock:
             proxy = self._services.pop(name, None)
             if proxy is not None:
@@ -333,6 +334,8 @@ class Mesh:
 
     def clear(self) -> None:
         """Forget every service, breaker and watched component (subscribers stay)."""
+        for service in list(self._resolvers):
+            self.remove_resolver(service)
         with self._lock:
             self._services.clear()
             self._breakers.clear()
