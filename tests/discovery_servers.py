@@ -77,7 +77,7 @@ class Dnsmasq:
     """dnsmasq answering from a hosts file (reloaded by SIGHUP) and fixed SRV records."""
 
     def __init__(self, *, ttl: int = 30) -> None:
-        binary = shutil.which("dnsmasq")
+        binary = shutil.which("dnsmasq") or shutil.which("dnsmasq", path="/usr/sbin:/sbin")
         if binary is None:
             unavailable("dnsmasq is not installed (Debian package dnsmasq-base)")
         self.binary = str(binary)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import threading
@@ -229,3 +230,40 @@ def test_invalid_options_name_the_field() -> None:
         DnsSource("x.test", port=80, nameservers=["not-an-ip"])
     with pytest.raises(ValueError, match="max_interval"):
         DnsSource("x.test", port=80, min_interval=10, max_interval=1)
+
+
+def test_async_refresh_never_blocks_the_event_loop(dnsmasq: Dnsmasq) -> None:
+    balancer = LoadBalancer()
+    assert Resolver(source_for(dnsmasq, record="A"), balancer).refresh()
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # reads queries, never answers
+    silent.bind(("127.0.0.1", 0))
+    source = DnsSource(
+        "app.test",
+        record="A",
+        port=8080,
+        nameservers=["127.0.0.1"],
+        nameserver_port=silent.getsockname()[1],
+        timeout=0.5,
+    )
+    resolver = Resolver(source, balancer)
+    resolver.replace(balancer.instances)
+
+    async def main() -> tuple[bool, bool, int]:
+        # the resolution waits for its whole timeout ...
+        ticks = 0
+        picks_ok = True
+        refresh = asyncio.ensure_future(resolver.arefresh())
+        for _ in range(10_000_000):  # ... while the loop goes on picking
+            if refresh.done():
+                break
+            picks_ok = picks_ok and balancer.get_instance() is not None
+            ticks += 1
+            await asyncio.sleep(0)
+        return await refresh, picks_ok, ticks
+
+    try:
+        refreshed, picks_ok, ticks = asyncio.run(main())
+    finally:
+        silent.close()
+    assert not refreshed and picks_ok and ticks > 10
+    assert ids(balancer) == {"10.0.0.1:8080", "10.0.0.2:8080"}
