@@ -72,8 +72,14 @@ def lock() -> None:
     )  # fmt: skip
 
 
-SYSTEM_TOOLS = {"redis-server": "redis-server", "chromium": "chromium"}
-"""Programs some tests need (a private Redis server, headless Chromium), by Debian package."""
+SYSTEM_TOOLS = {
+    "redis-server": "redis-server",
+    "chromium": "chromium",
+    "dnsmasq": "dnsmasq-base",
+    "etcd": "etcd-server",
+}
+"""Programs some tests need (a private Redis server, headless Chromium, a DNS server and
+etcd for discovery), by Debian package."""
 
 
 def ensure_system_tools() -> None:

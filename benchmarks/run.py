@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from meshbench import breakers, limits, mesh, retries
+from meshbench import breakers, discovery, limits, mesh, retries
 from meshbench.harness import Settings, Workload, WorkloadResult, run_workload
 from meshbench.report import load_average, machine_info, text_report, write_all
 
@@ -32,6 +32,7 @@ WORKLOADS: dict[str, Callable[[], Workload]] = {
     "retry_failures": retries.retry_failures,
     "lb_scale": mesh.lb_scale,
     "proxy_call": mesh.proxy_call,
+    "discovery_churn": discovery.discovery_churn,
     "breaker_memory": breakers.breaker_memory,
     "async_breaker_success": breakers.async_breaker_success,
     "async_breaker_open": breakers.async_breaker_open,

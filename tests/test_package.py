@@ -75,6 +75,8 @@ INTEGRATION_EXTRAS = {
     "mcp": ("mcp", "mcp"),
     "yaml": ("yaml", "yaml"),
     "toml": ("tomli", "toml"),
+    "dns": ("dns", "dns"),
+    "etcd": ("httpx", "etcd"),
 }
 STDLIB_INTEGRATIONS = {"status_http"}
 """Integration modules that need nothing beyond the standard library."""

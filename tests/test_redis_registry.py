@@ -233,3 +233,88 @@ def test_invalid_options_name_the_field(redis_url: str) -> None:
         RedisRegistry(redis_url, ttl=1.0, heartbeat_interval=2.0)
     with pytest.raises(ValueError, match="ttl"):
         RedisRegistry(redis_url, ttl=0)
+
+
+def listed(registry: RedisRegistry) -> list[str] | None:
+    """The ids Redis lists for "orders" now, or None while it is unreachable."""
+    try:
+        return [i.id for i in registry.instances("orders")]
+    except RegistryUnavailableError:
+        return None
+
+
+def test_a_redis_restart_with_no_data_never_empties_a_follower_before_its_owner_returns(
+    private_redis: RedisServer,
+) -> None:
+    """#15 item 20: the follower reconnects first and finds Redis empty; it keeps the pool."""
+    common: dict[str, Any] = {"prefix": "restart:", "ttl": 10.0, "deregister_at_exit": False}
+    # The owner comes back late (its heartbeat, or its reconnection, takes seconds).
+    owner = RedisRegistry(
+        private_redis.url, reconnect_interval=9.0, heartbeat_interval=9.0, **common
+    )
+    follower_side = RedisRegistry(
+        private_redis.url, reconnect_interval=0.05, resync_interval=0.05, **common
+    )
+    try:
+        balancer = LoadBalancer()
+        follower = follower_side.follow("orders", balancer)
+        owner.register("orders", ServiceInstance("a", "10.0.0.1", 80))
+        assert wait_for(lambda: ids(balancer) == {"a"}, WAIT)
+        smallest = [len(balancer)]
+        sampling = threading.Event()
+
+        def sample() -> None:
+            for _ in range(100_000_000):  # bounded; ends when the owner is back
+                if sampling.is_set():
+                    return
+                smallest[0] = min(smallest[0], len(balancer))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        private_redis.restart()  # no persistence: Redis comes back empty
+        # The follower is back first and resyncs against an empty Redis ...
+        assert wait_for(lambda: follower_side.online and listed(follower_side) == [], WAIT)
+        assert balancer.get_instance() is not None
+        # ... for seconds, until the owner's heartbeat registers the instance again.
+        assert wait_for(lambda: owner.online and listed(owner), WAIT)
+        assert wait_for(lambda: follower.status().held == 0, WAIT)
+        sampling.set()
+        sampler.join(WAIT)
+        assert smallest[0] == 1  # never emptied
+        assert ids(balancer) == {"a"}
+        owner.deregister("orders", "a")  # an explicit deregistration is not held
+        assert wait_for(lambda: not ids(balancer), WAIT)
+    finally:
+        owner.close()
+        follower_side.close()
+
+
+def sigterm_worker(url: str, prefix: str, registered: Any) -> None:
+    """Worker: register with deregister_on_sigterm, then wait for the signal."""
+    registry = RedisRegistry(
+        url, prefix=prefix, ttl=30.0, deregister_at_exit=False, deregister_on_sigterm=True
+    )
+    registry.register("orders", ServiceInstance("orders-9", "10.0.0.9", 8080))
+    registered.put(True)
+    time.sleep(120)
+
+
+def test_sigterm_deregisters_when_offered(
+    registries: Callable[..., RedisRegistry], redis_url: str, prefix: str
+) -> None:
+    """#15 item 24: Kubernetes' SIGTERM removes the instance at once, then ends the process."""
+    balancer = LoadBalancer()
+    registries(resync_interval=5.0).follow("orders", balancer)
+    registered = SPAWN.Queue()
+    worker = SPAWN.Process(target=sigterm_worker, args=(redis_url, prefix, registered))
+    worker.start()
+    try:
+        assert registered.get(timeout=30)
+        assert wait_for(lambda: ids(balancer) == {"orders-9"}, WAIT)
+        os.kill(worker.pid, signal.SIGTERM)  # type: ignore[arg-type]
+        worker.join(timeout=30)
+        assert worker.exitcode == -signal.SIGTERM
+        assert wait_for(lambda: not ids(balancer), WAIT)  # long before its 30 s TTL
+    finally:
+        if worker.is_alive():
+            worker.kill()

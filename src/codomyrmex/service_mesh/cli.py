@@ -317,12 +317,16 @@ def _print_status(status: dict[str, Any], url: str) -> None:
     )
     instance_head = ["service", "instance", "address", "healthy", "connections"]
     breaker_head = ["breaker", "state", "failures", "retry after"]
+    tables = [(instance_head, instances), (breaker_head, breakers)]
+    discovery = _discovery_rows(status)
+    if discovery:
+        tables.append((["service", "source", "state", "instances", "age"], discovery))
     try:
         from rich.console import Console
         from rich.table import Table
     except ImportError:
         print(headline)
-        for head, rows in ((instance_head, instances), (breaker_head, breakers)):
+        for head, rows in tables:
             widths = [max(len(str(c)) for c in column) for column in zip(head, *rows, strict=True)]
             for row in (head, *rows):
                 print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
@@ -330,11 +334,34 @@ def _print_status(status: dict[str, Any], url: str) -> None:
         return
     console = Console()
     console.print(headline)
-    for head, rows in ((instance_head, instances), (breaker_head, breakers)):
+    for head, rows in tables:
         table = Table(*head)
         for row in rows:
             table.add_row(*row)
         console.print(table)
+
+
+def _discovery_rows(status: dict[str, Any]) -> list[list[str]]:
+    """One row per service with a resolver: its source, and fresh or how stale."""
+    rows = []
+    for service in status.get("services", []):
+        found = service.get("discovery")
+        if not isinstance(found, dict):
+            continue
+        age = found.get("age")
+        state = "ok" if found.get("ok") else f"stale {found.get('stale', 0.0):.1f}s"
+        if not found.get("ok") and found.get("error"):
+            state += f" ({found['error']})"
+        rows.append(
+            [
+                service["name"],
+                str(found.get("source", "?")),
+                state,
+                str(found.get("instances", 0)),
+                "never" if age is None else f"{age:.1f}s",
+            ]
+        )
+    return rows
 
 
 # -- simulate -----------------------------------------------------------------------

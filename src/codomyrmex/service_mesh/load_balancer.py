@@ -20,7 +20,7 @@ import threading
 import time
 import weakref
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -66,6 +66,7 @@ __all__ = [
     "ABORTED",
     "LoadBalancer",
     "LoadBalancerStrategy",
+    "MembershipChange",
     "ServiceInstance",
     "SlowStartConfig",
     "current_routing_key",
@@ -234,6 +235,15 @@ class ServiceInstance:
     def address(self) -> str:
         """``"host:port"``."""
         return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipChange:
+    """What :meth:`LoadBalancer.update_members` did: the ids added, updated and removed."""
+
+    added: tuple[str, ...] = ()
+    updated: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
 
 
 class _Entry:
@@ -682,6 +692,69 @@ class LoadBalancer:
             self._invalidate_members()
             self._sync_pool(None)
             return True
+
+    def update_members(
+        self,
+        upsert: Iterable[ServiceInstance] = (),
+        remove: Iterable[str] = (),
+        *,
+        update_health: bool = False,
+    ) -> MembershipChange:
+        """Apply a membership diff in one step, as service discovery does (one lock hold).
+
+        Ids in ``remove`` are deregistered (in-flight calls finish normally). Each
+        instance in ``upsert`` is registered when new (starting its slow start) or
+        else updated in place: host, port, weight and metadata change on the
+        registered object, whose ``connections`` count is kept. Its health is left
+        to the operator and health checks unless ``update_health`` is true.
+        """
+        instances = list(upsert)
+        for instance in instances:
+            if not isinstance(instance, ServiceInstance):
+                raise TypeError(f"upsert must hold ServiceInstances, got {instance!r}")
+        removals = [check_str("remove", instance_id) for instance_id in remove]
+        added: list[str] = []
+        updated: list[str] = []
+        removed: list[str] = []
+        with self._lock:
+            for instance_id in removals:
+                entry = self._entries.pop(instance_id, None)
+                if entry is None:
+                    continue
+                if entry.available:
+                    self._available -= 1
+                    entry.available = False
+                if entry.outlier is not None and self._detector is not None:
+                    self._detector.forget(entry.outlier)
+                    self._failing.pop(instance_id, None)
+                if entry.listed:
+                    self._unlist(entry)
+                removed.append(instance_id)
+            for instance in instances:
+                entry = self._entries.get(instance.id)
+                if entry is None:
+                    entry = _Entry(instance, self._seq)
+                    self._seq += 1
+                    self._entries[instance.id] = entry
+                    if self._detector is not None:
+                        entry.outlier = self._detector.host(instance.id)
+                    self._refresh(entry, ramp=True)
+                    added.append(instance.id)
+                    continue
+                current = entry.inst
+                if current is not instance:
+                    current.host = instance.host
+                    current.port = instance.port
+                    current.weight = instance.weight
+                    current.metadata = instance.metadata
+                if update_health:
+                    self._set_health(entry, instance.healthy)
+                updated.append(instance.id)
+            if added or updated or removed:
+                self._invalidate_members()  # membership or weights changed: tables rebuild
+            self._sync_pool(None)
+        self._flush()
+        return MembershipChange(tuple(added), tuple(updated), tuple(removed))
 
     def mark_healthy(self, instance_id: str, healthy: bool) -> bool:
         """Set an instance's health; True if the id is registered, False (no-op) otherwise.

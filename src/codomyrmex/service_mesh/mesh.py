@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from ._equivalence import equivalent
 from ._validate import check_callable, check_str
 from .circuit_breaker import CircuitBreaker, CircuitBreakerConfig, Clock
+from .discovery import Resolver, Source
 from .events import Event, EventListener, publish
 from .load_balancer import LoadBalancer, ServiceInstance
 from .proxy import ServiceProxy
@@ -55,6 +56,7 @@ class Mesh:
         "_dispatch",
         "_listeners",
         "_lock",
+        "_resolvers",
         "_services",
         "_store",
         "_watched",
@@ -66,6 +68,7 @@ class Mesh:
         self._lock = threading.Lock()
         self._breakers: dict[str, CircuitBreaker] = {}
         self._services: dict[str, ServiceProxy] = {}
+        self._resolvers: dict[str, Resolver] = {}
         self._listeners: tuple[EventListener, ...] = ()
         self._watched: list[EventSource] = []
         # Components that currently carry ``_dispatch``, by id (kept alive here).
@@ -244,8 +247,9 @@ class Mesh:
     def remove_service(self, name: str) -> bool:
         """Forget service ``name`` (and its breaker, unless another service shares it).
 
-        True if it was registered.
+        True if it was registered. Its resolver, if any, is stopped.
         """
+        self.remove_resolver(name)
         with self._lock:
             proxy = self._services.pop(name, None)
             if proxy is not None:
@@ -255,6 +259,52 @@ class Mesh:
                     del self._breakers[breaker.name]
             self._sync()
             return proxy is not None
+
+    # -- discovery --------------------------------------------------------------
+
+    def add_resolver(
+        self, service: str, source: Source | Resolver, *, start: bool = True, **options: Any
+    ) -> Resolver:
+        """Keep registered service ``service``'s instances in step with ``source``.
+
+        ``source`` is a discovery source (``options`` go to its :class:`Resolver`) or
+        a resolver already bound to the service's load balancer. One resolver per
+        service: adding another stops and replaces the first. Started unless
+        ``start`` is false; :meth:`status` shows its source and staleness.
+        """
+        check_str("service", service)
+        proxy = self._services.get(service)
+        if proxy is None:
+            raise ValueError(f"service must be a registered service, got {service!r}")
+        if isinstance(source, Resolver):
+            if options:
+                raise TypeError(f"options apply to a source, not a Resolver: {sorted(options)}")
+            if source.balancer is not proxy.load_balancer:
+                raise ValueError(f"the resolver is bound to another balancer than {service!r}'s")
+            resolver = source
+        else:
+            resolver = Resolver(source, proxy.load_balancer, **options)
+        with self._lock:
+            replaced = self._resolvers.get(service)
+            self._resolvers[service] = resolver
+        if replaced is not None and replaced is not resolver:
+            replaced.stop()
+        if start:
+            resolver.start()
+        return resolver
+
+    def get_resolver(self, service: str) -> Resolver | None:
+        """The resolver of service ``service``, or None."""
+        return self._resolvers.get(service)
+
+    def remove_resolver(self, service: str) -> bool:
+        """Stop and forget service ``service``'s resolver (its instances stay); True if any."""
+        with self._lock:
+            resolver = self._resolvers.pop(service, None)
+        if resolver is None:
+            return False
+        resolver.stop()
+        return True
 
     # -- events -----------------------------------------------------------------
 
@@ -330,6 +380,10 @@ class Mesh:
             service_status(proxy, include_instances=include_instances)
             for proxy in self.services().values()
         ]
+        for entry in services:
+            resolver = self._resolvers.get(entry["name"])
+            if resolver is not None:
+                entry["discovery"] = resolver.status().as_dict()
         breakers = [breaker_status(b) for b in self.circuit_breakers().values()]
         return {
             "services": services,
@@ -342,6 +396,8 @@ class Mesh:
 
     def clear(self) -> None:
         """Forget every service, breaker and watched component (subscribers stay)."""
+        for service in list(self._resolvers):
+            self.remove_resolver(service)
         with self._lock:
             self._services.clear()
             self._breakers.clear()

@@ -119,6 +119,7 @@ except ImportError as exc:
 
 from .._validate import check_number, check_str
 from ..circuit_breaker import CircuitBreaker, CircuitState
+from ..discovery import Resolver, on_sigterm
 from ..errors import ServiceMeshError
 from ..load_balancer import LoadBalancer, ServiceInstance
 from ..store import SharedState
@@ -1191,9 +1192,12 @@ class RedisRegistry:
         reconnect_interval: float = 0.5,
         socket_timeout: float = 0.25,
         deregister_at_exit: bool = True,
+        deregister_on_sigterm: bool = False,
     ) -> None:
         self.prefix = _check_prefix(prefix)
         self.ttl = check_number("ttl", ttl, 0.01)
+        if not isinstance(deregister_on_sigterm, bool):
+            raise TypeError(f"deregister_on_sigterm must be a bool, got {deregister_on_sigterm!r}")
         beat = ttl / 3 if heartbeat_interval is None else heartbeat_interval
         self.heartbeat_interval = check_number("heartbeat_interval", beat, 0.001)
         if self.heartbeat_interval >= self.ttl:
@@ -1210,6 +1214,7 @@ class RedisRegistry:
         self._io_lock = threading.Lock()
         self._own: dict[tuple[str, str], str] = {}
         self._followers: set[RegistryFollower] = set()
+        self._run_id: str | None = None
         self._register = self.client.register_script(_REGISTER)
         self._deregister = self.client.register_script(_DEREGISTER)
         self._list = self.client.register_script(_LIST)
@@ -1221,7 +1226,7 @@ class RedisRegistry:
             self.channel,
             "service registry",
             on_message=self._on_message,
-            on_outage=lambda: None,
+            on_outage=self._on_outage,
             on_reconnect=self._on_reconnect,
             on_tick=self._on_tick,
             tick_interval=tick,
@@ -1239,6 +1244,16 @@ class RedisRegistry:
 
             self._at_exit = close_at_exit
             atexit.register(close_at_exit)
+        self._undo_sigterm: Callable[[], None] | None = None
+        if deregister_on_sigterm:
+            ref_ = weakref.ref(self)
+
+            def close_on_sigterm() -> None:
+                registry = ref_()
+                if registry is not None:
+                    registry.close()
+
+            self._undo_sigterm = on_sigterm(close_on_sigterm)
 
     def __repr__(self) -> str:
         return f"RedisRegistry(prefix={self.prefix!r}, ttl={self.ttl}, online={self.online})"
@@ -1314,6 +1329,8 @@ class RedisRegistry:
         self._backend.stop()
         if self._at_exit is not None:
             atexit.unregister(self._at_exit)
+        if self._undo_sigterm is not None:
+            self._undo_sigterm()
 
     # -- everyone's instances ---------------------------------------------------------
 
@@ -1334,6 +1351,7 @@ class RedisRegistry:
         with self._lock:
             self._followers.add(follower)
         self._backend.start()
+        self._restarted()  # note the run_id
         try:
             follower.resync(self._fetch(service))
         except _Unavailable:
@@ -1419,6 +1437,25 @@ class RedisRegistry:
         for follower in followers:
             follower.resync(self._fetch(follower.service))
 
+    def _restarted(self) -> bool:
+        """Whether Redis restarted (a new ``run_id``) since this registry last looked."""
+        try:
+            info = self._backend.call(lambda: self.client.info("server"))
+        except _Unavailable:
+            return False
+        run_id = info.get("run_id") if isinstance(info, dict) else None
+        if not isinstance(run_id, str):
+            return False  # a cluster answers per node: no single run_id to compare
+        with self._lock:
+            previous, self._run_id = self._run_id, run_id
+        return previous is not None and previous != run_id
+
+    def _on_outage(self) -> None:
+        with self._lock:
+            followers = [f for f in self._followers if f.active]
+        for follower in followers:
+            follower.failed("Redis unavailable")
+
     def _on_reconnect(self) -> None:
         self._backend.call(self.client.ping)
         self._heartbeat()
@@ -1434,56 +1471,93 @@ class RedisRegistry:
             self._resync()
 
 
-class RegistryFollower:
+class _RegistrySource:
+    """A registry's service as a discovery source: fed by the registry's own threads."""
+
+    def __init__(self, registry: RedisRegistry, service: str) -> None:
+        self.registry = registry
+        self.service = service
+
+    @property
+    def description(self) -> str:
+        return f"redis {self.registry.keys(self.service)[0]}"
+
+    def start(self, resolver: Resolver) -> None:
+        pass  # the registry's listener and monitor threads deliver
+
+    def stop(self) -> None:
+        pass
+
+    def refresh(self, resolver: Resolver) -> None:
+        try:
+            listed = self.registry._fetch(self.service)
+        except _Unavailable as exc:
+            raise RegistryUnavailableError(f"cannot list {self.service!r}") from exc
+        if isinstance(resolver, RegistryFollower):
+            resolver.resync(listed)
+
+
+class RegistryFollower(Resolver):
     """Keeps one :class:`LoadBalancer` in step with one service in a :class:`RedisRegistry`.
 
-    Only instances the follower added are ever deregistered from the balancer,
-    so instances registered there by hand stay. While Redis is unreachable the
-    balancer keeps the instances it last knew.
+    A discovery :class:`~codomyrmex.service_mesh.discovery.Resolver` (``status()``
+    shows its staleness). Only instances the follower added are ever removed
+    from the balancer, so instances registered there by hand stay. While Redis
+    is unreachable the balancer keeps the instances it last knew. After an
+    outage, or when Redis restarted (its ``run_id`` changed) even unnoticed, an
+    instance that a resync no longer finds stays for the registry's ``ttl``,
+    time for its owner's heartbeat to register it again; deregistrations apply
+    at once.
     """
 
     def __init__(self, registry: RedisRegistry, service: str, balancer: LoadBalancer) -> None:
+        super().__init__(
+            _RegistrySource(registry, service),
+            balancer,
+            removal_grace=registry.ttl,
+            allow_empty=True,
+            update_health=True,
+        )
         self.registry = registry
         self.service = service
-        self.balancer = balancer
-        self.active = True
-        self._lock = threading.Lock()
-        self._known: dict[str, str] = {}
+        self.start()
 
     def __repr__(self) -> str:
-        return f"RegistryFollower({self.service!r}, instances={len(self._known)})"
+        return f"RegistryFollower({self.service!r}, instances={len(self.known)})"
+
+    @property
+    def active(self) -> bool:
+        return self.running
 
     def stop(self) -> None:
         """Stop following (the balancer keeps its instances)."""
-        self.active = False
+        super().stop()
         self.registry._unfollow(self)
+
+    close = stop
 
     def apply_up(self, instance_id: str, data: Any) -> None:
         """An instance was registered or changed."""
         if not self.active or not isinstance(data, str):
             return
-        with self._lock:
-            if self._known.get(instance_id) == data:
-                return
-            instance = _instance_from_json(data)
-            if instance is None or instance.id != instance_id:
-                return
-            self._known[instance_id] = data
-            self.balancer.register(instance)  # a known id is updated in place, health included
+        instance = _instance_from_json(data)
+        if instance is not None and instance.id == instance_id:
+            self.upsert(instance)  # a known id is updated in place, health included
 
     def apply_down(self, instance_id: str) -> None:
         """An instance was deregistered or expired."""
-        if not self.active:
-            return
-        with self._lock:
-            if self._known.pop(instance_id, None) is not None:
-                self.balancer.deregister(instance_id)
+        if self.active:
+            self.remove(instance_id)
 
     def resync(self, listed: dict[str, str]) -> None:
         """Make the balancer match ``listed`` (id -> JSON), as read from Redis."""
+        if not self.active:
+            return
+        if any(i not in listed for i in self.known) and self.registry._restarted():
+            self.failed("Redis restarted with no data")  # the next listing is held
+        instances = []
         for instance_id, data in listed.items():
-            self.apply_up(instance_id, data)
-        with self._lock:
-            gone = [i for i in self._known if i not in listed]
-        for instance_id in gone:
-            self.apply_down(instance_id)
+            instance = _instance_from_json(data)
+            if instance is not None and instance.id == instance_id:
+                instances.append(instance)
+        self.replace(instances)
