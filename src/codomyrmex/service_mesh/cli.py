@@ -350,20 +350,20 @@ def _simulate(parser: argparse.ArgumentParser) -> Run:
     "load_balancer_config) over stdio, for an MCP client to start.",
 )
 def _mcp(parser: argparse.ArgumentParser) -> Run:
-    parser.add_argument(
-        "--demo-mesh",
-        action="store_true",
-        help="serve a small demo mesh (three services, one instance down, one breaker open) "
-        "instead of this process's empty default mesh",
-    )
+    try:
+        from .integrations.mcp import add_arguments
+    except ImportError:
+        parser.add_argument("--demo-mesh", action="store_true", help="(needs the [mcp] extra)")
+    else:
+        add_arguments(parser)
 
     def run(args: argparse.Namespace) -> int:
         # Nothing may be printed to stdout here: stdio carries the protocol.
         try:
-            from .integrations.mcp import demo_mesh, serve_stdio
+            from .integrations.mcp import serve_stdio, target_from
         except ImportError as error:
             return _missing("mcp", error)
-        serve_stdio(demo_mesh() if args.demo_mesh else None)
+        serve_stdio(target_from(args, parser))
         return 0
 
     return run
