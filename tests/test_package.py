@@ -71,6 +71,7 @@ INTEGRATION_EXTRAS = {
     "redis": ("redis", "redis"),
     "prometheus": ("prometheus_client", "prometheus"),
     "otel": ("opentelemetry", "otel"),
+    "tracing": ("opentelemetry", "otel"),
     "mcp": ("mcp", "mcp"),
 }
 STDLIB_INTEGRATIONS = {"status_http", "control"}
