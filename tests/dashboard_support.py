@@ -21,6 +21,7 @@ from codomyrmex.service_mesh import (
     ServiceInstance,
     ServiceProxy,
 )
+from codomyrmex.service_mesh.integrations.control import LocalMesh, MeshMonitor
 from codomyrmex.service_mesh.outlier import OutlierDetectionConfig
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -37,9 +38,10 @@ class Ticker:
         return self.now
 
 
-def history_mesh() -> Mesh:
+def history_mesh() -> tuple[Mesh, LocalMesh]:
     """Three services: orders (one instance failing, then ejected), payments (its breaker
-    opened), inventory (healthy); plus a standalone breaker. Calls are real handler runs."""
+    opened), inventory (healthy); plus a standalone breaker. Calls are real handler runs,
+    timed on a virtual clock. Returns the mesh and a source whose monitor saw them."""
     mesh = Mesh()
     no_wait = RetryPolicy(max_retries=1, initial_delay=0.0, jitter=False, sleep=lambda _: None)
     layout = {
@@ -66,8 +68,6 @@ def history_mesh() -> Mesh:
             ServiceProxy(service, balancer, CircuitBreaker(service, config), no_wait, clock=ticker)
         )
     mesh.circuit_breaker("search-index", CircuitBreakerConfig(failure_threshold=3))
-    from codomyrmex.service_mesh.integrations.control import LocalMesh, MeshMonitor
-
     source = LocalMesh(mesh, MeshMonitor(mesh))
     rng = random.Random(7)
 
@@ -86,8 +86,7 @@ def history_mesh() -> Mesh:
             except Exception:
                 pass
     mesh.circuit_breaker("search-index").record_failure()
-    history_mesh.source = source  # type: ignore[attr-defined]
-    return mesh
+    return mesh, source
 
 
 @contextmanager
@@ -101,7 +100,9 @@ def serve_app(app: Any) -> Iterator[str]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=1)
+    )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
@@ -110,3 +111,28 @@ def serve_app(app: Any) -> Iterator[str]:
         server.should_exit = True
         thread.join()
         sock.close()
+
+
+def screenshot(path: str) -> None:
+    """Write a PNG of the dashboard over :func:`history_mesh` (docs/dashboard.png)."""
+    from playwright.sync_api import sync_playwright
+
+    from codomyrmex.service_mesh.integrations.dashboard import dashboard_app
+
+    mesh, source = history_mesh()
+    mesh.circuit_breaker("search-index").force_open()
+    mesh.circuit_breaker("search-index").reset()
+    with serve_app(dashboard_app(source, token=TOKEN, interval=0.2)) as url:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM)
+            page = browser.new_page(viewport={"width": 1280, "height": 860})
+            page.goto(f"{url}/")
+            page.wait_for_selector("#conn.live")
+            page.screenshot(path=path, full_page=True)
+            browser.close()
+
+
+if __name__ == "__main__":  # python tests/dashboard_support.py docs/dashboard.png
+    import sys
+
+    screenshot(sys.argv[1] if len(sys.argv) > 1 else "docs/dashboard.png")

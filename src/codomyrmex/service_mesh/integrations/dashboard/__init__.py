@@ -111,7 +111,7 @@ def status_app(
         async def stream() -> AsyncIterator[str]:
             last = None
             idle = 0
-            while True:
+            while not await request.is_disconnected():
                 data = _dumps(await _read(mesh_source))
                 if data != last:
                     last, idle = data, 0
@@ -219,7 +219,9 @@ def serve(
         if ready is not None:
             shown = f"[{host}]" if family == socket.AF_INET6 else host
             ready(f"http://{shown}:{bound}/")
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        server = uvicorn.Server(
+            uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2)
+        )
         server.run(sockets=[sock])
     finally:
         sock.close()
