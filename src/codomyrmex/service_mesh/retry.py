@@ -560,7 +560,9 @@ def _default_retryable(exc: BaseException) -> bool | float:
     A rejection is a :class:`ServiceMeshError` that is not ``retryable`` (an open
     circuit, no healthy instance, a full bulkhead, an exceeded limit).
     """
-    if not isinstance(exc, Exception) or (isinstance(exc, ServiceMeshError) and not exc.retryable):
+    if not isinstance(exc, Exception) or (
+        isinstance(exc, ServiceMeshError) and not exc.retryable
+    ):
         return False
     retry_after = getattr(exc, "retry_after", None)
     if isinstance(retry_after, (int, float)) and not isinstance(retry_after, bool):
