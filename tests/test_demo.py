@@ -129,10 +129,18 @@ def test_in_process_run_stops_every_server_and_thread(
     assert left == []
     if Path("/proc/self/stat").exists():
         assert _living_children() == []
-    # Each run met the faults: the mesh's breakers opened and the plain client hit dead ports.
+    # Each run met the faults (the plain client hit dead ports: see _check_story).
     assert {label for _, label in result.mesh.events} == {"unstable down", "unstable up", "late up"}
     opened = {name for _, name, state in result.mesh.transitions if state == "open"}
-    assert {"catalog/unstable", "catalog/late"} <= opened
+    assert "catalog" not in opened  # one bad instance at a time: the service never failed
+    assert all(name.startswith("catalog/") for name in opened), opened
+    # The dying and the late instance refused some of the mesh's tries. A refused instance
+    # then carries a load penalty (LEAST_CONNECTIONS) and outlier detection watches it, so
+    # its own breaker need not open (it may): each was met while down, and routed around.
+    backends = result.mesh.summary()["backends"]
+    for name in ("unstable", "late"):
+        assert backends[name]["failures"] >= 1, (name, backends)
+    assert backends["unstable"]["attempts"] > backends["unstable"]["failures"]  # used while up
 
 
 def test_ctrl_c_stops_every_server() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections.abc import Iterable
+from contextlib import ExitStack
 from typing import Any
 
 import pytest
@@ -29,7 +30,7 @@ from codomyrmex.service_mesh.events import (
     InstanceHealthChanged,
     InstanceReturned,
 )
-from codomyrmex.service_mesh.outlier import OutlierDetectionConfig
+from codomyrmex.service_mesh.outlier import DEFAULT_OUTLIER_DETECTION, OutlierDetectionConfig
 
 RR = LoadBalancerStrategy.ROUND_ROBIN
 
@@ -327,11 +328,25 @@ def test_ejection_and_operator_health_are_separate(clock: Any) -> None:
 
 
 def test_every_instance_ejected_means_no_instance(clock: Any) -> None:
-    lb = make_lb(clock, ids="a", consecutive_failures=1)
+    lb = make_lb(clock, ids="ab", consecutive_failures=1)
     fail_on(lb, "a", 1)
+    fail_on(lb, "b", 1)
+    assert lb.is_ejected("a") and lb.is_ejected("b")
     assert lb.get_instance() is None
     clock.advance(30.0)
+    assert picked_ids(lb) == {"a", "b"}
+
+
+def test_a_sole_instance_is_never_ejected(clock: Any) -> None:
+    events: list[Event] = []
+    lb = make_lb(clock, ids="a", events=events, consecutive_failures=1)
+    fail_on(lb, "a", 10)
+    assert not lb.is_ejected("a"), "there is nowhere else to go"
     assert lb.get_instance() is lb.get("a")
+    assert not [e for e in events if isinstance(e, InstanceEjected)]
+    lb.register(inst("b"))  # with somewhere else to go, the next failure ejects it
+    fail_on(lb, "a", 1)
+    assert lb.is_ejected("a")
 
 
 # -- panic ------------------------------------------------------------------------
@@ -374,9 +389,27 @@ def test_panic_and_ejection_work_with_every_strategy(
     assert lb.is_ejected("a")
     assert picked_ids(lb, 200) == {"b", "c"}
     lb.mark_healthy("c", False)
-    assert picked_ids(lb, 400) == {"a", "b", "c", "d"}
-    with lb.connection() as held:
-        assert held.connections == 1
+    assert lb.panicking
+    if strategy is LoadBalancerStrategy.LEAST_CONNECTIONS:
+        # a's failure is a load penalty: it is picked only once the others are busier
+        assert picked_ids(lb, 400) == {"b", "c", "d"}
+        with ExitStack() as stack:
+            held = [stack.enter_context(lb.connection()).id for _ in range(12)]
+        assert set(held) == {"a", "b", "c", "d"}, held
+    elif strategy is LoadBalancerStrategy.PEAK_EWMA:
+        # a's failure counts as a slow call: it is picked only once the others are slower
+        assert picked_ids(lb, 400) == {"b", "c", "d"}
+        slow: list[str] = []
+        for _ in range(8):  # 12 s on the fake clock: a's 30 s ejection does not end
+            with lb.connection() as picked:
+                slow.append(picked.id)
+                clock.advance(1.5)
+        assert "a" in slow, slow
+        assert lb.is_ejected("a")
+    else:
+        assert picked_ids(lb, 400) == {"a", "b", "c", "d"}
+    with lb.connection() as held_one:
+        assert held_one.connections == 1
     assert all(i.connections == 0 for i in lb.instances)
 
 
@@ -416,14 +449,23 @@ def test_config_is_frozen_and_needs_a_detector() -> None:
 
 def test_without_detection_no_clock_is_read_per_call() -> None:
     def clock() -> float:
-        raise AssertionError("the default path must not read the clock")
+        raise AssertionError("a balancer that observes nothing must not read the clock")
 
-    lb = LoadBalancer(clock=clock)
+    lb = LoadBalancer(clock=clock, outlier_detection=None)
     assert lb._observe_clock is None
     lb.register(inst("a"))
     with lb.connection():
         pass
     assert lb.outlier_detector is None
+
+
+def test_detection_is_on_by_default() -> None:
+    detector = LoadBalancer().outlier_detector
+    assert detector is not None
+    assert detector.config == DEFAULT_OUTLIER_DETECTION
+    assert DEFAULT_OUTLIER_DETECTION.consecutive_failures == 5
+    assert DEFAULT_OUTLIER_DETECTION.max_ejection_percent == 50.0
+    assert LoadBalancer(outlier_detection=None).outlier_detector is None
 
 
 def test_a_raising_listener_is_logged_not_propagated(
@@ -439,3 +481,19 @@ def test_a_raising_listener_is_logged_not_propagated(
     assert lb.is_ejected("a")
     assert "listener bug" in caplog.text
     lb.unsubscribe(broken)
+
+
+def test_the_default_ejects_after_five_failures_and_at_most_half_the_pool(clock: Any) -> None:
+    lb = LoadBalancer(RR, name="svc", clock=clock)
+    for i in "abc":
+        lb.register(inst(i))
+    fail_on(lb, "b", 4)
+    assert not lb.is_ejected("b")
+    fail_on(lb, "b", 1)
+    assert lb.is_ejected("b")
+    assert picked_ids(lb) == {"a", "c"}
+    fail_on(lb, "c", 5)
+    assert not lb.is_ejected("c"), "a second ejection would take out more than half of three"
+    clock.advance(30.0)
+    assert picked_ids(lb) == {"a", "b", "c"}
+    assert not lb.is_ejected("b")

@@ -623,15 +623,27 @@ def test_cancelling_a_hedged_call_cancels_every_attempt(run_async: Any, clock: A
 # -- per-attempt timeout ---------------------------------------------------------------------------
 
 
-def test_a_timed_out_attempt_is_a_breaker_failure(run_async: Any, clock: Any) -> None:
+def test_a_timed_out_attempt_fails_over_and_the_breaker_judges_the_call(
+    run_async: Any, clock: Any
+) -> None:
     breaker = CircuitBreaker("orders", CircuitBreakerConfig(failure_threshold=2), clock=clock)
     proxy = make_proxy(clock, breaker=breaker, max_retries=1, attempt_timeout=0.01)
     gate = AsyncGate(slow="ab")
-    with pytest.raises(TimeoutError):
-        run_async(proxy.call_async(gate))
-    assert gate.attempts == ["a", "b"]  # the timeout was retried on the other instance
-    assert gate.cancelled == ["a", "b"]  # each timed-out attempt was cancelled
-    assert breaker.state is CircuitState.OPEN  # two failures recorded by the breaker
+
+    async def main() -> list[CircuitState]:
+        states = []
+        for _ in range(2):
+            with pytest.raises(TimeoutError):
+                await proxy.call_async(gate)
+            states.append(breaker.state)
+        return states
+
+    states = run_async(main())
+    assert gate.attempts == ["a", "b", "a", "b"]  # each timeout was retried on the other instance
+    assert gate.cancelled == ["a", "b", "a", "b"]  # each timed-out attempt was cancelled
+    assert clock.sleeps == []  # failing over to the untried instance does not wait
+    # one breaker failure per call (both attempts timed out), not one per attempt
+    assert states == [CircuitState.CLOSED, CircuitState.OPEN]
     assert connections(proxy) == {"a": 0, "b": 0}
 
 
@@ -641,11 +653,23 @@ def test_a_timed_out_attempt_is_a_breaker_failure(run_async: Any, clock: Any) ->
 def test_describe_lists_the_default_stages_in_order(clock: Any) -> None:
     proxy = make_proxy(clock, max_retries=2)
     assert proxy.describe().split(" -> ") == [
+        "circuit breaker(orders, judges calls)",
         "retry(max_retries=2)",
-        "pick instance(round_robin, counts connections)",
-        "circuit breaker(orders)",
+        "pick instance(round_robin, counts connections, ejects outliers)",
         "handler",
     ]
+
+
+def test_describe_names_outlier_ejection_only_when_it_is_on(clock: Any) -> None:
+    lb = LoadBalancer(LoadBalancerStrategy.LEAST_CONNECTIONS, outlier_detection=None)
+    proxy = make_proxy(clock, lb, max_retries=1)
+    assert proxy.describe().split(" -> ") == [
+        "circuit breaker(orders, judges calls)",
+        "retry(max_retries=1)",
+        "pick instance(least_connections, counts connections)",
+        "handler",
+    ]
+    assert "ejects outliers" in ServiceProxy("orders").describe()
 
 
 def test_describe_lists_every_configured_stage_in_order(clock: Any) -> None:
@@ -661,9 +685,9 @@ def test_describe_lists_every_configured_stage_in_order(clock: Any) -> None:
     assert stages == [
         "fallback",
         "bulkhead",
+        "circuit breaker",
         "hedging",
         "pick instance",
-        "circuit breaker",
         "attempt timeout",
         "handler",
     ]

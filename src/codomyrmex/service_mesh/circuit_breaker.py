@@ -623,7 +623,7 @@ class CircuitBreaker:
     def _rejection(self, state: CircuitState, retry_after: float, reason: str) -> CircuitOpenError:
         """The error for a refused call (announced to subscribers)."""
         if self._subscribers:
-            publish(self._subscribers, CallRejected(self.name, reason))
+            publish(self._subscribers, CallRejected(self.name, reason, by_breaker=True))
         return CircuitOpenError(self.name, state, retry_after)
 
     def _classify_error(self, exc: BaseException) -> bool | None:

@@ -73,10 +73,14 @@ class CallRejected(Event):
     """A call was refused without running; ``reason`` says by what.
 
     Reasons: ``"circuit_open"``, ``"half_open_full"``, ``"forced_open"``,
-    ``"no_healthy_instance"``, ``"bulkhead_full"``, ``"retry_budget"``.
+    ``"no_healthy_instance"``, ``"bulkhead_full"``, ``"retry_budget"`` (a retry the
+    budget refused: the call then ends with its failure).
     """
 
     reason: str
+    by_breaker: bool = False
+    """True when a circuit breaker refused (``source`` is the breaker's name); False when
+    a service proxy did (``source`` is the service's name)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,7 +50,13 @@ from .events import (
     InstanceReturned,
     publish,
 )
-from .outlier import EJECTION_TIME_ELAPSED, HostState, OutlierDetectionConfig, OutlierDetector
+from .outlier import (
+    DEFAULT_OUTLIER_DETECTION,
+    EJECTION_TIME_ELAPSED,
+    HostState,
+    OutlierDetectionConfig,
+    OutlierDetector,
+)
 
 __all__ = [
     "ABORTED",
@@ -146,6 +152,9 @@ _USES_WEIGHT = frozenset({_WEIGHTED, _P2C, _EWMA, _RING, _MAGLEV})
 _SLOW_START_BY_REJECTION = frozenset({_RR, _RANDOM, _WEIGHTED})
 _SLOW_START_TRIES = 32
 _UNMEASURED_PENALTY = 1e12  # PEAK_EWMA cost of a busy instance with no latency sample yet
+_FAILURE_LATENCY = 1.0  # PEAK_EWMA: a failed call counts as at least this slow (Finagle)
+_MAX_LOAD_PENALTY = 5  # LEAST_CONNECTIONS / POWER_OF_TWO: phantom calls of a failing instance
+_PENALISED = frozenset({_LEAST, _P2C})
 _UNTRIED_WALK = 256  # slots a keyed retry walks along a ring or table for an untried instance
 _KEY_SHIFT = 64 - POSITION_BITS  # a 64-bit key hash -> a ring position
 
@@ -232,6 +241,7 @@ class _Entry:
         "lc_count",
         "lc_pos",
         "listed",
+        "load_penalty",
         "maglev",
         "measured",
         "outlier",
@@ -248,6 +258,9 @@ class _Entry:
         self.ejected = False
         self.lc_count = 0
         self.lc_pos = 0
+        # Phantom in-flight calls of an instance that has been failing: a fast failure must
+        # not make it look least loaded (one per failure in a row, up to _MAX_LOAD_PENALTY).
+        self.load_penalty = 0
         self.ewma = 0.0  # PEAK_EWMA latency estimate (seconds) as of ``ewma_at``
         self.ewma_at = 0.0
         self.measured = False
@@ -268,12 +281,14 @@ class LoadBalancer:
     or None. Picks never scan all instances: cost at 10,000 instances stays
     within a small factor of the cost at 10.
 
-    Keyword options, each off or at today's behaviour by default:
+    Keyword options:
 
     - ``clock``: seconds from a monotonic origin (for latencies, ejections, slow start).
     - ``slow_start``: a :class:`SlowStartConfig` ramping new or recovered instances up.
     - ``outlier_detection``: an :class:`OutlierDetectionConfig`; instances that keep
-      failing are ejected (not picked) for a while, apart from ``mark_healthy``.
+      failing are ejected (not picked) for a while, apart from ``mark_healthy``. On by
+      default (:data:`~codomyrmex.service_mesh.outlier.DEFAULT_OUTLIER_DETECTION`);
+      None turns it off.
     - ``panic_threshold``: percent; when fewer of the registered instances than this
       are available (healthy and not ejected), pick among all of them, as Envoy does.
     - ``ewma_decay``: seconds over which a PEAK_EWMA latency estimate decays.
@@ -290,11 +305,13 @@ class LoadBalancer:
         "_detector",
         "_entries",
         "_ewma_decay",
+        "_failing",
         "_inner_pick",
         "_lock",
         "_maglev",
         "_maglev_size",
         "_min_count",
+        "_next_due",
         "_observe",
         "_observe_clock",
         "_observe_since",
@@ -314,6 +331,7 @@ class LoadBalancer:
         "_slow_start",
         "_strategy",
         "_subscribers",
+        "_success_resets",
         "_tick",
         "_tracking",
         "name",
@@ -327,7 +345,7 @@ class LoadBalancer:
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
         slow_start: SlowStartConfig | None = None,
-        outlier_detection: OutlierDetectionConfig | None = None,
+        outlier_detection: OutlierDetectionConfig | None = DEFAULT_OUTLIER_DETECTION,
         panic_threshold: float = 0.0,
         ewma_decay: float = 10.0,
         ring_replicas: int = 100,
@@ -386,6 +404,11 @@ class LoadBalancer:
         self._subscribers: tuple[EventListener, ...] = ()
         self._outbox: list[Event] = []
         self._tracking = False  # whether _release has more to do than count down
+        # Whether a success only needs to reset its instance's failures in a row (outlier
+        # detection on consecutive failures alone, a strategy that ignores outcomes).
+        self._success_resets = False
+        self._failing: dict[str, HostState] = {}  # instances with failures in a row, by id
+        self._next_due = math.inf  # the detector's next scheduled return (inf: none)
         # Set to the clock when a strategy or the detector wants each call's outcome and
         # latency; callers then pass ``start`` and ``outcome`` to :meth:`_release`.
         self._observe_clock: Callable[[], float] | None = None
@@ -432,25 +455,31 @@ class LoadBalancer:
             if self._slow_start is not None and strategy in _SLOW_START_BY_REJECTION:
                 pick = self._pick_slow_start
             self._inner_pick = pick
-            if self._detector is not None:
-                pick = self._pick_after_returns
             self._pick = pick
-            observing = strategy is _EWMA or self._detector is not None
-            if observing and self._observe_clock is None:
+            observing = strategy is _EWMA or strategy in _PENALISED or self._detector is not None
+            timing = strategy is _EWMA  # only latency-aware picks need each call's start time
+            if timing and self._observe_clock is None:
                 # Calls already in flight began without a clock reading: ignore their outcome.
                 self._observe_since = self._clock()
-            self._observe_clock = self._clock if observing else None
+            self._observe_clock = self._clock if timing else None
             self._observe = self._observe_outcome if observing else None
             self._buckets = None
             if strategy is _LEAST:
                 self._buckets = {}
                 for entry in self._pool:
-                    self._bucket_add(entry, entry.inst.connections)
+                    self._bucket_add(entry, entry.inst.connections + entry.load_penalty)
             self._update_tracking()
 
     def _update_tracking(self) -> None:
         self._tracking = (
             self._buckets is not None or self._observe is not None or bool(self._subscribers)
+        )
+        detector = self._detector
+        self._success_resets = (
+            detector is not None
+            and detector.config.failure_rate_threshold is None
+            and self._strategy is not _EWMA
+            and self._strategy not in _PENALISED
         )
 
     @property
@@ -534,6 +563,7 @@ class LoadBalancer:
                 entry.available = False
             if entry.outlier is not None and self._detector is not None:
                 self._detector.forget(entry.outlier)
+                self._failing.pop(instance_id, None)
             if entry.listed:
                 self._unlist(entry)
             self._sync_pool(None)
@@ -602,6 +632,27 @@ class LoadBalancer:
             elapsed = max(self._clock() - entry.ewma_at, 0.0)
             return entry.ewma * math.exp(-elapsed / self._ewma_decay)
 
+    def load(self, instance_id: str) -> int | None:
+        """The load LEAST_CONNECTIONS and POWER_OF_TWO see on an instance, or None if unknown.
+
+        Its calls in flight plus a penalty of one per recent failure in a row (at most
+        five): an instance that fails fast is never the least loaded for that reason.
+        """
+        with self._lock:
+            entry = self._entries.get(instance_id)
+            return None if entry is None else entry.inst.connections + entry.load_penalty
+
+    def has_untried(self, tried: set[str]) -> bool:
+        """Whether a pickable instance exists whose id is not in ``tried`` (O(len(tried)))."""
+        with self._lock:
+            entries = self._entries
+            pooled = 0
+            for instance_id in tried:
+                entry = entries.get(instance_id)
+                if entry is not None and entry.listed:
+                    pooled += 1
+            return len(self._pool) > pooled
+
     # -- picking ----------------------------------------------------------------
 
     def get_instance(self, key: str | bytes | None = None) -> ServiceInstance | None:
@@ -619,6 +670,8 @@ class LoadBalancer:
         lock = self._lock
         lock.acquire()
         try:
+            if self._next_due != math.inf:
+                self._return_if_due()
             entry = self._pick()
         finally:
             lock.release()
@@ -640,6 +693,8 @@ class LoadBalancer:
         lock = self._lock
         lock.acquire()  # explicit acquire/release: measurably cheaper than `with` here
         try:
+            if self._next_due != math.inf:  # an ejection may have ended: one compare if none
+                self._return_if_due()
             entry = self._pick()
             if entry is None:
                 return None
@@ -672,13 +727,23 @@ class LoadBalancer:
                 inst.connections -= 1
             if not self._tracking:  # no buckets, no observer, no subscriber: done
                 return
-            entry = self._entries.get(inst.id)
-            if entry is not None and entry.inst is inst:
-                if self._buckets is not None and entry.listed:
-                    self._bucket_shift(entry, -1)
-                observe = self._observe
-                if observe is not None:
-                    observe(entry, start, outcome)
+            if outcome is None and self._success_resets:
+                # The success path of outlier detection on failures in a row (no buckets,
+                # no latency): no clock, no detector; only an instance that has been
+                # failing has a streak to end.
+                failing = self._failing
+                if failing:
+                    host = failing.pop(inst.id, None)
+                    if host is not None and not host.ejected:
+                        host.consecutive = 0
+            else:
+                entry = self._entries.get(inst.id)
+                if entry is not None and entry.inst is inst:
+                    if self._buckets is not None and entry.listed:
+                        self._bucket_shift(entry, -1)
+                    observe = self._observe
+                    if observe is not None:
+                        observe(entry, start, outcome)
         finally:
             lock.release()
         if self._subscribers:
@@ -746,8 +811,10 @@ class LoadBalancer:
             now = self._clock()
             wa *= self._ramp(a, now)
             wb *= self._ramp(b, now)
-        # (connections + 1) / weight, cross-multiplied; the first draw wins ties.
-        if (b.inst.connections + 1) * wa < (a.inst.connections + 1) * wb:
+        # (connections + penalty + 1) / weight, cross-multiplied; the first draw wins ties.
+        load_a = a.inst.connections + a.load_penalty + 1
+        load_b = b.inst.connections + b.load_penalty + 1
+        if load_b * wa < load_a * wb:
             return b
         return a
 
@@ -831,12 +898,10 @@ class LoadBalancer:
             entry = retry
         return entry
 
-    def _pick_after_returns(self) -> _Entry | None:
-        """Return ejected instances whose time is up, then pick (outlier detection on)."""
-        detector = self._detector
-        if detector is not None and detector.next_due <= self._clock():
+    def _return_if_due(self) -> None:
+        """Return ejected instances whose time is up (lock held; something is ejected)."""
+        if self._next_due <= self._clock():
             self._return_due()
-        return self._inner_pick()
 
     def _pick_untried(self, picked: _Entry, tried: set[str]) -> _Entry:
         """A retry's pick: an instance not tried yet in this call, if a usable one exists."""
@@ -907,30 +972,59 @@ class LoadBalancer:
     def _observe_outcome(self, entry: _Entry, start: float, outcome: BaseException | None) -> None:
         """Feed one finished call to PEAK_EWMA and to outlier detection."""
         now = self._clock()
-        if start < self._observe_since:
-            return  # began before outcomes were observed: no start time to measure from
+        strategy = self._strategy
+        if strategy is _EWMA and start < self._observe_since:
+            return  # began before latencies were measured: no start time to measure from
         if outcome is not None and isinstance(outcome, ServiceMeshError):
             return  # refused by the mesh itself (an open breaker): nothing about the instance
         aborted = outcome is ABORTED
-        if self._strategy is _EWMA:
-            # A failure or a cut-short call is no evidence of speed: it may raise the estimate only.
-            self._ewma_sample(entry, now - start, now, peak_only=outcome is not None)
+        if strategy is _EWMA:
+            # A failure or a cut-short call is no evidence of speed: it may raise the estimate
+            # only, and a failure counts as slow however fast it came back (Finagle).
+            rtt = now - start
+            if outcome is not None and not aborted and rtt < _FAILURE_LATENCY:
+                rtt = _FAILURE_LATENCY
+            self._ewma_sample(entry, rtt, now, peak_only=outcome is not None)
+        elif strategy in _PENALISED and not aborted:
+            self._penalise(entry, outcome is not None)
         detector = self._detector
         if detector is None or aborted or entry.outlier is None:
             return
         if detector.next_due <= now:
             self._return_due()
         failed = outcome is not None and detector.is_failure(outcome)
-        reason = detector.record(entry.outlier, failed, now)
+        host = entry.outlier
+        reason = detector.record(host, failed, now)
+        if host.consecutive:
+            self._failing[host.instance_id] = host
+        else:
+            self._failing.pop(host.instance_id, None)
         if reason is None:
             return
         if not detector.may_eject(len(self._entries)):
             detector.refused()
             return
         duration = detector.eject(entry.outlier, now)
+        self._next_due = detector.next_due
         entry.ejected = True
         self._refresh(entry, ramp=False)
         self._emit(InstanceEjected(self.name, entry.inst.id, reason, duration))
+
+    def _penalise(self, entry: _Entry, failed: bool) -> None:
+        """Raise a failing instance's phantom load by one, or lower it after a success."""
+        penalty = entry.load_penalty
+        if failed:
+            if penalty >= _MAX_LOAD_PENALTY:
+                return
+            entry.load_penalty = penalty + 1
+            delta = 1
+        else:
+            if not penalty:
+                return
+            entry.load_penalty = penalty - 1
+            delta = -1
+        if self._buckets is not None and entry.listed:
+            self._bucket_shift(entry, delta)
 
     def _ewma_sample(self, entry: _Entry, rtt: float, now: float, *, peak_only: bool) -> None:
         """Fold one latency sample into the estimate: a slower sample is taken at once."""
@@ -956,7 +1050,9 @@ class LoadBalancer:
         detector = self._detector
         if detector is None or detector.next_due == math.inf:
             return
-        for host in detector.pop_due(self._clock()):
+        returned = detector.pop_due(self._clock())
+        self._next_due = detector.next_due
+        for host in returned:
             entry = self._entries.get(host.instance_id)
             if entry is None or entry.outlier is not host:
                 continue
@@ -1033,7 +1129,7 @@ class LoadBalancer:
         entry.listed = True
         self._invalidate()
         if self._buckets is not None:
-            self._bucket_add(entry, entry.inst.connections)
+            self._bucket_add(entry, entry.inst.connections + entry.load_penalty)
 
     def _unlist(self, entry: _Entry) -> None:
         pool = self._pool
@@ -1059,7 +1155,7 @@ class LoadBalancer:
         if self._buckets is not None:
             self._buckets = {}
             for entry in pool:
-                self._bucket_add(entry, entry.inst.connections)
+                self._bucket_add(entry, entry.inst.connections + entry.load_penalty)
 
     def _invalidate(self) -> None:
         """Forget the tables derived from the pool; the next pick rebuilds what it needs."""

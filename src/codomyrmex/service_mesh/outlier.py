@@ -7,7 +7,12 @@ instance for ``base_ejection_time x multiplier`` seconds, capped at
 ``max_ejection_time``. The multiplier grows by one per ejection and shrinks by
 one for every ``interval`` the instance stays in service, starting
 ``base_ejection_time`` after its return. At most ``max_ejection_percent`` of
-the instances are ejected at once, but one instance may always be.
+the instances are ejected at once, but one instance may always be -- unless it
+is the only one: a sole instance is never ejected (there is nowhere else to go).
+
+Load balancers detect outliers by default, with :data:`DEFAULT_OUTLIER_DETECTION`
+(five failures in a row, at most half of the pool out); pass
+``outlier_detection=None`` to turn it off.
 
 The detector keeps the per-instance state and decides; the load balancer owns
 the lock, applies the decisions (an ejected instance is not picked) and
@@ -25,7 +30,7 @@ from typing import Any
 
 from ._validate import check_int, check_number
 
-__all__ = ["OutlierDetectionConfig", "OutlierDetector"]
+__all__ = ["DEFAULT_OUTLIER_DETECTION", "OutlierDetectionConfig", "OutlierDetector"]
 
 CONSECUTIVE_FAILURES = "consecutive_failures"
 FAILURE_RATE = "failure_rate"
@@ -87,6 +92,14 @@ class OutlierDetectionConfig:
                 "outlier detection needs consecutive_failures or failure_rate_threshold, "
                 "both are None"
             )
+
+
+DEFAULT_OUTLIER_DETECTION = OutlierDetectionConfig(
+    consecutive_failures=5, max_ejection_percent=50.0
+)
+"""What a :class:`~codomyrmex.service_mesh.load_balancer.LoadBalancer` uses unless told
+otherwise: five failures in a row eject an instance for 30 s (longer each time), and
+at most half of the pool is out at once, so one bad instance of three is routed around."""
 
 
 class HostState:
@@ -208,10 +221,13 @@ class OutlierDetector:
         return None
 
     def may_eject(self, instances: int) -> bool:
-        """Whether one more ejection stays within ``max_ejection_percent`` of ``instances``."""
+        """Whether one more ejection stays within ``max_ejection_percent`` of ``instances``.
+
+        The first ejection is always allowed, except of a sole instance.
+        """
         ejected = self.ejected_count
         if ejected == 0:
-            return True
+            return instances > 1
         return (ejected + 1) * 100.0 <= self.config.max_ejection_percent * instances
 
     def eject(self, host: HostState, now: float) -> float:

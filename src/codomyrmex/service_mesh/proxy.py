@@ -2,12 +2,16 @@
 
 The stages, outermost first (``describe()`` prints them for a given proxy):
 
-    fallback -> bulkhead -> retry or hedging -> pick instance (count connection)
-             -> circuit breaker -> per-attempt timeout (async) -> handler
+    fallback -> bulkhead -> circuit breaker (judges whole calls) -> retry or hedging
+             -> pick instance (count connection, eject outliers)
+             -> per-attempt timeout (async) -> handler
 
-Each attempt picks an instance (a retry or hedge prefers one not yet tried),
-counts a connection on it and runs the handler through the breaker; the retry
-policy decides whether and when to try again.
+Faults of one instance are handled per instance: each attempt's outcome feeds
+the load balancer's outlier detection, which ejects an instance that keeps
+failing (on by default), and a failed attempt fails over at once to an instance
+not yet tried in the call -- backoff is only for when every instance has been
+tried. The service's circuit breaker sees each call once, after failover, so it
+opens only when the service as a whole is failing, not when one instance is.
 """
 
 from __future__ import annotations
@@ -22,10 +26,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from ._validate import check_callable, check_int, check_number, check_str
+from .budget import PercentageRetryBudget
 from .bulkhead import Bulkhead
-from .circuit_breaker import CircuitBreaker
+from .circuit_breaker import CircuitBreaker, CircuitState
 from .errors import CircuitOpenError, NoHealthyInstanceError
-from .events import CallFailed, CallRejected, CallSucceeded, EventListener, publish
+from .events import CallFailed, CallRejected, CallSucceeded, EventListener, RetryGaveUp, publish
 from .load_balancer import ABORTED, LoadBalancer, ServiceInstance
 from .retry import _IN_RETRY, RetryPolicy, _Attempts, _aw
 
@@ -34,6 +39,13 @@ __all__ = ["ServiceProxy"]
 P = ParamSpec("P")
 R = TypeVar("R")
 
+
+_REFUSALS = {
+    CircuitState.OPEN: "circuit_open",
+    CircuitState.HALF_OPEN: "half_open_full",
+    CircuitState.FORCED_OPEN: "forced_open",
+}
+"""The :class:`CallRejected` reason of a call the service's breaker refused, by its state."""
 
 _STAGE_FIELDS = frozenset({"circuit_breaker", "bulkhead", "hedging_delay", "fallback"})
 
@@ -53,9 +65,15 @@ class ServiceProxy:
     """Calls to one service through load balancer -> circuit breaker -> retry.
 
     ``call(handler, *args, **kwargs)`` runs ``handler(instance, *args, **kwargs)``
-    on a picked instance and returns its result. When the breaker rejects, the
-    call stops with :class:`CircuitOpenError` chained (``__cause__``) to the last
-    real failure; with no healthy instance it raises :class:`NoHealthyInstanceError`.
+    on a picked instance and returns its result. When the service's breaker is
+    open the call is refused with :class:`CircuitOpenError`; with no healthy
+    instance it raises :class:`NoHealthyInstanceError`.
+
+    Defaults are the safe set-up: the breaker judges whole calls (after failover),
+    the load balancer ejects outliers, and the retry policy (three retries, the
+    first ones failing over to untried instances without waiting) spends a
+    :class:`~codomyrmex.service_mesh.budget.PercentageRetryBudget`, so retries
+    cannot multiply an outage.
 
     Optional stages: ``bulkhead`` caps concurrent calls; ``hedging_delay`` starts
     another attempt on another instance when one has not answered in time (up
@@ -69,6 +87,7 @@ class ServiceProxy:
         "_execute",
         "_execute_async",
         "_lock",
+        "_run",
         "_staged",
         "_subscribers",
         "bulkhead",
@@ -105,7 +124,7 @@ class ServiceProxy:
         elif not isinstance(circuit_breaker, CircuitBreaker):
             raise TypeError(f"circuit_breaker must be a CircuitBreaker, got {circuit_breaker!r}")
         if retry_policy is None:
-            retry_policy = RetryPolicy()
+            retry_policy = RetryPolicy(budget=PercentageRetryBudget())
         elif not isinstance(retry_policy, RetryPolicy):
             raise TypeError(f"retry_policy must be a RetryPolicy, got {retry_policy!r}")
         if bulkhead is not None and not isinstance(bulkhead, Bulkhead):
@@ -142,6 +161,7 @@ class ServiceProxy:
     def _refresh(self) -> None:
         """Cache what the hot path reads from the configured stages."""
         self._execute = self.circuit_breaker.execute
+        self._run = self._attempts  # bound once: the hot path makes no method object
         self._execute_async = self.circuit_breaker.execute_async
         self._staged = (
             self.bulkhead is not None or self.hedging_delay is not None or self.fallback is not None
@@ -160,14 +180,16 @@ class ServiceProxy:
             stages.append("fallback")
         if self.bulkhead is not None:
             stages.append(f"bulkhead(max_concurrent={self.bulkhead.max_concurrent})")
+        stages.append(f"circuit breaker({self.circuit_breaker.name}, judges calls)")
         if self.hedging_delay is not None:
             stages.append(
                 f"hedging(delay={self.hedging_delay}s, max_attempts={self.max_hedged_attempts})"
             )
         else:
             stages.append(f"retry(max_retries={self.retry_policy.max_retries})")
-        stages.append(f"pick instance({self.load_balancer.strategy.value}, counts connections)")
-        stages.append(f"circuit breaker({self.circuit_breaker.name})")
+        balancer = self.load_balancer
+        ejects = ", ejects outliers" if balancer.outlier_detector is not None else ""
+        stages.append(f"pick instance({balancer.strategy.value}, counts connections{ejects})")
         if self.retry_policy.attempt_timeout is not None:
             stages.append(f"attempt timeout({self.retry_policy.attempt_timeout}s, async)")
         stages.append("handler")
@@ -202,7 +224,12 @@ class ServiceProxy:
         if self._staged:
             staged: R = self._call_staged(handler_fn, args, kwargs)
             return staged
-        result: R = self._attempts(handler_fn, args, kwargs)
+        try:
+            result: R = self._execute(self._run, handler_fn, args, kwargs)
+        except CircuitOpenError as exc:
+            if self._subscribers:
+                self._refused(exc)
+            raise
         return result
 
     def call_once(
@@ -219,7 +246,7 @@ class ServiceProxy:
         if self._staged:
             staged: R = self._call_staged(handler_fn, args, kwargs, False)
             return staged
-        result: R = self._attempts(handler_fn, args, kwargs, False)
+        result: R = self._guarded(self._attempts, handler_fn, args, kwargs, False)
         return result
 
     def _call_staged(
@@ -231,8 +258,8 @@ class ServiceProxy:
                 self._guard_bulkhead(bulkhead.acquire)
             try:
                 if self.hedging_delay is not None and retry:
-                    return self._hedged(handler_fn, args, kwargs)
-                return self._attempts(handler_fn, args, kwargs, retry)
+                    return self._guarded(self._hedged, handler_fn, args, kwargs)
+                return self._guarded(self._attempts, handler_fn, args, kwargs, retry)
             finally:
                 if bulkhead is not None:
                     bulkhead.release()
@@ -245,10 +272,16 @@ class ServiceProxy:
     def _attempts(
         self, handler_fn: Callable[..., Any], args: Any, kwargs: Any, retry: bool = True
     ) -> Any:
-        """Retry -> pick -> breaker -> handler, one attempt after another (one if not ``retry``)."""
+        """Retry -> pick -> handler, one attempt after another (one if not ``retry``)."""
         balancer = self.load_balancer
         policy = self.retry_policy
-        started = None if policy._simple else policy._start()
+        started = None
+        if not policy._simple:  # inline of policy._start(): no frame on the hot path
+            budget = policy.budget
+            if budget is not None:
+                budget.record_request()
+            if policy.max_elapsed is not None:
+                started = policy.clock()
         state: _Retrying | None = None  # made at the first failure: the success path needs none
         result: Any = None
         try:
@@ -259,7 +292,7 @@ class ServiceProxy:
                 timer = balancer._observe_clock or self._event_clock
                 start = 0.0 if timer is None else timer()
                 try:
-                    result = self._execute(handler_fn, instance, *args, **kwargs)
+                    result = handler_fn(instance, *args, **kwargs)
                 except Exception as exc:
                     balancer._release(instance, start, exc)
                     failure: Exception | None = exc
@@ -269,7 +302,7 @@ class ServiceProxy:
                 else:
                     balancer._release(instance, start, None)
                     if policy.retry_on_result is None or not policy._rejects(result):
-                        if self._subscribers or policy.budget is not None:
+                        if self._subscribers or policy._refund:
                             self._succeeded(instance, start, None if state is None else state.calls)
                         return result
                     failure = None
@@ -298,26 +331,36 @@ class ServiceProxy:
         """After a failed attempt (``failure`` None: a rejected result) on ``instance``: the
         wait before the next attempt, or None to end the call with its last outcome.
 
-        Shared by the sync and async attempt loops. A breaker rejection ends the call
-        at once, chained to the last real failure.
+        Shared by the sync and async attempt loops. A breaker rejection from inside
+        the handler (a breaker of the caller's own) ends the call at once, chained
+        to the last real failure, unless it is ``retryable`` (one instance's breaker).
+        Failing over to an instance not yet tried in this call does not wait: backoff
+        is for when every instance has been tried.
         """
         if failure is not None:
             if self._subscribers:
                 self._failed(instance, start, failure)
-            if isinstance(failure, CircuitOpenError):
+            if isinstance(failure, CircuitOpenError) and not failure.retryable:
+                if self._subscribers:
+                    publish(
+                        self._subscribers,
+                        RetryGaveUp(self.service_name, state.calls.count, failure),
+                    )
                 raise self._give_up(failure, state.last_real)
             state.last_real = failure
         if not retry:
+            if self._subscribers:
+                publish(self._subscribers, RetryGaveUp(self.service_name, 1, failure))
             return None
         if state.token is None:
             state.token = _IN_RETRY.set(True)  # the nested-retry guard (see retry.py)
             state.calls.nested = state.token.old_value is True
-        delay = self.retry_policy._after_failure(
-            state.calls, failure, self.service_name, self._subscribers, instance.id
+        tried = state.tried
+        tried.add(instance.id)
+        failover = self.load_balancer.has_untried(tried)
+        return self.retry_policy._after_failure(
+            state.calls, failure, self.service_name, self._subscribers, instance.id, failover
         )
-        if delay is not None:
-            state.tried.add(instance.id)
-        return delay
 
     def _one_attempt(
         self, handler_fn: Callable[..., Any], instance: ServiceInstance, args: Any, kwargs: Any
@@ -327,7 +370,7 @@ class ServiceProxy:
         timer = balancer._observe_clock or self._event_clock
         start = 0.0 if timer is None else timer()
         try:
-            result = self._execute(handler_fn, instance, *args, **kwargs)
+            result = handler_fn(instance, *args, **kwargs)
         except Exception as exc:
             balancer._release(instance, start, exc)
             if self._subscribers:
@@ -409,13 +452,18 @@ class ServiceProxy:
         """Await ``handler_fn(instance, *args, **kwargs)`` through the whole stack.
 
         The async twin of :meth:`call`; cancellation frees the connection and any
-        probe slot and is never retried. ``attempt_timeout`` bounds each attempt
-        inside the breaker, so a timed-out attempt is a breaker failure.
+        probe slot and is never retried. ``attempt_timeout`` bounds each attempt; a
+        timed-out attempt is a failure of its instance (and fails over).
         """
         if self._staged:
             staged: R = await self._call_staged_async(handler_fn, args, kwargs)
             return staged
-        result: R = await self._attempts_async(handler_fn, args, kwargs)
+        try:
+            result: R = await self._execute_async(self._attempts_async, handler_fn, args, kwargs)
+        except CircuitOpenError as exc:
+            if self._subscribers:
+                self._refused(exc)
+            raise
         return result
 
     async def call_once_async(
@@ -428,7 +476,7 @@ class ServiceProxy:
         if self._staged:
             staged: R = await self._call_staged_async(handler_fn, args, kwargs, False)
             return staged
-        result: R = await self._attempts_async(handler_fn, args, kwargs, False)
+        result: R = await self._guarded_async(self._attempts_async, handler_fn, args, kwargs, False)
         return result
 
     async def _call_staged_async(
@@ -440,8 +488,10 @@ class ServiceProxy:
                 await self._guard_bulkhead_async(bulkhead)
             try:
                 if self.hedging_delay is not None and retry:
-                    return await self._hedged_async(handler_fn, args, kwargs)
-                return await self._attempts_async(handler_fn, args, kwargs, retry)
+                    return await self._guarded_async(self._hedged_async, handler_fn, args, kwargs)
+                return await self._guarded_async(
+                    self._attempts_async, handler_fn, args, kwargs, retry
+                )
             finally:
                 if bulkhead is not None:
                     bulkhead.release()
@@ -460,7 +510,13 @@ class ServiceProxy:
         """The async twin of :meth:`_attempts`."""
         balancer = self.load_balancer
         policy = self.retry_policy
-        started = None if policy._simple else policy._start()
+        started = None
+        if not policy._simple:  # inline of policy._start(): no frame on the hot path
+            budget = policy.budget
+            if budget is not None:
+                budget.record_request()
+            if policy.max_elapsed is not None:
+                started = policy.clock()
         state: _Retrying | None = None  # made at the first failure: the success path needs none
         result: Any = None
         try:
@@ -483,7 +539,7 @@ class ServiceProxy:
                 else:
                     balancer._release(instance, start, None)
                     if policy.retry_on_result is None or not policy._rejects(result):
-                        if self._subscribers or policy.budget is not None:
+                        if self._subscribers or policy._refund:
                             self._succeeded(instance, start, None if state is None else state.calls)
                         return result
                     failure = None
@@ -509,15 +565,14 @@ class ServiceProxy:
         kwargs: Any,
         started: float | None = None,
     ) -> Any:
-        """Breaker -> per-attempt timeout -> handler, for one async attempt."""
+        """Per-attempt timeout -> handler, for one async attempt."""
         policy = self.retry_policy
         timeout = policy.attempt_timeout
         if policy.max_elapsed is not None and started is not None:
             timeout = policy._remaining(started, timeout)
         if timeout is None:
-            return await self._execute_async(handler_fn, instance, *args, **kwargs)
-        timed: Any = _timed
-        return await self._execute_async(timed, timeout, handler_fn, instance, *args, **kwargs)
+            return await handler_fn(instance, *args, **kwargs)
+        return await _timed(timeout, handler_fn, instance, *args, **kwargs)
 
     async def _one_attempt_async(
         self, handler_fn: Callable[..., Any], instance: ServiceInstance, args: Any, kwargs: Any
@@ -609,6 +664,30 @@ class ServiceProxy:
                 await asyncio.gather(*pending, return_exceptions=True)
 
     # -- shared -----------------------------------------------------------------
+
+    def _guarded(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` through the service's breaker (which judges the whole call)."""
+        try:
+            return self._execute(fn, *args)
+        except CircuitOpenError as exc:
+            if self._subscribers:
+                self._refused(exc)
+            raise
+
+    async def _guarded_async(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """The async twin of :meth:`_guarded`."""
+        try:
+            return await self._execute_async(fn, *args)
+        except CircuitOpenError as exc:
+            if self._subscribers:
+                self._refused(exc)
+            raise
+
+    def _refused(self, exc: CircuitOpenError) -> None:
+        """Publish the proxy's :class:`CallRejected` when its own breaker refused a call."""
+        if exc.name == self.circuit_breaker.name and not exc.retryable:
+            reason = _REFUSALS.get(exc.state, "circuit_open")
+            publish(self._subscribers, CallRejected(self.service_name, reason))
 
     def _guard_bulkhead(self, acquire: Callable[[], None]) -> None:
         try:

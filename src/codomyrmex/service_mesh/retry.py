@@ -131,6 +131,7 @@ class RetryPolicy:
     __slots__ = (
         "_cap_attempt",
         "_frozen",
+        "_refund",
         "_retryable",
         "_rng",
         "_simple",
@@ -215,6 +216,11 @@ class RetryPolicy:
         self._cap_attempt = _cap_attempt(self.initial_delay, self.max_delay, self.exponential_base)
         # No budget, deadline or result predicate: the success path needs nothing else.
         self._simple = budget is None and max_elapsed is None and retry_on_result is None
+        # Whether the budget wants to hear of successes (a token bucket refunds; a
+        # percentage budget counts only requests and retries).
+        self._refund = budget is not None and (
+            type(budget).record_outcome is not RetryBudget.record_outcome
+        )
         self._frozen = True
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -291,8 +297,12 @@ class RetryPolicy:
         source: str,
         subscribers: tuple[EventListener, ...],
         instance: str | None = None,
+        failover: bool = False,
     ) -> float | None:
         """Attempt ``calls.count`` failed (``failure`` None: its result was rejected).
+
+        ``failover``: the next attempt goes to an instance not tried yet, so it starts
+        at once (no backoff; the deadline is judged with no wait).
 
         Return the wait before the next attempt, or None to give up. Publishes
         :class:`RetryScheduled` / :class:`RetryGaveUp` (and :class:`CallRejected`
@@ -302,7 +312,7 @@ class RetryPolicy:
         budget = self.budget
         if budget is not None:
             budget.record_outcome(False)
-        delay = self._next_delay(failure, calls)
+        delay = self._next_delay(failure, calls, failover)
         if delay is not None and budget is not None and not budget.try_retry():
             delay = None
             if subscribers:
@@ -338,7 +348,9 @@ class RetryPolicy:
             )
         return delay
 
-    def _next_delay(self, failure: BaseException | None, calls: _Attempts) -> float | None:
+    def _next_delay(
+        self, failure: BaseException | None, calls: _Attempts, failover: bool = False
+    ) -> float | None:
         """The wait before the next attempt, or None when this failure ends the call."""
         max_retries = self.max_retries
         if calls.nested and not self.nested:
@@ -357,7 +369,7 @@ class RetryPolicy:
                 return None
             else:  # a delay override; 0 means at once (Retry-After: 0)
                 delay = min(self.max_delay, max(0.0, float(verdict)))
-        if _Testing.active:
+        if _Testing.active or failover:
             delay = 0.0
         started = calls.started
         if (
@@ -560,9 +572,7 @@ def _default_retryable(exc: BaseException) -> bool | float:
     A rejection is a :class:`ServiceMeshError` that is not ``retryable`` (an open
     circuit, no healthy instance, a full bulkhead, an exceeded limit).
     """
-    if not isinstance(exc, Exception) or (
-        isinstance(exc, ServiceMeshError) and not exc.retryable
-    ):
+    if not isinstance(exc, Exception) or (isinstance(exc, ServiceMeshError) and not exc.retryable):
         return False
     retry_after = getattr(exc, "retry_after", None)
     if isinstance(retry_after, (int, float)) and not isinstance(retry_after, bool):

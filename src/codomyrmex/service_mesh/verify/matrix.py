@@ -262,7 +262,6 @@ async def _drive_async(
     await asyncio.gather(*tasks)
 
 
-
 def run_cell(
     mode: str,
     contender: str,
@@ -358,7 +357,8 @@ def table(cells: Sequence[Cell]) -> str:
         for name in contenders:
             got = by.get(name)
             parts.append(
-                "-" if got is None
+                "-"
+                if got is None
                 else f"{100 * got.success_rate:.1f}% · {1000 * got.p99:.0f} ms · {got.bad_attempts}"
             )
         rows.append(f"| {mode} | {flavour} {pacing} | " + " | ".join(parts) + " |")
