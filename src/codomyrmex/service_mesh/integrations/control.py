@@ -69,8 +69,6 @@ __all__ = [
 WRITE_ACTIONS = ("force_open", "reset", "set_health", "set_strategy")
 """The actions :func:`apply_action` performs."""
 
-_BREAKER_REJECTIONS = frozenset({"circuit_open", "half_open_full", "forced_open"})
-
 
 def check_token(expected: str | None, given: str | None) -> bool:
     """Whether ``given`` is the expected token (False whenever no token is expected)."""
@@ -242,18 +240,17 @@ class MeshMonitor:
             if isinstance(event, CallSucceeded):
                 self._sample(event.source, now, "success", event.duration)
             elif isinstance(event, CallFailed):
-                if isinstance(event.error, CircuitOpenError):
-                    self._sample(event.source, now, "rejected", None)
-                else:
+                # A refused attempt is counted from the CallRejected the refusal publishes.
+                if not isinstance(event.error, CircuitOpenError):
                     self._sample(event.source, now, "failure", event.duration)
             elif isinstance(event, CallRejected):
-                if event.reason in _BREAKER_REJECTIONS:
+                if event.by_breaker:
                     times = self._rejections.setdefault(event.source, deque(maxlen=self._limit))
                     times.append(now)
+                elif event.reason == "retry_budget":
+                    self._note(now, "budget_refused", event.source, reason=event.reason)
                 else:
                     self._sample(event.source, now, "rejected", None)
-                if event.reason == "retry_budget":
-                    self._note(now, "budget_refused", event.source, reason=event.reason)
             elif isinstance(event, StateTransition):
                 self._note(now, "transition", event.source, old=event.old.value,
                            new=event.new.value)  # fmt: skip

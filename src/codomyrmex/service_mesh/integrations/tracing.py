@@ -57,7 +57,9 @@ from ..events import (
 from ..load_balancer import ServiceInstance
 from ..mesh import Mesh, default_mesh
 from ..proxy import ServiceProxy
-from ._metrics import BREAKER_REJECTIONS
+
+_PROXY_REFUSALS = frozenset({"no_healthy_instance", "bulkhead_full"})
+"""Refusals a proxy makes itself (it also echoes its breaker's, which are not repeated)."""
 
 __all__ = ["TRACER_NAME", "MeshTracer", "inject_trace_context", "trace_context_headers"]
 
@@ -239,14 +241,14 @@ class MeshTracer:
         if not span.is_recording():
             return
         if isinstance(event, CallRejected):
-            if event.reason in BREAKER_REJECTIONS:
+            if event.by_breaker:
                 span.add_event(
                     "service_mesh.breaker_rejected",
                     {"service_mesh.breaker": event.source, "service_mesh.reason": event.reason},
                 )
             elif event.reason == "retry_budget":
                 span.add_event("service_mesh.budget_refused", {_SERVICE: event.source})
-            else:
+            elif event.reason in _PROXY_REFUSALS:
                 span.add_event(
                     "service_mesh.rejected",
                     {_SERVICE: event.source, "service_mesh.reason": event.reason},
