@@ -10,7 +10,7 @@ import dataclasses
 import logging
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
@@ -850,19 +850,21 @@ def test_last_failure_time_tracks_failures_in_wall_time(flavour: Any, clock: Any
     assert cb.last_failure_time is None
     flavour.breaker(cb, ok)
     assert cb.last_failure_time is None
+    before = datetime.now(timezone.utc)
     fail(flavour, cb)
-    clock.advance(120.0)
+    after = datetime.now(timezone.utc)
     stamp = cb.last_failure_time
     assert stamp is not None
     assert stamp.tzinfo is not None
-    expected = datetime.now(timezone.utc) - timedelta(seconds=120)
-    assert abs((stamp - expected).total_seconds()) < 5.0
+    assert before <= stamp <= after, "the wall-clock time when the failure was recorded"
+    clock.advance(120.0)
+    assert cb.last_failure_time == stamp, "stamped once: reads later do not move it"
     flavour.breaker(cb, ok)
-    assert cb.last_failure_time is not None, "a success does not erase the last failure"
+    assert cb.last_failure_time == stamp, "a success does not erase the last failure"
     fail(flavour, cb)
     newer = cb.last_failure_time
     assert newer is not None
-    assert (newer - stamp).total_seconds() == pytest.approx(120.0, abs=5.0)
+    assert newer >= stamp
 
 
 # -- no lock held while the user's function runs ------------------------------------

@@ -44,7 +44,17 @@ from codomyrmex.service_mesh.integrations.mcp import (
 
 TOOLS = ["service_mesh_status", "circuit_breaker_status", "load_balancer_config"]
 SERVICE_KEYS = {"name", "strategy", "instance_count", "healthy_count"}
-INSTANCE_KEYS = {"id", "host", "port", "address", "weight", "healthy", "connections", "metadata"}
+INSTANCE_KEYS = {
+    "id",
+    "host",
+    "port",
+    "address",
+    "weight",
+    "healthy",
+    "ejected",
+    "connections",
+    "metadata",
+}
 BREAKER_KEYS = {"name", "state", "failure_count", "failure_threshold", "last_failure_time"}
 CONFIG_KEYS = {"status", "service_name", "strategy", "instance_count", "healthy_count"}
 

@@ -72,13 +72,15 @@ INTEGRATION_EXTRAS = {
     "redis_ratelimit": ("redis", "redis"),
     "prometheus": ("prometheus_client", "prometheus"),
     "otel": ("opentelemetry", "otel"),
+    "tracing": ("opentelemetry", "otel"),
     "mcp": ("mcp", "mcp"),
     "yaml": ("yaml", "yaml"),
     "toml": ("tomli", "toml"),
     "dns": ("dns", "dns"),
     "etcd": ("httpx", "etcd"),
+    "dashboard": ("starlette", "dashboard"),
 }
-STDLIB_INTEGRATIONS = {"status_http"}
+STDLIB_INTEGRATIONS = {"status_http", "control"}
 """Integration modules that need nothing beyond the standard library."""
 
 _BLOCKER = """
@@ -101,6 +103,7 @@ else:
 def test_every_integration_module_is_listed_with_its_extra() -> None:
     folder = ROOT / "src" / "codomyrmex" / "service_mesh" / "integrations"
     modules = {p.stem for p in folder.glob("*.py") if not p.stem.startswith("_")}
+    modules |= {p.parent.name for p in folder.glob("*/__init__.py")}  # integration packages
     assert modules == set(INTEGRATION_EXTRAS) | STDLIB_INTEGRATIONS
 
 

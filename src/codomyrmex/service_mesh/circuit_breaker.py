@@ -303,6 +303,7 @@ class CircuitBreaker:
         "_failures",
         "_in_flight",
         "_last_failure_at",
+        "_last_failure_wall",
         "_link",
         "_listeners",
         "_lock",
@@ -359,6 +360,8 @@ class CircuitBreaker:
         self._opened_at = 0.0
         self._open_until = 0.0
         self._last_failure_at: float | None = None
+        # (clock reading, wall-clock seconds) of the last failure, stamped when it happens.
+        self._last_failure_wall: tuple[float, float] | None = None
         self._window: OutcomeWindow | None = None
         if config.windowed:
             size = config.sliding_window_size
@@ -443,7 +446,11 @@ class CircuitBreaker:
         at = self._last_failure_at
         if at is None:
             return None
-        return datetime.fromtimestamp(time.time() - (self._clock() - at), tz=timezone.utc)
+        stamp = self._last_failure_wall
+        if stamp is None or stamp[0] != at:
+            # Set elsewhere (adopted from a store): stamped now, once, not on every read.
+            stamp = self._last_failure_wall = (at, time.time() - (self._clock() - at))
+        return datetime.fromtimestamp(stamp[1], tz=timezone.utc)
 
     def retry_after(self) -> float:
         """Seconds until a probe can be admitted (0.0 unless OPEN; inf when FORCED_OPEN)."""
@@ -829,9 +836,11 @@ class CircuitBreaker:
             # A failure reported while OPEN neither counts nor extends the open period.
             if not success and state is not DISABLED:
                 self._last_failure_at = now
+                self._last_failure_wall = (now, time.time())
             return
         if not success:
             self._last_failure_at = now
+            self._last_failure_wall = (now, time.time())
         if state is HALF_OPEN:
             if not decide:
                 return

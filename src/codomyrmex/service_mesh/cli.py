@@ -6,6 +6,8 @@
     service-mesh status [--url URL] [--json] # the mesh status of a running demo or app
     service-mesh simulate --scenario linkerd  # load-balancing strategies on a virtual clock
     service-mesh mcp [--demo-mesh]           # the MCP tools over stdio
+    service-mesh mcp --url URL [--token T]   # ... over a running service's mesh
+    service-mesh dashboard --url URL         # a live web page of it, on 127.0.0.1:8743
 
 ``status`` asks a running process for its mesh: a mesh lives inside one process,
 so it reads the JSON snapshot (``Mesh.status()``) that the process serves over
@@ -393,20 +395,97 @@ def _simulate(parser: argparse.ArgumentParser) -> Run:
     "load_balancer_config) over stdio, for an MCP client to start.",
 )
 def _mcp(parser: argparse.ArgumentParser) -> Run:
-    parser.add_argument(
-        "--demo-mesh",
-        action="store_true",
-        help="serve a small demo mesh (three services, one instance down, one breaker open) "
-        "instead of this process's empty default mesh",
-    )
+    try:
+        from .integrations.mcp import add_arguments
+    except ImportError:
+        parser.add_argument("--demo-mesh", action="store_true", help="(needs the [mcp] extra)")
+    else:
+        add_arguments(parser)
 
     def run(args: argparse.Namespace) -> int:
         # Nothing may be printed to stdout here: stdio carries the protocol.
         try:
-            from .integrations.mcp import demo_mesh, serve_stdio
+            from .integrations.mcp import serve_stdio, target_from
         except ImportError as error:
             return _missing("mcp", error)
-        serve_stdio(demo_mesh() if args.demo_mesh else None)
+        serve_stdio(target_from(args, parser))
+        return 0
+
+    return run
+
+
+# -- dashboard ------------------------------------------------------------------------
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535, got {value}")
+    return value
+
+
+@command(
+    "dashboard",
+    "Serve a live web dashboard of a running service's mesh (breaker states, success and "
+    "request rates, latency percentiles, instances, transitions) from its status endpoint.",
+)
+def _dashboard(parser: argparse.ArgumentParser) -> Run:
+    parser.add_argument(
+        "--url",
+        default=f"http://127.0.0.1:{DEFAULT_STATUS_PORT}/status",
+        help="the service's status endpoint: serve_status(mesh, monitor=True, token=...) "
+        "or `service-mesh demo` (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--port", type=_port, default=8743, help="port to listen on (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--token",
+        help="the service's write token (default: $SERVICE_MESH_TOKEN); the page's write "
+        "actions need it, and are refused without one",
+    )
+    parser.add_argument(
+        "--interval",
+        type=_positive_float,
+        default=1.0,
+        help="seconds between reads of the status endpoint (default: %(default)s)",
+    )
+
+    def run(args: argparse.Namespace) -> int:
+        import os
+
+        try:
+            from .integrations.control import RemoteMesh
+            from .integrations.dashboard import serve
+        except ImportError as error:
+            return _missing("dashboard", error)
+        token = args.token or os.environ.get("SERVICE_MESH_TOKEN") or None
+        try:
+            remote = RemoteMesh(args.url, token=token)
+        except ValueError as error:
+            parser.error(f"--url: {error}")
+        mode = "writes need the token" if token else "read-only: no token"
+
+        def ready(url: str) -> None:
+            print(f"service-mesh dashboard of {remote.url} on {url} ({mode})", file=sys.stderr)
+            sys.stderr.flush()
+
+        try:
+            serve(
+                remote,
+                host=args.host,
+                port=args.port,
+                token=token,
+                interval=args.interval,
+                ready=ready,
+            )
+        except OSError as error:
+            print(f"service-mesh dashboard: cannot listen on {args.host}:{args.port}: {error}",
+                  file=sys.stderr)  # fmt: skip
+            return 1
         return 0
 
     return run

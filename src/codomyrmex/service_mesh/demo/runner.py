@@ -506,9 +506,9 @@ def run_demo(
         _watch_breakers(mesh, meshed)
         if options.status_port is not None:
             try:
-                status = serve_status(mesh, "127.0.0.1", options.status_port)
+                status = serve_status(mesh, "127.0.0.1", options.status_port, monitor=True)
             except OSError:  # the port is taken: any free one will do
-                status = serve_status(mesh, "127.0.0.1", 0)
+                status = serve_status(mesh, "127.0.0.1", 0, monitor=True)
         result = DemoResult(
             options,
             list(BACKENDS),

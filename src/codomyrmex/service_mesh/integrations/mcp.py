@@ -9,8 +9,14 @@ strategy or action, a missing parameter) gives an error result
 
 - ``create_server(mesh)``: a ready server; ``serve_stdio(mesh)`` runs one over stdio.
 - ``add_tools(server, mesh)``: mount the tools on an app's own ``MCPServer``.
-- ``python -m codomyrmex.service_mesh.integrations.mcp [--demo-mesh]``: a server
-  process (``--demo-mesh`` fills the mesh with a few services and breakers).
+- ``python -m codomyrmex.service_mesh.integrations.mcp [--demo-mesh | --url URL]``: a
+  server process (``--demo-mesh`` fills the mesh with a few services and breakers;
+  ``--url`` serves a running service's mesh through its status endpoint, read-only
+  unless ``--token`` gives the service's write token).
+
+Every argument is taken strictly: a string is a string (``"null"`` is a name, not
+JSON), a boolean is ``true`` or ``false`` (not 1, 0, ``"false"`` or 1.0); anything
+else is an error result.
 
 The tool logic (``status``, ``breakers``, ``configure``) is plain functions over
 a mesh returning JSON-ready dicts, usable without MCP.
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
@@ -36,12 +43,16 @@ except ImportError as exc:
 
 from ..circuit_breaker import CircuitBreaker, CircuitBreakerConfig, CircuitState
 from ..load_balancer import LoadBalancer, LoadBalancerStrategy, ServiceInstance
-from ..mesh import Mesh, balancer_status, breaker_status, default_mesh, instance_status
+from ..mesh import Mesh, default_mesh
 from ..proxy import ServiceProxy
+from .control import LocalMesh, MeshSource, RemoteError, RemoteMesh
 
 __all__ = [
     "ACTIONS",
     "SERVER_NAME",
+    "RemoteMesh",
+    "Target",
+    "add_arguments",
     "add_tools",
     "breakers",
     "configure",
@@ -50,6 +61,7 @@ __all__ = [
     "main",
     "serve_stdio",
     "status",
+    "target_from",
 ]
 
 SERVER_NAME = "codomyrmex-service-mesh"
@@ -79,6 +91,7 @@ class InstanceInfo(TypedDict):
     address: str
     weight: float
     healthy: bool
+    ejected: bool
     connections: int
     metadata: dict[str, Any]
 
@@ -122,24 +135,51 @@ class LoadBalancerConfig(TypedDict):
 
 # -- the tools' logic, over a mesh ------------------------------------------------------
 
+Target = Mesh | MeshSource
+"""What the tools read and steer: a mesh of this process, or a source such as
+:class:`~.control.RemoteMesh` (another process's status endpoint)."""
+
+
+def _source(target: Target) -> MeshSource:
+    return LocalMesh(target) if isinstance(target, Mesh) else target
+
+
+def _check_text(field: str, value: object) -> str | None:
+    """An error message unless ``value`` is None or a string (never parsed: "null" is a name)."""
+    if value is None or isinstance(value, str):
+        return None
+    return f"{field} must be a string, got {value!r}"
+
 
 def status(
-    mesh: Mesh, service_name: str | None = None, include_instances: bool = False
+    mesh: Target, service_name: str | None = None, include_instances: bool = False
 ) -> dict[str, Any]:
-    """``service_mesh_status``: the services (all, or the one named), with their instances."""
+    """``service_mesh_status``: the services (all, or the one named), with their instances.
+
+    ``healthy_count`` counts the instances a pick can choose (healthy and not
+    ejected); each listed instance says ``healthy`` and ``ejected``.
+    """
+    for message in (
+        _check_text("service_name", service_name),
+        None if isinstance(include_instances, bool) else (
+            f"include_instances must be a boolean (true or false), got {include_instances!r}"
+        ),
+    ):  # fmt: skip
+        if message:
+            raise TypeError(message)
+    snapshot = _source(mesh).snapshot()
     services = []
-    for name, proxy in sorted(mesh.services().items()):
-        if service_name is not None and name != service_name:
+    for found in sorted(snapshot.get("services", []), key=lambda s: str(s.get("name"))):
+        if service_name is not None and found.get("name") != service_name:
             continue
-        counts = balancer_status(proxy.load_balancer, include_instances=include_instances)
         service: dict[str, Any] = {
-            "name": name,
-            "strategy": counts["strategy"],
-            "instance_count": counts["instance_count"],
-            "healthy_count": counts["healthy_count"],
+            "name": found["name"],
+            "strategy": found["strategy"],
+            "instance_count": found["instance_count"],
+            "healthy_count": found["healthy_count"],
         }
         if include_instances:
-            service["instances"] = [_instance(i) for i in proxy.load_balancer.instances]
+            service["instances"] = [_instance(i) for i in found.get("instances", [])]
         services.append(service)
     return {
         "services": services,
@@ -149,17 +189,20 @@ def status(
     }
 
 
-def breakers(mesh: Mesh, breaker_name: str | None = None) -> dict[str, Any]:
+def breakers(mesh: Target, breaker_name: str | None = None) -> dict[str, Any]:
     """``circuit_breaker_status``: the breakers (all, or the one named)."""
+    message = _check_text("breaker_name", breaker_name)
+    if message:
+        raise TypeError(message)
     found = []
-    for name, breaker in sorted(mesh.circuit_breakers().items()):
-        if breaker_name is not None and name != breaker_name:
+    snapshot = _source(mesh).snapshot()
+    for full in sorted(snapshot.get("breakers", []), key=lambda b: str(b.get("name"))):
+        if breaker_name is not None and full.get("name") != breaker_name:
             continue
-        full = breaker_status(breaker)
         found.append(
             {
-                "name": name,
-                "state": _CONTRACT_STATE[full["state"]],
+                "name": full["name"],
+                "state": _CONTRACT_STATE.get(full["state"], "closed"),
                 "failure_count": full["failure_count"],
                 "failure_threshold": full["failure_threshold"],
                 "last_failure_time": full["last_failure_time"],
@@ -169,35 +212,59 @@ def breakers(mesh: Mesh, breaker_name: str | None = None) -> dict[str, Any]:
 
 
 def configure(
-    mesh: Mesh,
+    mesh: Target,
     service_name: str | None,
     action: str | None,
     strategy: str | None = None,
     instance_id: str | None = None,
     healthy: bool | None = None,
+    *,
+    writable: bool = True,
 ) -> dict[str, Any]:
     """``load_balancer_config``: get a service's balancer config, set its strategy or an
-    instance's health. Returns ``status: "error"`` with a ``message`` for bad input."""
-    proxy = mesh.get_service(service_name) if service_name else None
+    instance's health. Returns ``status: "error"`` with a ``message`` for bad input,
+    and for a write when ``writable`` is False (a read-only server)."""
+    source = _source(mesh)
+    service: dict[str, Any] | None = None
 
     def error(message: str) -> dict[str, Any]:
-        return {"status": "error", **_config(service_name, proxy), "message": message}
+        return {"status": "error", **_config(service_name, service), "message": message}
 
+    for field, value in (
+        ("service_name", service_name),
+        ("action", action),
+        ("strategy", strategy),
+        ("instance_id", instance_id),
+    ):
+        message = _check_text(field, value)
+        if message:
+            service_name = service_name if isinstance(service_name, str) else None
+            return error(message)
+    if healthy is not None and not isinstance(healthy, bool):
+        return error(f"healthy must be a boolean (true or false), got {healthy!r}")
     if not service_name:
         return error("missing parameter: service_name")
+    try:
+        snapshot = source.snapshot()
+    except RemoteError as exc:
+        return error(str(exc))
+    services = {s.get("name"): s for s in snapshot.get("services", [])}
+    service = services.get(service_name)
     if not action:
         return error(f"missing parameter: action (one of {', '.join(ACTIONS)})")
-    if proxy is None:
-        known = ", ".join(sorted(mesh.services())) or "none"
+    if service is None:
+        known = ", ".join(sorted(str(name) for name in services)) or "none"
         return error(f"unknown service {service_name!r} (registered: {known})")
-    balancer = proxy.load_balancer
+    if action == "get":
+        return {"status": "success", **_config(service_name, service)}
     if action == "set_strategy":
         if not strategy:
             return error("missing parameter: strategy (required for set_strategy)")
         try:
-            balancer.strategy = LoadBalancerStrategy.parse(strategy)
+            LoadBalancerStrategy.parse(strategy)
         except (TypeError, ValueError):
             return error(f"invalid strategy {strategy!r}: must be one of {', '.join(_STRATEGIES)}")
+        write: dict[str, Any] = {"action": action, "service": service_name, "strategy": strategy}
     elif action == "set_health":
         missing = [
             name for name, value in (("instance_id", instance_id), ("healthy", healthy))
@@ -205,40 +272,52 @@ def configure(
         ]  # fmt: skip
         if missing:
             return error(f"missing parameter: {' and '.join(missing)} (required for set_health)")
-        assert instance_id is not None and healthy is not None
-        if not balancer.mark_healthy(instance_id, healthy):
-            known = ", ".join(i.id for i in balancer.instances) or "none"
-            return error(
-                f"unknown instance {instance_id!r} in service {service_name!r} (instances: {known})"
-            )
-    elif action != "get":
+        write = {
+            "action": action,
+            "service": service_name,
+            "instance_id": instance_id,
+            "healthy": healthy,
+        }
+    else:
         return error(f"invalid action {action!r}: must be one of {', '.join(ACTIONS)}")
-    return {"status": "success", **_config(service_name, proxy)}
+    if not writable:
+        return error(f"read-only: {action} needs a token (this server was started without one)")
+    done = source.act(write)
+    try:
+        service = {s.get("name"): s for s in source.snapshot().get("services", [])}.get(
+            service_name, service
+        )
+    except RemoteError as exc:
+        return error(str(exc))
+    if done.get("status") != "success":
+        return error(str(done.get("message", "the write was refused")))
+    return {"status": "success", **_config(service_name, service)}
 
 
-def _config(service_name: str | None, proxy: ServiceProxy | None) -> dict[str, Any]:
-    if proxy is None:
+def _config(service_name: str | None, service: dict[str, Any] | None) -> dict[str, Any]:
+    if service is None:
         return {
             "service_name": service_name or None,
             "strategy": None,
             "instance_count": 0,
             "healthy_count": 0,
         }
-    counts = balancer_status(proxy.load_balancer)
     return {
-        "service_name": proxy.service_name,
-        "strategy": counts["strategy"],
-        "instance_count": counts["instance_count"],
-        "healthy_count": counts["healthy_count"],
+        "service_name": service["name"],
+        "strategy": service["strategy"],
+        "instance_count": service["instance_count"],
+        "healthy_count": service["healthy_count"],
     }
 
 
-def _instance(instance: ServiceInstance) -> dict[str, Any]:
-    full = instance_status(instance)
-    full.pop("ejected")
+def _instance(full: dict[str, Any]) -> dict[str, Any]:
+    picked = {key: full[key] for key in _INSTANCE_KEYS}
     # Metadata is the application's: anything JSON cannot carry travels as its str().
-    full["metadata"] = json.loads(json.dumps(full["metadata"], default=str))
-    return full
+    picked["metadata"] = json.loads(json.dumps(full.get("metadata", {}), default=str))
+    return picked
+
+
+_INSTANCE_KEYS = ("id", "host", "port", "address", "weight", "healthy", "ejected", "connections")
 
 
 # -- the MCP server ----------------------------------------------------------------------
@@ -252,54 +331,79 @@ def _result(payload: dict[str, Any], *, is_error: bool = False) -> CallToolResul
     )
 
 
-def _tools(mesh: Mesh) -> list[Tool]:
+# The tools' arguments are declared exactly ``str`` / ``bool`` (with ``None`` defaults), see
+# _tools; these aliases say so without spelling an implicit Optional.
+_Text = str
+_Flag = bool
+
+
+def _failed(exc: Exception) -> CallToolResult:
+    return CallToolResult(content=[TextContent(type="text", text=str(exc))], is_error=True)
+
+
+def _tools(mesh: Target, writable: bool) -> list[Tool]:
+    # Arguments are declared as exactly ``str`` / ``bool`` (``None`` defaults aside) and
+    # validated strictly: the SDK JSON-decodes a string argument whose annotation is not
+    # exactly ``str`` (so "null" would read as None), and lax booleans take 1, "no", 1.0.
     def service_mesh_status(
         service_name: Annotated[
-            str | None, Field(description="Only this service; default all services.")
-        ] = None,
+            _Text, Field(strict=True, description="Only this service; default all services.")
+        ] = None,  # type: ignore[assignment]
         include_instances: Annotated[
-            bool, Field(description="Add each service's instances.")
+            bool, Field(strict=True, description="Add each service's instances.")
         ] = False,
     ) -> Annotated[CallToolResult, MeshStatus]:
         """The mesh's services: strategy, instance and healthy counts, optionally the
         instances. A name that matches nothing gives an empty list."""
-        return _result(status(mesh, service_name, include_instances))
+        try:
+            return _result(status(mesh, service_name, include_instances))
+        except (TypeError, RemoteError) as exc:
+            return _failed(exc)
 
     def circuit_breaker_status(
         breaker_name: Annotated[
-            str | None, Field(description="Only this breaker; default all breakers.")
-        ] = None,
+            _Text, Field(strict=True, description="Only this breaker; default all breakers.")
+        ] = None,  # type: ignore[assignment]
     ) -> Annotated[CallToolResult, BreakerStatus]:
         """The circuit breakers: state, failure count and threshold, last failure time.
         An unknown name gives an empty list."""
-        return _result(breakers(mesh, breaker_name))
+        try:
+            return _result(breakers(mesh, breaker_name))
+        except (TypeError, RemoteError) as exc:
+            return _failed(exc)
 
     def load_balancer_config(
-        service_name: Annotated[str | None, Field(description="The service (required).")] = None,
+        service_name: Annotated[
+            _Text, Field(strict=True, description="The service (required).")
+        ] = None,  # type: ignore[assignment]
         action: Annotated[
-            str | None,
+            _Text,
             Field(
+                strict=True,
                 description="What to do (required): get, set_strategy or set_health.",
                 json_schema_extra={"enum": list(ACTIONS)},
             ),
-        ] = None,
+        ] = None,  # type: ignore[assignment]
         strategy: Annotated[
-            str | None,
+            _Text,
             Field(
+                strict=True,
                 description="The new strategy; required for set_strategy.",
                 json_schema_extra={"enum": _STRATEGIES},
             ),
-        ] = None,
+        ] = None,  # type: ignore[assignment]
         instance_id: Annotated[
-            str | None, Field(description="The instance; required for set_health.")
-        ] = None,
+            _Text, Field(strict=True, description="The instance; required for set_health.")
+        ] = None,  # type: ignore[assignment]
         healthy: Annotated[
-            bool | None, Field(description="Its new health; required for set_health.")
-        ] = None,
+            _Flag, Field(strict=True, description="Its new health; required for set_health.")
+        ] = None,  # type: ignore[assignment]
     ) -> Annotated[CallToolResult, LoadBalancerConfig]:
         """Read a service's load balancer config, change its strategy, or mark an
         instance healthy or unhealthy. Every action is idempotent."""
-        payload = configure(mesh, service_name, action, strategy, instance_id, healthy)
+        payload = configure(
+            mesh, service_name, action, strategy, instance_id, healthy, writable=writable
+        )
         return _result(payload, is_error=payload["status"] == "error")
 
     read_only = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False)
@@ -322,9 +426,12 @@ def _tools(mesh: Mesh) -> list[Tool]:
     return tools
 
 
-def add_tools(server: MCPServer[Any], mesh: Mesh | None = None) -> MCPServer[Any]:
-    """Mount the three tools on ``server`` (an app's own ``MCPServer``) over ``mesh``."""
-    for tool in _tools(mesh if mesh is not None else default_mesh()):
+def add_tools(
+    server: MCPServer[Any], mesh: Target | None = None, *, writable: bool = True
+) -> MCPServer[Any]:
+    """Mount the three tools on ``server`` (an app's own ``MCPServer``) over ``mesh``
+    (or a source such as a :class:`RemoteMesh`); ``writable=False`` refuses the writes."""
+    for tool in _tools(mesh if mesh is not None else default_mesh(), writable):
         server.add_tool(
             tool.fn,
             name=tool.name,
@@ -337,8 +444,18 @@ def add_tools(server: MCPServer[Any], mesh: Mesh | None = None) -> MCPServer[Any
     return server
 
 
-def create_server(mesh: Mesh | None = None, *, name: str = SERVER_NAME) -> MCPServer[Any]:
-    """An MCP server exposing the three tools over ``mesh`` (default: the default mesh)."""
+def create_server(
+    mesh: Target | None = None, *, name: str = SERVER_NAME, writable: bool | None = None
+) -> MCPServer[Any]:
+    """An MCP server exposing the three tools over ``mesh`` (default: the default mesh).
+
+    ``mesh`` may also be a source such as :class:`RemoteMesh` (another process's
+    status endpoint). ``writable`` defaults to True for a mesh of this process and,
+    for a remote one, to whether it was given a token: a read-only server answers
+    ``set_strategy`` and ``set_health`` with an error result.
+    """
+    if writable is None:
+        writable = bool(getattr(mesh, "writable", True))
     return MCPServer(
         name,
         instructions=(
@@ -346,11 +463,11 @@ def create_server(mesh: Mesh | None = None, *, name: str = SERVER_NAME) -> MCPSe
             "(service_mesh_status), circuit breakers (circuit_breaker_status), and a "
             "service's load balancer strategy and instance health (load_balancer_config)."
         ),
-        tools=_tools(mesh if mesh is not None else default_mesh()),
+        tools=_tools(mesh if mesh is not None else default_mesh(), writable),
     )
 
 
-def serve_stdio(mesh: Mesh | None = None) -> None:
+def serve_stdio(mesh: Target | None = None) -> None:
     """Serve the tools over stdio until the client disconnects (blocks)."""
     create_server(mesh).run("stdio")
 
@@ -385,19 +502,48 @@ def demo_mesh() -> Mesh:
     return mesh
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m codomyrmex.service_mesh.integrations.mcp [--demo-mesh]``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m codomyrmex.service_mesh.integrations.mcp",
-        description="Serve the service mesh MCP tools over stdio.",
-    )
-    parser.add_argument(
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The server's options (shared with ``service-mesh mcp``)."""
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
         "--demo-mesh",
         action="store_true",
         help="serve a small demo mesh instead of this process's (empty) default mesh",
     )
+    which.add_argument(
+        "--url",
+        help="serve the mesh of a running service, read from its status endpoint "
+        "(serve_status(mesh, ...) or `service-mesh demo`)",
+    )
+    parser.add_argument(
+        "--token",
+        help="with --url: the service's write token (default: $SERVICE_MESH_TOKEN); "
+        "without one the tools are read-only",
+    )
+
+
+def target_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Target | None:
+    """The mesh the parsed options name (argparse errors for bad ones)."""
+    token = args.token or os.environ.get("SERVICE_MESH_TOKEN") or None
+    if args.url is None:
+        if args.token:
+            parser.error("--token needs --url")
+        return demo_mesh() if args.demo_mesh else None
+    try:
+        return RemoteMesh(args.url, token=token)
+    except ValueError as exc:
+        parser.error(f"--url: {exc}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m codomyrmex.service_mesh.integrations.mcp [--demo-mesh | --url URL]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m codomyrmex.service_mesh.integrations.mcp",
+        description="Serve the service mesh MCP tools over stdio.",
+    )
+    add_arguments(parser)
     args = parser.parse_args(argv)
-    serve_stdio(demo_mesh() if args.demo_mesh else None)
+    serve_stdio(target_from(args, parser))
     return 0
 
 
