@@ -27,7 +27,6 @@ from codomyrmex.service_mesh import (  # noqa: E402
     CircuitState,
     LoadBalancer,
     Mesh,
-    NoHealthyInstanceError,
     RetryPolicy,
     ServiceInstance,
     ServiceProxy,
@@ -370,16 +369,25 @@ def test_giving_up_on_a_failure_status_returns_the_last_response(backends, drive
 
 
 def test_a_status_outside_the_failure_set_is_returned_at_once(backends, drive) -> None:
-    backend = backends(lambda i: (500, {}, b"bug"))
+    backend = backends(lambda i: (501, {}, b"not implemented"))
     proxy = make_proxy(backend.instance("a"))
     driver = drive(proxy)
-    assert driver.request("GET", "http://orders/").status_code == 500
+    assert driver.request("GET", "http://orders/").status_code == 501
     assert backend.hits == 1
     assert proxy.circuit_breaker.failure_count == 0
 
-    strict = drive(make_proxy(backend.instance("a")), failure_statuses={500})
-    assert strict.request("GET", "http://orders/").status_code == 500
+    strict = drive(make_proxy(backend.instance("a")), failure_statuses={501})
+    assert strict.request("GET", "http://orders/").status_code == 501
     assert backend.hits == 1 + 3
+
+
+def test_a_500_is_a_failure_by_default_retried_only_for_idempotent_methods(backends, drive) -> None:
+    backend = backends(lambda i: (500, {}, b"bug"))
+    driver = drive(make_proxy(backend.instance("a")))
+    assert driver.request("GET", "http://orders/").status_code == 500
+    assert backend.hits == 3  # one attempt and two retries
+    assert driver.request("POST", "http://orders/", content=b"x").status_code == 500
+    assert backend.hits == 4  # a POST is sent once
 
 
 def test_open_service_breaker_after_a_503_still_returns_the_response(backends, drive) -> None:
@@ -486,7 +494,8 @@ def test_killed_instance_is_ejected_and_never_tried_while_its_breaker_is_open(
         assert driver.request("GET", "http://orders/").status_code == 200
     breaker = mesh.get_circuit_breaker("orders/doomed")
     assert breaker is not None and breaker.state is CircuitState.OPEN
-    assert proxy.load_balancer.get("doomed").healthy is False  # ejected
+    assert proxy.load_balancer.is_ejected("doomed")  # ejected, not marked unhealthy
+    assert proxy.load_balancer.get("doomed").healthy is True
     assert driver.inner.ports.count(doomed.port) == 2 + 2  # two refused, then never again
     assert mesh.get_circuit_breaker("orders/survivor").state is CircuitState.CLOSED
     names = {b["name"] for b in mesh.status()["breakers"]}
@@ -507,7 +516,7 @@ def test_ejected_instance_returns_when_its_breaker_half_opens(backends, drive, c
     driver = drive(mesh, instance_breaker=config)
     assert driver.request("GET", "http://orders/").status_code == 200
     assert breaker.state is CircuitState.OPEN
-    assert proxy.load_balancer.get("flaky").healthy is False
+    assert proxy.load_balancer.is_ejected("flaky")
     for _ in range(3):
         assert driver.request("GET", "http://orders/").status_code == 200
     assert flaky.hits == 1  # ejected: not even picked
@@ -517,7 +526,7 @@ def test_ejected_instance_returns_when_its_breaker_half_opens(backends, drive, c
     bodies = [driver.request("GET", "http://orders/").text for _ in range(4)]
     assert "back" in bodies
     assert breaker.state is CircuitState.CLOSED
-    assert proxy.load_balancer.get("flaky").healthy is True
+    assert not proxy.load_balancer.is_ejected("flaky")
 
 
 def test_hung_instance_timeouts_open_its_breaker(backends, drive) -> None:
@@ -540,10 +549,7 @@ def test_single_attempt_refused_by_the_instance_breaker(backends, drive) -> None
     proxy = make_proxy(backend.instance("a"))
     driver = drive(proxy, instance_breaker=CircuitBreakerConfig(failure_threshold=1))
     assert driver.request("POST", "http://orders/").status_code == 503
-    assert proxy.load_balancer.get("a").healthy is False
-    with pytest.raises(NoHealthyInstanceError):
-        driver.request("POST", "http://orders/")
-    proxy.load_balancer.mark_healthy("a", True)  # an operator puts it back, breaker still open
+    assert not proxy.load_balancer.is_ejected("a")  # the last available instance stays in
     with pytest.raises(CircuitOpenError, match="orders/a"):
         driver.request("POST", "http://orders/")
     assert backend.hits == 1
@@ -554,9 +560,33 @@ def test_closing_the_transport_puts_ejected_instances_back(backends, drive) -> N
     proxy = make_proxy(bad.instance("bad"), good.instance("good"))
     driver = drive(proxy, instance_breaker=CircuitBreakerConfig(failure_threshold=1))
     assert driver.request("GET", "http://orders/").status_code == 200
-    assert proxy.load_balancer.get("bad").healthy is False
+    assert proxy.load_balancer.is_ejected("bad")
     driver.close()
-    assert proxy.load_balancer.get("bad").healthy is True
+    assert not proxy.load_balancer.is_ejected("bad")
+
+
+def test_an_operators_unhealthy_mark_survives_the_instance_breaker_closing(
+    backends, drive, clock
+) -> None:
+    """Issue 15 item 17: the breakers eject; they never overwrite the operator's health flag."""
+    flaky, steady = backends(), backends()
+    failing = [True]
+    flaky.behave = lambda i: (503, {}, b"") if failing[0] else (200, {}, b"back")
+    mesh = Mesh()
+    proxy = mesh.register_service(make_proxy(flaky.instance("flaky"), steady.instance("steady")))
+    config = CircuitBreakerConfig(failure_threshold=1, timeout_seconds=5, success_threshold=1)
+    breaker = mesh.circuit_breaker("orders/flaky", config, clock=clock)
+    driver = drive(mesh, instance_breaker=config)
+    assert driver.request("GET", "http://orders/").status_code == 200
+    assert breaker.state is CircuitState.OPEN and proxy.load_balancer.is_ejected("flaky")
+    proxy.load_balancer.mark_healthy("flaky", False)  # the operator drains it meanwhile
+    clock.advance(6)
+    failing[0] = False
+    for _ in range(4):
+        assert driver.request("GET", "http://orders/").status_code == 200
+    assert not proxy.load_balancer.is_ejected("flaky")  # the breaker let it back ...
+    assert proxy.load_balancer.get("flaky").healthy is False  # ... the operator's word stands
+    assert flaky.hits == 1
 
 
 # -- plumbing --------------------------------------------------------------------
