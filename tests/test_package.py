@@ -73,7 +73,7 @@ INTEGRATION_EXTRAS = {
     "otel": ("opentelemetry", "otel"),
     "mcp": ("mcp", "mcp"),
 }
-STDLIB_INTEGRATIONS = {"status_http"}
+STDLIB_INTEGRATIONS = {"status_http", "protocol"}
 """Integration modules that need nothing beyond the standard library."""
 
 _BLOCKER = """

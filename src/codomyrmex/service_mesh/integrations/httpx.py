@@ -347,8 +347,9 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
 
         The attempt (and its httpx timeouts) gets a little less than its limit, so that
         running out of time is raised here, inside the instance's breaker, before the
-        proxy's own ``attempt_timeout`` (if set) cancels the attempt from outside; running out of time there is a TimeoutError (a failure), while a
-        cancellation from outside stays a cancellation (never a failure).
+        proxy's own ``attempt_timeout`` (if set) cancels the attempt from outside; running
+        out of time there is a TimeoutError (a failure), while a cancellation from outside
+        stays a cancellation (never a failure).
         """
         limit = call.limit() * _HTTPX_SHARE
         request = self._router.attempt_request(call, instance, _HTTPX_SHARE)
