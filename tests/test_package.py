@@ -72,6 +72,7 @@ INTEGRATION_EXTRAS = {
     "prometheus": ("prometheus_client", "prometheus"),
     "otel": ("opentelemetry", "otel"),
     "mcp": ("mcp", "mcp"),
+    "requests": ("requests", "requests"),
 }
 STDLIB_INTEGRATIONS = {"status_http", "protocol"}
 """Integration modules that need nothing beyond the standard library."""
