@@ -73,6 +73,7 @@ INTEGRATION_EXTRAS = {
     "otel": ("opentelemetry", "otel"),
     "mcp": ("mcp", "mcp"),
     "requests": ("requests", "requests"),
+    "aiohttp": ("aiohttp", "aiohttp"),
 }
 STDLIB_INTEGRATIONS = {"status_http", "protocol"}
 """Integration modules that need nothing beyond the standard library."""

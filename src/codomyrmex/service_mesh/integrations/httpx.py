@@ -192,7 +192,7 @@ class _Router:
         self.core: ClientCore[httpx.Response] = ClientCore(
             services, instance_breaker=instance_breaker, timeouts=timeouts
         )
-        self.semantics = HttpSemantics(frozenset(failure_statuses), frozenset(retry_methods))
+        self.semantics = HttpSemantics.of(failure_statuses, retry_methods)
         if host_header not in ("service", "instance"):
             raise ValueError(f"host_header must be 'service' or 'instance', got {host_header!r}")
         self.instance_host = host_header == "instance"

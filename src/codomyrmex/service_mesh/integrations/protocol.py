@@ -247,6 +247,16 @@ class HttpSemantics:
         object.__setattr__(self, "failure_statuses", statuses)
         object.__setattr__(self, "retry_methods", frozenset(m.upper() for m in methods))
 
+    @classmethod
+    def of(
+        cls,
+        failure_statuses: Iterable[int],
+        retry_methods: Iterable[str],
+        respect_retry_after: bool = True,
+    ) -> HttpSemantics:
+        """Validated semantics from the integrations' arguments (any iterables)."""
+        return cls(failure_statuses, retry_methods, respect_retry_after)  # type: ignore[arg-type]
+
     def verdict(self, status: int) -> Verdict:
         """SUCCESS or FAILURE for a response status (an answer is never IGNORED)."""
         return Verdict.FAILURE if status in self.failure_statuses else Verdict.SUCCESS

@@ -246,9 +246,9 @@ class MeshAdapter(HTTPAdapter):
                 f"max_retries must be None, an int >= 0 or a urllib3 Retry, got {max_retries!r}"
             )
         self._urllib3_retry = max_retries
-        self._semantics = HttpSemantics(
-            semantics.failure_statuses if failure_statuses is None else frozenset(failure_statuses),
-            semantics.retry_methods if retry_methods is None else frozenset(retry_methods),
+        self._semantics = HttpSemantics.of(
+            semantics.failure_statuses if failure_statuses is None else failure_statuses,
+            semantics.retry_methods if retry_methods is None else retry_methods,
             semantics.respect_retry_after,
         )
         if host_header not in ("service", "instance"):
