@@ -74,6 +74,7 @@ INTEGRATION_EXTRAS = {
     "mcp": ("mcp", "mcp"),
     "requests": ("requests", "requests"),
     "aiohttp": ("aiohttp", "aiohttp"),
+    "grpc": ("grpc", "grpc"),
 }
 STDLIB_INTEGRATIONS = {"status_http", "protocol"}
 """Integration modules that need nothing beyond the standard library."""

@@ -305,15 +305,21 @@ class Timeouts:
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"timeouts.{name} must be > 0 and finite, got {value!r}")
 
-    def resolve(self, policy: RetryPolicy, client: float | None) -> tuple[float, float]:
-        """(attempt timeout, deadline) for a call with the client's timeout ``client``."""
+    def resolve(
+        self, policy: RetryPolicy, client: float | None, client_is_deadline: bool = False
+    ) -> tuple[float, float]:
+        """(attempt timeout, deadline) for a call with the client's timeout ``client``.
+
+        ``client_is_deadline``: the client's timeout bounds the whole call (gRPC's
+        deadline), so it is the deadline, and each attempt may use what is left of it.
+        """
         attempt = self.attempt or policy.attempt_timeout
         deadline = self.deadline or policy.max_elapsed
         if client is not None and client > 0 and math.isfinite(client):
             if attempt is None:
                 attempt = client
             if deadline is None:
-                deadline = DEADLINE_FACTOR * client
+                deadline = client if client_is_deadline else DEADLINE_FACTOR * client
         if attempt is None:
             attempt = DEFAULT_ATTEMPT_TIMEOUT
         if deadline is None:
@@ -551,10 +557,19 @@ class ClientCore(Generic[R]):
                     return candidate
         return proxy
 
-    def start(self, proxy: ServiceProxy, request: Any, client_timeout: float | None) -> CallState:
+    def start(
+        self,
+        proxy: ServiceProxy,
+        request: Any,
+        client_timeout: float | None,
+        client_is_deadline: bool = False,
+        timeouts: Timeouts | None = None,
+    ) -> CallState:
         """Begin a call: returns its state (deadline started now)."""
         self.ejector.reinstate_due()
-        attempt, deadline = self.timeouts.resolve(proxy.retry_policy, client_timeout)
+        attempt, deadline = (timeouts or self.timeouts).resolve(
+            proxy.retry_policy, client_timeout, client_is_deadline
+        )
         return CallState(proxy, request, attempt, deadline, self.clock)
 
     # -- the whole call --
