@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import clients
 from meshbench import breakers, mesh, retries
 from meshbench.harness import Settings, Workload, WorkloadResult, run_workload
 from meshbench.report import load_average, machine_info, text_report, write_all
@@ -37,6 +38,7 @@ WORKLOADS: dict[str, Callable[[], Workload]] = {
     "async_breaker_open": breakers.async_breaker_open,
     "async_retry_success": retries.async_retry_success,
     "async_proxy_call": mesh.async_proxy_call,
+    **clients.WORKLOADS,  # the client integrations on the real path (loopback servers)
 }
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
