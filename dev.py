@@ -74,7 +74,7 @@ def lock() -> None:
 
 SYSTEM_TOOLS = {"redis-server": "redis-server", "chromium": "chromium"}
 """Programs some tests need (a private Redis server, headless Chromium), by Debian package."""
-SYSTEM_TOOLS.update({"nginx": "nginx-light", "haproxy": "haproxy"})  # the client benchmarks' servers
+SYSTEM_TOOLS.update({"nginx": "nginx-light", "haproxy": "haproxy"})  # client benchmarks
 
 
 def ensure_system_tools() -> None:

@@ -29,7 +29,6 @@ Hedging is not supported (attempts share one ``ClientRequest``).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable
 from typing import Any
 
@@ -56,6 +55,7 @@ from .protocol import (
     Services,
     Timeouts,
     UnknownService,
+    within,
 )
 
 __all__ = [
@@ -135,11 +135,18 @@ class MeshMiddleware:
     async def _attempt(self, instance: ServiceInstance, call: CallState) -> ClientResponse:
         limit = call.limit()
         req, _, url = call.request
-        req.url = url.with_host(instance.host).with_port(instance.port)
+        req.url = URL.build(
+            scheme=url.scheme,
+            host=instance.host,
+            port=instance.port,
+            path=url.raw_path,
+            query_string=url.raw_query_string,
+            encoded=True,
+        )
         return await self._core.guard_async(instance, call, self._send_within, limit, call)
 
     async def _send_within(self, seconds: float, call: CallState) -> ClientResponse:
-        return await asyncio.wait_for(self._send(call), seconds)
+        return await within(seconds, self._send(call))
 
     async def _send(self, call: CallState) -> ClientResponse:
         req, handler, _ = call.request

@@ -63,7 +63,6 @@ what this expects, it falls back to ``copy_with``.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable
 from typing import Any, Literal
 
@@ -88,6 +87,7 @@ from .protocol import (
     Timeouts,
     UnknownService,
     parse_retry_after,
+    within,
 )
 
 __all__ = [
@@ -360,7 +360,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
     async def _send_within(
         self, seconds: float, request: httpx.Request, call: CallState
     ) -> httpx.Response:
-        return await asyncio.wait_for(self._send(request, call), seconds)
+        return await within(seconds, self._send(request, call))
 
     async def _send(self, request: httpx.Request, call: CallState) -> httpx.Response:
         response = await self._inner.handle_async_request(request)

@@ -32,8 +32,10 @@ What a client integration asks of this layer:
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import math
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -161,6 +163,18 @@ class _Passed(Exception):
     def __init__(self, error: BaseException) -> None:
         super().__init__(error)
         self.error = error
+
+
+async def within(seconds: float, awaitable: Awaitable[R]) -> R:
+    """Await ``awaitable`` for at most ``seconds``; running out raises ``TimeoutError``.
+
+    ``asyncio.timeout`` where there is one (3.11+): unlike ``wait_for`` there, it makes
+    no task per attempt.
+    """
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(seconds):
+            return await awaitable
+    return await asyncio.wait_for(awaitable, seconds)  # pragma: no cover - Python 3.10
 
 
 # -- parsing -------------------------------------------------------------------------
