@@ -342,7 +342,7 @@ class WindowedBreakerMachine(RuleBasedStateMachine):
         call = self.calls.pop(data.draw(st.integers(0, len(self.calls) - 1), label="call"))
         call.end(result)
         now = self.clock.now
-        slow = self.model.slow_rate is not None and now - call.started >= SLOW_AFTER
+        slow = self.model.slow_rate is not None and now - call.started > SLOW_AFTER
         self.model.end(call.phase, verdict_of(call.kind, result), slow, now)
 
     @rule(seconds=st.sampled_from([0.5, 1.0, 2.0, 3.5, 7.0]))

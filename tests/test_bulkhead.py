@@ -1,9 +1,8 @@
 """Bulkhead: a cap on concurrent calls with a bounded, timed wait queue, sync and async.
 
 Waiting is real here (threads block, tasks await), but never for time to pass:
-a waiter is released by another party, and the only timed waits are the short
-``queue_timeout`` tests, which exercise the real timer. Every wait for another
-thread is bounded.
+a waiter is released by another party, and ``queue_timeout`` runs on a
+:class:`ManualTimer` the test advances. Every wait for another thread is bounded.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ from typing import Any
 import pytest
 
 from codomyrmex.service_mesh import Bulkhead, BulkheadFullError, ServiceMeshError
+from codomyrmex.service_mesh.timers import ManualTimer, Timer
 
 WAIT = 5.0  # upper bound on any wait for another thread or task
 
@@ -177,13 +177,28 @@ def test_threads_queue_in_order_and_the_queue_is_bounded() -> None:
 
 
 def test_a_thread_gives_up_after_the_queue_timeout_and_frees_its_place() -> None:
-    bulkhead = Bulkhead(1, max_queue=1, queue_timeout=0.02)
+    timer = ManualTimer()
+    bulkhead = Bulkhead(1, max_queue=1, queue_timeout=5.0, timer=timer)
     bulkhead.acquire()
-    started = time.monotonic()
-    with pytest.raises(BulkheadFullError) as caught:
-        bulkhead.acquire()
-    assert caught.value.reason == "queue_timeout"
-    assert time.monotonic() - started >= 0.015
+    errors: list[BaseException] = []
+
+    def queue() -> None:
+        try:
+            bulkhead.acquire()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=queue, daemon=True)
+    thread.start()
+    timer.until_waiting(1)
+    assert timer.deadlines() == [5.0]  # the wait is timed by the injected timer
+    timer.advance(4.999)
+    assert (bulkhead.queued, errors) == (1, [])  # not yet
+    timer.advance(0.001)
+    thread.join(WAIT)
+    [error] = errors
+    assert isinstance(error, BulkheadFullError)
+    assert error.reason == "queue_timeout"
     assert (bulkhead.in_flight, bulkhead.queued) == (1, 0)
     order: list[str] = []
     waiter = ThreadWaiter(bulkhead, "next", order)  # the place is free again
@@ -193,6 +208,43 @@ def test_a_thread_gives_up_after_the_queue_timeout_and_frees_its_place() -> None
     waiter.join()
     assert waiter.error is None
     assert order == ["next"]
+
+
+class Interrupted(BaseException):
+    """An interruption (like KeyboardInterrupt) raised in a waiting thread."""
+
+
+class InterruptWhenGranted(Timer):
+    """A timer whose wait ends in an interruption right after the slot was handed over."""
+
+    def wait(self, event: threading.Event, timeout: float | None) -> bool:
+        self.waiting = True
+        assert event.wait(WAIT)
+        raise Interrupted
+
+
+def test_a_thread_interrupted_just_as_its_slot_arrives_passes_the_slot_on() -> None:
+    """Issue 15 item 27: the slot granted to an interrupted waiter must not leak."""
+    timer = InterruptWhenGranted()
+    bulkhead = Bulkhead(1, max_queue=1, timer=timer)
+    bulkhead.acquire()
+    errors: list[BaseException] = []
+
+    def queue() -> None:
+        try:
+            bulkhead.acquire()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=queue, daemon=True)
+    thread.start()
+    wait_until(lambda: bulkhead.queued == 1)
+    bulkhead.release()  # handed to the waiter, which is interrupted as it wakes
+    thread.join(WAIT)
+    assert [type(e) for e in errors] == [Interrupted]
+    assert (bulkhead.in_flight, bulkhead.queued) == (0, 0)  # the slot was passed on
+    bulkhead.acquire()  # and can be taken again
+    assert bulkhead.in_flight == 1
 
 
 # -- event loop ---------------------------------------------------------------------------------
@@ -225,12 +277,34 @@ def test_tasks_queue_in_order_and_the_queue_is_bounded(run_async: Any) -> None:
 
 def test_a_task_gives_up_after_the_queue_timeout(run_async: Any) -> None:
     async def main() -> None:
-        bulkhead = Bulkhead(1, max_queue=1, queue_timeout=0.02)
+        timer = ManualTimer()
+        bulkhead = Bulkhead(1, max_queue=1, queue_timeout=5.0, timer=timer)
         await bulkhead.acquire_async()
+        queued = asyncio.create_task(bulkhead.acquire_async())
+        await timer.until_waiting_async(1)
+        timer.advance(4.999)
+        await settle(lambda: False if queued.done() else timer.waiting == 1)
+        assert not queued.done()
+        timer.advance(0.001)
         with pytest.raises(BulkheadFullError) as caught:
-            await bulkhead.acquire_async()
+            await queued
         assert caught.value.reason == "queue_timeout"
         assert caught.value.__cause__ is None
+        assert (bulkhead.in_flight, bulkhead.queued) == (1, 0)
+
+    run_async(main())
+
+
+def test_a_task_granted_its_slot_as_the_queue_timeout_passes_keeps_it(run_async: Any) -> None:
+    async def main() -> None:
+        timer = ManualTimer()
+        bulkhead = Bulkhead(1, max_queue=1, queue_timeout=1.0, timer=timer)
+        await bulkhead.acquire_async()
+        queued = asyncio.create_task(bulkhead.acquire_async())
+        await timer.until_waiting_async(1)
+        bulkhead.release()  # granted...
+        timer.advance(1.0)  # ...and timed out before the task ran again
+        await queued  # it keeps the slot it was given
         assert (bulkhead.in_flight, bulkhead.queued) == (1, 0)
 
     run_async(main())

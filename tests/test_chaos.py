@@ -219,12 +219,17 @@ def test_on_a_proxy_handler_faults_open_the_breaker_and_fail_over(clock: FakeClo
     assert results == ["api-2", "api-2"]  # api-1 failed each time, the retry went to api-2
     assert [e.instance_id for e in seen if isinstance(e, CallFailed)] == ["api-1", "api-1"]
     assert sum(isinstance(e, FaultInjected) for e in seen) == 2
+    assert breaker.failure_count == 0  # the breaker judges calls: these failed over and succeeded
 
     chaos.applies_to = None  # now every instance fails
-    with pytest.raises((ConnectionError, CircuitOpenError)):
-        proxy.call(handler)
+    for _ in range(3):  # every attempt fails: three failed calls open the breaker
+        with pytest.raises(ConnectionError):
+            proxy.call(handler)
+    faults = sum(isinstance(e, FaultInjected) for e in seen)
+    assert faults == 2 + 3 * 2  # each failed call made both its attempts
     with pytest.raises(CircuitOpenError):
         proxy.call(handler)
+    assert sum(isinstance(e, FaultInjected) for e in seen) == faults  # refused: nothing ran
     assert any(isinstance(e, StateTransition) for e in seen)
     assert sum(isinstance(e, CallSucceeded) for e in seen) == 2
     assert all(i.connections == 0 for i in balancer.instances)

@@ -51,7 +51,7 @@ def _raise(event: Event) -> None:
 
 
 def _proxy(clock: FakeClock, *ids: str, retries: int = 0, threshold: int = 5) -> ServiceProxy:
-    balancer = LoadBalancer(name="svc")
+    balancer = LoadBalancer(name="svc", clock=clock)
     for n, instance_id in enumerate(ids):
         balancer.register(ServiceInstance(instance_id, "127.0.0.1", 9000 + n))
     breaker = CircuitBreaker(
@@ -93,7 +93,7 @@ def test_breaker_events_follow_its_state_machine(clock: FakeClock, flavour: Flav
 
     assert seen == [
         StateTransition("cb", CLOSED, OPEN),
-        CallRejected("cb", "circuit_open"),
+        CallRejected("cb", "circuit_open", by_breaker=True),
         StateTransition("cb", OPEN, HALF_OPEN),
         StateTransition("cb", HALF_OPEN, CLOSED),
     ]
@@ -132,7 +132,7 @@ def test_operator_states_publish_transitions_and_forced_rejections(clock: FakeCl
     breaker.reset()
     assert seen == [
         StateTransition("cb", CLOSED, CircuitState.FORCED_OPEN),
-        CallRejected("cb", "forced_open"),
+        CallRejected("cb", "forced_open", by_breaker=True),
         StateTransition("cb", CircuitState.FORCED_OPEN, CLOSED),
     ]
 
@@ -162,7 +162,7 @@ def test_proxy_events_tell_attempts_retries_and_durations(
     assert isinstance(failed, CallFailed)
     assert (failed.source, failed.instance_id, failed.duration) == ("svc", "i1", 0.125)
     assert isinstance(failed.error, Boom)
-    assert scheduled == RetryScheduled("svc", 1, 0.25, failed.error)
+    assert scheduled == RetryScheduled("svc", 1, 0.0, failed.error)  # failover: no wait
     assert succeeded == CallSucceeded("svc", "i2", 0.25, 2)
 
 
@@ -248,7 +248,10 @@ def test_a_raising_listener_never_breaks_a_call(
         with pytest.raises(CircuitOpenError):
             flavour.proxy(proxy, fail)
 
-    assert [type(e) for e in after] == [CallSucceeded, CallFailed, RetryGaveUp, CallFailed]
+    # The service breaker (threshold 1) judged the failed call and refuses the next one
+    # before any attempt: the proxy reports it as its own rejection.
+    assert [type(e) for e in after] == [CallSucceeded, CallFailed, RetryGaveUp, CallRejected]
+    assert after[-1] == CallRejected("svc", "circuit_open")
     broken = [r for r in caplog.records if "event listener" in r.getMessage()]
     assert broken, "a raising listener is logged"
     assert all(r.exc_info is not None for r in broken)
@@ -314,7 +317,7 @@ def test_retries_are_logged_with_service_attempt_and_delay(
 
     scheduled = [r for r in _records(caplog, "attempt") if r.levelno == logging.DEBUG]
     gave_up = [r for r in _records(caplog, "attempt") if r.levelno == logging.INFO]
-    assert [(r.service, r.attempt, r.delay) for r in scheduled] == [("svc", 1, 0.25)]  # type: ignore[attr-defined]
+    assert [(r.service, r.attempt, r.delay) for r in scheduled] == [("svc", 1, 0.0)]  # type: ignore[attr-defined]  # failover
     assert [(r.service, r.attempt) for r in gave_up] == [("svc", 2)]  # type: ignore[attr-defined]
     # Each record names the instance whose attempt failed: i1 first, then the failover i2.
     assert [r.instance for r in scheduled + gave_up] == ["i1", "i2"]  # type: ignore[attr-defined]

@@ -198,7 +198,7 @@ def test_every_attempt_dropped_raises_the_transport_error(backends, drive) -> No
     with pytest.raises(httpx.TransportError):
         driver.request("GET", "http://orders/x")
     assert dropping.hits == 3
-    assert proxy.circuit_breaker.failure_count == 3
+    assert proxy.circuit_breaker.failure_count == 1  # the breaker judges the call, not attempts
 
 
 def test_503_retry_after_seconds_is_honoured(backends, drive) -> None:
@@ -231,7 +231,7 @@ def test_giving_up_on_a_failure_status_returns_the_last_response(backends, drive
     assert response.text == "unavailable"
     assert response.headers["X-Attempt"] == "2"  # the last of three attempts
     assert response.request.url == "http://orders/"
-    assert proxy.circuit_breaker.failure_count == 3
+    assert proxy.circuit_breaker.failure_count == 1  # one failed call, after three attempts
 
 
 def test_a_status_outside_the_failure_set_is_returned_at_once(backends, drive) -> None:
@@ -266,10 +266,11 @@ def test_open_service_breaker_after_a_503_still_returns_the_response(backends, d
     driver = drive(proxy)
     response = driver.request("GET", "http://orders/")
     assert response.status_code == 503  # the real answer, not the breaker's refusal
-    assert backend.hits == 1
+    assert backend.hits == 4  # the breaker judges the whole call: every attempt ran
+    assert proxy.circuit_breaker.state is CircuitState.OPEN  # the call failed: it opened
     with pytest.raises(CircuitOpenError):
         driver.request("GET", "http://orders/")  # no answer at all this time
-    assert backend.hits == 1
+    assert backend.hits == 4
 
 
 def test_non_idempotent_methods_get_one_attempt(backends, drive) -> None:
@@ -497,15 +498,16 @@ def test_parse_retry_after() -> None:
 
 
 def test_an_instance_whose_breaker_is_open_is_passed_over_at_once() -> None:
-    """Nothing was sent to an instance refused by its own breaker: no backoff before the next."""
-    from codomyrmex.service_mesh.integrations.httpx import InstanceCircuitOpen
-
+    """Nothing was sent to an instance refused by its own breaker: no backoff before the next,
+    even once every instance has been tried (a real failure then backs off)."""
     lb = LoadBalancer()
     lb.register(ServiceInstance("a", "127.0.0.1", 8001))
     lb.register(ServiceInstance("b", "127.0.0.2", 8002))
     slept: list[float] = []
+    sent: list[str] = []
 
     def handler(request: httpx.Request) -> httpx.Response:  # in memory: nothing is sent
+        sent.append(request.url.host)
         return httpx.Response(503 if request.url.host == "127.0.0.1" else 200)
 
     proxy = ServiceProxy(
@@ -514,16 +516,32 @@ def test_an_instance_whose_breaker_is_open_is_passed_over_at_once() -> None:
         CircuitBreaker("orders", CircuitBreakerConfig(ignore_exceptions=(InstanceCircuitOpen,))),
         RetryPolicy(max_retries=3, initial_delay=1.0, jitter=False, sleep=slept.append),
     )
+    mesh = Mesh()
+    mesh.register_service(proxy)
     transport = MeshTransport(
-        proxy,
+        mesh,
         transport=httpx.MockTransport(handler),
         instance_breaker=CircuitBreakerConfig(failure_threshold=1, timeout_seconds=60.0),
     )
     with httpx.Client(transport=transport) as client:
         assert client.get("http://orders/").status_code == 200  # a: 503, opens a's breaker
-        assert slept == [1.0]
+        assert slept == []  # b was not tried yet: the failover did not wait
+        assert sent == ["127.0.0.1", "127.0.0.2"]
         lb.mark_healthy("a", True)  # back in the pool (say, by a health check), breaker open
         for _ in range(2):
             slept.clear()
             assert client.get("http://orders/").status_code == 200
             assert slept == []
+        assert sent.count("127.0.0.1") == 1  # a was refused by its breaker: nothing sent
+
+        b_breaker = mesh.get_circuit_breaker("orders/b")
+        assert b_breaker is not None
+        b_breaker.force_open()
+        lb.mark_healthy("b", True)  # both in the pool, both refused by their own breakers
+        slept.clear()
+        before = len(sent)
+        with pytest.raises(CircuitOpenError) as caught:
+            client.get("http://orders/")
+        assert caught.value.name in {"orders/a", "orders/b"}
+        assert len(sent) == before  # four refusals, nothing sent
+        assert slept == []  # a refusal never backs off, even after every instance was tried

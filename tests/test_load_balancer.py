@@ -83,17 +83,27 @@ def hold(flavour: Any, lb: LoadBalancer, body: Callable[[ServiceInstance], Any])
 
 
 def assert_least_connections_consistent(lb: LoadBalancer) -> None:
-    """Each new connection goes to an instance with the fewest, and counts add up exactly."""
+    """Each new connection goes to an instance with the least load, and counts add up exactly.
+
+    The load (``lb.load``) is the connections plus a penalty per recent failure in a row;
+    instances ejected by outlier detection are not in the pool.
+    """
     assert lb.strategy is LEAST
     healthy = lb.healthy_instances
-    assert healthy
+    pool = [i for i in healthy if not lb.is_ejected(i.id)]
+    assert pool
     assert all(i.connections == 0 for i in healthy)
+    unpenalised = all(lb.load(i.id) == 0 for i in pool)
     with ExitStack() as stack:
-        for _ in range(2 * len(healthy)):
-            before = {i.id: i.connections for i in healthy}
+        for _ in range(2 * len(pool)):
+            before = {i.id: lb.load(i.id) for i in pool}
             chosen = stack.enter_context(lb.connection())
-            assert before[chosen.id] == min(before.values()), (chosen.id, before)
-        assert sorted(i.connections for i in healthy) == [2] * len(healthy)
+            assert before[chosen.id] == min(before.values()), (chosen.id, before)  # type: ignore[type-var]
+            assert lb.load(chosen.id) == before[chosen.id] + 1  # type: ignore[operator]
+        assert sum(i.connections for i in pool) == 2 * len(pool)
+        assert all(i.connections == 0 for i in healthy if i not in pool)
+        if unpenalised:
+            assert sorted(i.connections for i in pool) == [2] * len(pool)
     assert all(i.connections == 0 for i in healthy)
 
 
@@ -729,8 +739,9 @@ def test_thread_storm_with_strategy_switches_and_registrations() -> None:
     errors = _thread_storm(lb, threads=16, iterations=300, churn=churn)
     assert errors == []
     assert all(i.connections == 0 for i in seen), [(i.id, i.connections) for i in seen]
-    for i in lb.instances:
-        lb.register(inst(i.id, weight=1))
+    # Back to weight 1 (the churn may also have deregistered every instance: register ids again).
+    for i in sorted({*ids, *(i.id for i in lb.instances)}):
+        lb.register(inst(i, weight=1))
     lb.strategy = LEAST
     assert_least_connections_consistent(lb)
 

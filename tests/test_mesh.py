@@ -183,22 +183,26 @@ def test_a_mesh_listener_sees_breaker_proxy_and_balancer_events() -> None:
         proxy.call(_ok)
     proxy.load_balancer.mark_healthy("o1", False)
 
+    # The breaker judges whole calls: it opens once the failed call has ended, and refuses
+    # the next call before an instance is picked (announced by the breaker and the proxy).
     assert seen.kinds() == [
         "InstancePicked",
         "CallSucceeded",
         "InstancePicked",
-        "StateTransition",
         "CallFailed",
         "RetryGaveUp",
-        "InstancePicked",
+        "StateTransition",
         "CallRejected",
-        "CallFailed",
+        "CallRejected",
         "InstanceHealthChanged",
     ]
     assert seen.of(StateTransition) == [
         StateTransition("orders", CircuitState.CLOSED, CircuitState.OPEN)
     ]
-    assert seen.of(CallRejected) == [CallRejected("orders", "circuit_open")]
+    assert seen.of(CallRejected) == [
+        CallRejected("orders", "circuit_open", by_breaker=True),
+        CallRejected("orders", "circuit_open"),
+    ]
     assert seen.of(InstanceHealthChanged) == [InstanceHealthChanged("orders", "o1", False)]
 
 

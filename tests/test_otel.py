@@ -90,7 +90,7 @@ def _service(
     retries: int = 0,
     balancer: LoadBalancer | None = None,
 ) -> ServiceProxy:
-    balancer = balancer if balancer is not None else LoadBalancer(name=name)
+    balancer = balancer if balancer is not None else LoadBalancer(name=name, clock=clock)
     for n, instance_id in enumerate(ids):
         balancer.register(ServiceInstance(instance_id, "127.0.0.1", 9000 + n))
     breaker = CircuitBreaker(
@@ -127,7 +127,7 @@ def test_instruments_have_dotted_names_units_and_kinds(clock: FakeClock, otel: R
 
 def test_calls_latency_retries_and_breaker_state(clock: FakeClock, otel: Reader) -> None:
     mesh = Mesh()
-    orders = _service(mesh, clock, "orders", "o1", "o2", threshold=2, retries=1)
+    orders = _service(mesh, clock, "orders", "o1", "o2", threshold=1, retries=1)
     MeshInstruments(mesh, meter_provider=otel.provider)
 
     def taking(seconds: float, fail: bool = False) -> Any:
@@ -147,7 +147,10 @@ def test_calls_latency_retries_and_breaker_state(clock: FakeClock, otel: Reader)
     metrics = otel.metrics()
     calls = metrics["service_mesh.calls"]
     assert point(calls, service="orders", outcome="success").value == 2
-    assert point(calls, service="orders", outcome="failure").value == 2
+    assert point(calls, service="orders", outcome="failure").value == 1  # one call
+    attempts = metrics["service_mesh.attempts"]
+    assert point(attempts, service="orders", outcome="failure").value == 2  # two attempts
+    assert point(attempts, service="orders", outcome="success").value == 2
     assert point(metrics["service_mesh.retries"], service="orders").value == 1
     assert point(metrics["service_mesh.retry.give_ups"], service="orders").value == 1
     transitions = metrics["service_mesh.circuit_breaker.transitions"]
@@ -168,7 +171,7 @@ def test_calls_latency_retries_and_breaker_state(clock: FakeClock, otel: Reader)
     state = metrics["service_mesh.circuit_breaker.state"]
     assert point(state, breaker="orders", state="open").value == 1
     assert point(state, breaker="orders", state="closed").value == 0
-    assert point(metrics["service_mesh.circuit_breaker.failures"], breaker="orders").value == 2
+    assert point(metrics["service_mesh.circuit_breaker.failures"], breaker="orders").value == 1
 
 
 def test_rejections_health_connections_ejections_and_faults(clock: FakeClock, otel: Reader) -> None:
@@ -208,13 +211,13 @@ def test_rejections_health_connections_ejections_and_faults(clock: FakeClock, ot
     (ejection,) = metrics["service_mesh.instance.ejections"].data.data_points
     assert ejection.attributes["service_mesh.instance"] == "d1"
     rejections = metrics["service_mesh.rejections"]
-    assert point(rejections, source="db", reason="no_healthy_instance").value == 1
+    assert point(rejections, service="db", reason="no_healthy_instance").value == 1
     assert point(metrics["service_mesh.calls"], service="db", outcome="rejected").value == 1
     assert (
-        point(metrics["service_mesh.chaos.faults"], source="d1-down", fault="exception").value == 1
+        point(metrics["service_mesh.chaos.faults"], source="d1-down", kind="exception").value == 1
     )
     changes = metrics["service_mesh.instance.health_changes"]
-    assert point(changes, service="db", instance="d2", healthy=False).value == 1
+    assert point(changes, service="db", instance="d2", healthy="false").value == 1
 
     instruments.close()
     assert db.circuit_breaker._subscribers == ()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections.abc import Iterable
+from contextlib import ExitStack
 from typing import Any
 
 import pytest
@@ -29,7 +30,7 @@ from codomyrmex.service_mesh.events import (
     InstanceHealthChanged,
     InstanceReturned,
 )
-from codomyrmex.service_mesh.outlier import OutlierDetectionConfig
+from codomyrmex.service_mesh.outlier import DEFAULT_OUTLIER_DETECTION, OutlierDetectionConfig
 
 RR = LoadBalancerStrategy.ROUND_ROBIN
 
@@ -201,6 +202,7 @@ def test_failure_rate_over_the_window_ejects(clock: Any) -> None:
         consecutive_failures=None,
         failure_rate_threshold=50.0,
         failure_rate_minimum_calls=20,
+        failure_rate_minimum_hosts=1,
         interval=10.0,
     )
     # b fails every other call (never two in a row): 50% once it has had 20 calls.
@@ -223,6 +225,7 @@ def test_failure_rate_window_starts_over_each_interval(clock: Any) -> None:
         consecutive_failures=None,
         failure_rate_threshold=50.0,
         failure_rate_minimum_calls=10,
+        failure_rate_minimum_hosts=1,
         interval=10.0,
     )
     for _ in range(3):
@@ -327,11 +330,25 @@ def test_ejection_and_operator_health_are_separate(clock: Any) -> None:
 
 
 def test_every_instance_ejected_means_no_instance(clock: Any) -> None:
-    lb = make_lb(clock, ids="a", consecutive_failures=1)
+    lb = make_lb(clock, ids="ab", consecutive_failures=1)
     fail_on(lb, "a", 1)
+    fail_on(lb, "b", 1)
+    assert lb.is_ejected("a") and lb.is_ejected("b")
     assert lb.get_instance() is None
     clock.advance(30.0)
+    assert picked_ids(lb) == {"a", "b"}
+
+
+def test_a_sole_instance_is_never_ejected(clock: Any) -> None:
+    events: list[Event] = []
+    lb = make_lb(clock, ids="a", events=events, consecutive_failures=1)
+    fail_on(lb, "a", 10)
+    assert not lb.is_ejected("a"), "there is nowhere else to go"
     assert lb.get_instance() is lb.get("a")
+    assert not [e for e in events if isinstance(e, InstanceEjected)]
+    lb.register(inst("b"))  # with somewhere else to go, the next failure ejects it
+    fail_on(lb, "a", 1)
+    assert lb.is_ejected("a")
 
 
 # -- panic ------------------------------------------------------------------------
@@ -374,9 +391,27 @@ def test_panic_and_ejection_work_with_every_strategy(
     assert lb.is_ejected("a")
     assert picked_ids(lb, 200) == {"b", "c"}
     lb.mark_healthy("c", False)
-    assert picked_ids(lb, 400) == {"a", "b", "c", "d"}
-    with lb.connection() as held:
-        assert held.connections == 1
+    assert lb.panicking
+    if strategy is LoadBalancerStrategy.LEAST_CONNECTIONS:
+        # a's failure is a load penalty: it is picked only once the others are busier
+        assert picked_ids(lb, 400) == {"b", "c", "d"}
+        with ExitStack() as stack:
+            held = [stack.enter_context(lb.connection()).id for _ in range(12)]
+        assert set(held) == {"a", "b", "c", "d"}, held
+    elif strategy is LoadBalancerStrategy.PEAK_EWMA:
+        # a's failure counts as a slow call: it is picked only once the others are slower
+        assert picked_ids(lb, 400) == {"b", "c", "d"}
+        slow: list[str] = []
+        for _ in range(8):  # 12 s on the fake clock: a's 30 s ejection does not end
+            with lb.connection() as picked:
+                slow.append(picked.id)
+                clock.advance(1.5)
+        assert "a" in slow, slow
+        assert lb.is_ejected("a")
+    else:
+        assert picked_ids(lb, 400) == {"a", "b", "c", "d"}
+    with lb.connection() as held_one:
+        assert held_one.connections == 1
     assert all(i.connections == 0 for i in lb.instances)
 
 
@@ -395,6 +430,11 @@ def test_panic_and_ejection_work_with_every_strategy(
         ("failure_rate_threshold", 0.0, ValueError),
         ("failure_rate_minimum_calls", 0, ValueError),
         ("failure_predicate", 3, TypeError),
+        ("failure_rate_minimum_hosts", 0, ValueError),
+        ("success_rate_stdev_factor", -1.0, ValueError),
+        ("success_rate_stdev_factor", "1.9", TypeError),
+        ("success_rate_minimum_hosts", 0, ValueError),
+        ("success_rate_request_volume", 1.5, TypeError),
     ],
 )
 def test_config_validates_each_field(field: str, value: Any, error: type[Exception]) -> None:
@@ -416,14 +456,23 @@ def test_config_is_frozen_and_needs_a_detector() -> None:
 
 def test_without_detection_no_clock_is_read_per_call() -> None:
     def clock() -> float:
-        raise AssertionError("the default path must not read the clock")
+        raise AssertionError("a balancer that observes nothing must not read the clock")
 
-    lb = LoadBalancer(clock=clock)
+    lb = LoadBalancer(clock=clock, outlier_detection=None)
     assert lb._observe_clock is None
     lb.register(inst("a"))
     with lb.connection():
         pass
     assert lb.outlier_detector is None
+
+
+def test_detection_is_on_by_default() -> None:
+    detector = LoadBalancer().outlier_detector
+    assert detector is not None
+    assert detector.config == DEFAULT_OUTLIER_DETECTION
+    assert DEFAULT_OUTLIER_DETECTION.consecutive_failures == 5
+    assert DEFAULT_OUTLIER_DETECTION.max_ejection_percent == 50.0
+    assert LoadBalancer(outlier_detection=None).outlier_detector is None
 
 
 def test_a_raising_listener_is_logged_not_propagated(
@@ -439,3 +488,166 @@ def test_a_raising_listener_is_logged_not_propagated(
     assert lb.is_ejected("a")
     assert "listener bug" in caplog.text
     lb.unsubscribe(broken)
+
+
+def test_the_default_ejects_after_five_failures_and_at_most_half_the_pool(clock: Any) -> None:
+    lb = LoadBalancer(RR, name="svc", clock=clock)
+    for i in "abc":
+        lb.register(inst(i))
+    fail_on(lb, "b", 4)
+    assert not lb.is_ejected("b")
+    fail_on(lb, "b", 1)
+    assert lb.is_ejected("b")
+    assert picked_ids(lb) == {"a", "c"}
+    fail_on(lb, "c", 5)
+    assert not lb.is_ejected("c"), "a second ejection would take out more than half of three"
+    clock.advance(30.0)
+    assert picked_ids(lb) == {"a", "b", "c"}
+    assert not lb.is_ejected("b")
+
+
+def test_a_raising_failure_predicate_is_logged_and_the_callers_error_kept(
+    clock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Regression (issue 15.16): the predicate's own exception replaced the caller's error.
+    def predicate(exc: BaseException) -> bool:
+        raise KeyError("predicate bug")
+
+    # Two instances (a sole one is never ejected); round robin: a, b, a, b.
+    lb = make_lb(clock, ids="ab", consecutive_failures=2, failure_predicate=predicate)
+    for _ in range(4):
+        with pytest.raises(ConnectionError, match="the real error"):
+            with lb.connection():
+                raise ConnectionError("the real error")
+    assert "predicate bug" in caplog.text
+    assert lb.is_ejected("a")  # a raising predicate counts the call as failed
+
+
+# -- Envoy's success-rate ejection, minimum hosts, timed returns (issue 15 item 18) -------
+
+
+def drive(lb: LoadBalancer, rounds: int, failing: dict[str, int]) -> None:
+    """Round robin over every instance ``rounds`` times; instance i fails failing[i] of 10."""
+    for r in range(rounds):
+        for _ in range(len(lb)):
+            try:
+                with lb.connection() as instance:
+                    if r % 10 < failing.get(instance.id, 0):
+                        raise ConnectionError(instance.id)
+            except ConnectionError:
+                pass
+
+
+def test_failure_rate_needs_the_minimum_number_of_judged_hosts(clock: Any) -> None:
+    options: dict[str, Any] = {
+        "consecutive_failures": None,
+        "failure_rate_threshold": 50.0,
+        "failure_rate_minimum_calls": 20,
+    }
+    few = make_lb(clock, ids="ab", **options)  # Envoy's default: 5 hosts with enough calls
+    drive(few, 40, {"b": 6})
+    assert not few.is_ejected("b")
+    many = make_lb(clock, ids="abcde", **options)
+    drive(many, 40, {"b": 6})
+    assert many.is_ejected("b")
+    # b always fails: at its 20th call only a and b have 20 calls; at its 21st, all do.
+    exact = make_lb(clock, ids="abcde", **options)
+    drive(exact, 20, {"b": 10})
+    assert not exact.is_ejected("b")
+    drive(exact, 1, {"b": 10})
+    assert exact.is_ejected("b")
+
+
+def test_success_rate_ejects_below_mean_minus_stdev_factor(clock: Any) -> None:
+    events: list[Event] = []
+    lb = make_lb(
+        clock,
+        ids=[f"i{k}" for k in range(6)],
+        events=events,
+        consecutive_failures=None,
+        success_rate_stdev_factor=1.9,
+        success_rate_request_volume=50,
+        interval=10.0,
+    )
+    drive(lb, 100, {"i4": 3})  # i4: 70% against 100% for the others
+    assert not lb.is_ejected("i4")  # judged only when the interval ends
+    clock.advance(10.0)
+    drive(lb, 1, {})
+    assert [i.id for i in lb.ejected_instances] == ["i4"]
+    ejected = [e for e in events if isinstance(e, InstanceEjected)]
+    assert [(e.instance_id, e.reason) for e in ejected] == [("i4", "success_rate")]
+
+
+def test_success_rate_needs_volume_and_minimum_hosts(clock: Any) -> None:
+    def run(ids: list[str], rounds: int, **extra: Any) -> bool:
+        lb = make_lb(
+            clock,
+            ids=ids,
+            consecutive_failures=None,
+            success_rate_stdev_factor=1.0,
+            success_rate_request_volume=50,
+            interval=10.0,
+            **extra,
+        )
+        drive(lb, rounds, {"i1": 5})
+        clock.advance(10.0)
+        drive(lb, 1, {})
+        return lb.is_ejected("i1")
+
+    six = [f"i{k}" for k in range(6)]
+    assert run(six, 60)
+    assert not run(six, 40)  # 40 calls each: below the request volume
+    assert not run(six[:4], 60)  # 4 hosts: below the default minimum of 5
+    assert run(six[:4], 60, success_rate_minimum_hosts=4)
+    # Equal rates: stdev 0, nobody is below the mean.
+    lb = make_lb(
+        clock,
+        ids=six,
+        consecutive_failures=None,
+        success_rate_stdev_factor=0.0,
+        success_rate_request_volume=10,
+    )
+    drive(lb, 20, dict.fromkeys(six, 5))
+    clock.advance(10.0)
+    drive(lb, 1, {})
+    assert lb.ejected_instances == []
+
+
+def test_an_ejected_instance_returns_on_the_timer_while_quiet(clock: Any) -> None:
+    timers: list[tuple[float, Any]] = []
+    events: list[Event] = []
+    lb = LoadBalancer(
+        RR,
+        name="svc",
+        clock=clock,
+        outlier_detection=OutlierDetectionConfig(consecutive_failures=1, max_ejection_percent=100),
+        timer=lambda delay, callback: timers.append((delay, callback)),
+    )
+    for i in "ab":
+        lb.register(inst(i))
+    lb.subscribe(events.append)
+    fail_on(lb, "b", 1)
+    assert [(d, type(c).__name__) for d, c in timers] == [(30.0, "function")]
+    clock.advance(30.0)
+    timers[0][1]()  # the timer fires; no call, no pick
+    returned = [e for e in events if isinstance(e, InstanceReturned)]
+    assert returned == [InstanceReturned("svc", "b", "ejection_time_elapsed")]
+
+
+def test_the_default_timer_returns_an_instance_without_any_call() -> None:
+    import threading
+
+    came_back = threading.Event()
+    lb = LoadBalancer(
+        RR,
+        name="svc",
+        outlier_detection=OutlierDetectionConfig(
+            consecutive_failures=1, base_ejection_time=0.05, max_ejection_percent=100
+        ),
+    )
+    for i in "ab":
+        lb.register(inst(i))
+    lb.subscribe(lambda e: came_back.set() if isinstance(e, InstanceReturned) else None)
+    fail_on(lb, "b", 1)
+    assert lb.is_ejected("b") or came_back.is_set()
+    assert came_back.wait(30.0)  # published from the timer thread, with no call at all

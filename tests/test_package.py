@@ -69,9 +69,12 @@ INTEGRATION_EXTRAS = {
     # integration module: (the library it needs, the extra that installs it)
     "httpx": ("httpx", "httpx"),
     "redis": ("redis", "redis"),
+    "redis_ratelimit": ("redis", "redis"),
     "prometheus": ("prometheus_client", "prometheus"),
     "otel": ("opentelemetry", "otel"),
     "mcp": ("mcp", "mcp"),
+    "yaml": ("yaml", "yaml"),
+    "toml": ("tomli", "toml"),
     "requests": ("requests", "requests"),
     "aiohttp": ("aiohttp", "aiohttp"),
     "grpc": ("grpc", "grpc"),

@@ -22,9 +22,12 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
 from codomyrmex.service_mesh import (
+    AIMDLimit,
     CircuitBreaker,
     CircuitBreakerConfig,
     CircuitOpenError,
+    ConcurrencyLimiter,
+    LimitExceededError,
     LoadBalancer,
     Mesh,
     NoHealthyInstanceError,
@@ -97,7 +100,7 @@ def _service(
     retries: int = 0,
     balancer: LoadBalancer | None = None,
 ) -> ServiceProxy:
-    balancer = balancer if balancer is not None else LoadBalancer(name=name)
+    balancer = balancer if balancer is not None else LoadBalancer(name=name, clock=clock)
     for n, instance_id in enumerate(ids):
         balancer.register(ServiceInstance(instance_id, "127.0.0.1", 9000 + n))
     breaker = CircuitBreaker(
@@ -121,18 +124,21 @@ def test_a_scrape_reports_calls_latency_retries_breakers_and_instances(
     clock: FakeClock, registry: CollectorRegistry, scraper: Scraper
 ) -> None:
     mesh = Mesh()
-    orders = _service(mesh, clock, "orders", "o1", "o2", threshold=2, retries=1)
+    orders = _service(mesh, clock, "orders", "o1", "o2", threshold=1, retries=1)
     instrument_mesh(mesh, registry)
 
     orders.call(_taking(clock, 0.02))  # o1: success in 20 ms
     orders.call(_taking(clock, 0.3))  # o2: success in 300 ms
     with pytest.raises(Boom):
-        orders.call(_taking(clock, 2.0, fail=True))  # o1 fails, the retry on o2 fails and opens
+        orders.call(_taking(clock, 2.0, fail=True))  # o1 fails, the retry on o2 fails: opens
 
     samples = scraper.samples()
-    calls = "service_mesh_calls_total"
+    calls = "service_mesh_calls_total"  # calls, by how they ended
     assert value(samples, calls, service="orders", outcome="success") == 2
-    assert value(samples, calls, service="orders", outcome="failure") == 2
+    assert value(samples, calls, service="orders", outcome="failure") == 1
+    attempts = "service_mesh_attempts_total"  # each attempt
+    assert value(samples, attempts, service="orders", outcome="success") == 2
+    assert value(samples, attempts, service="orders", outcome="failure") == 2
     assert value(samples, "service_mesh_retries_total", service="orders") == 1
     assert value(samples, "service_mesh_retry_give_ups_total", service="orders") == 1
     transitions = "service_mesh_circuit_breaker_transitions_total"
@@ -158,7 +164,8 @@ def test_a_scrape_reports_calls_latency_retries_breakers_and_instances(
     assert value(samples, state, breaker="orders", state="open") == 1
     assert value(samples, state, breaker="orders", state="closed") == 0
     assert value(samples, state, breaker="orders", state="half_open") == 0
-    assert value(samples, "service_mesh_circuit_breaker_failures", breaker="orders") == 2
+    # The breaker judged the failed call once, after its failover.
+    assert value(samples, "service_mesh_circuit_breaker_failures", breaker="orders") == 1
 
     families = scraper.families()
     assert families["service_mesh_calls"].type == "counter"
@@ -188,9 +195,12 @@ def test_rejections_count_as_rejected_calls_and_by_reason(
     assert value(samples, calls, service="api", outcome="failure") == 1
     assert value(samples, calls, service="api", outcome="rejected") == 2
     rejections = "service_mesh_rejections_total"
-    assert value(samples, rejections, source="api", reason="circuit_open") == 1
-    assert value(samples, rejections, source="api", reason="no_healthy_instance") == 1
-    assert value(samples, "service_mesh_retry_give_ups_total", service="api") == 1
+    assert value(samples, rejections, service="api", reason="circuit_open") == 1
+    assert value(samples, rejections, service="api", reason="no_healthy_instance") == 1
+    by_breaker = "service_mesh_circuit_breaker_rejections_total"  # its own label: breaker
+    assert value(samples, by_breaker, breaker="api", reason="circuit_open") == 1
+    # Give-ups count retried calls only: this call had no retry to give up.
+    assert value(samples, "service_mesh_retry_give_ups_total", service="api") is None
     healthy = "service_mesh_instance_healthy"
     assert value(samples, healthy, service="api", instance="a1") == 0
     changes = "service_mesh_instance_health_changes_total"
@@ -215,6 +225,46 @@ def test_in_flight_connections_are_read_at_scrape_time(
     assert seen_inside == [1, 0]
     after = scraper.samples()
     assert value(after, "service_mesh_instance_connections", service="svc", instance="s1") == 0
+
+
+def test_concurrency_limit_and_in_flight_are_read_at_scrape_time(
+    clock: FakeClock, registry: CollectorRegistry, scraper: Scraper
+) -> None:
+    mesh = Mesh()
+    balancer = LoadBalancer(name="db")
+    balancer.register(ServiceInstance("d1", "127.0.0.1", 9000))
+    limiter = ConcurrencyLimiter(
+        AIMDLimit(initial_limit=2, min_limit=1, backoff_ratio=0.5), name="db", clock=clock
+    )
+    proxy = mesh.register_service(
+        ServiceProxy(
+            "db", balancer, retry_policy=RetryPolicy(max_retries=0), concurrency_limit=limiter
+        )
+    )
+    instrument_mesh(mesh, registry)
+    seen: list[tuple[float | None, float | None]] = []
+
+    def handler(instance: ServiceInstance) -> None:
+        samples = scraper.samples()
+        seen.append(
+            (
+                value(samples, "service_mesh_concurrency_limit", service="db"),
+                value(samples, "service_mesh_concurrency_in_flight", service="db"),
+            )
+        )
+        raise TimeoutError  # a drop: the limit halves
+
+    with pytest.raises(TimeoutError):
+        proxy.call(handler)
+    assert seen == [(2, 1)]
+    after = scraper.samples()
+    assert value(after, "service_mesh_concurrency_limit", service="db") == 1
+    assert value(after, "service_mesh_concurrency_in_flight", service="db") == 0
+    with pytest.raises(LimitExceededError):
+        proxy.call(lambda instance: proxy.call(lambda inner: None))
+    rejected = value(scraper.samples(), "service_mesh_rejections_total", service="db",
+                     reason="concurrency_limit")  # fmt: skip
+    assert rejected == 1
 
 
 def test_ejections_and_injected_faults(
@@ -342,3 +392,52 @@ def test_namespace_and_buckets_are_configurable(clock: FakeClock) -> None:
     for bad in ((), (1.0, 0.5), (-1.0, 1.0)):
         with pytest.raises(ValueError, match="buckets"):
             MeshCollector(mesh, buckets=bad)
+
+
+def test_ten_calls_with_four_retries_read_ten_calls_and_fourteen_attempts(
+    clock: FakeClock, registry: CollectorRegistry, scraper: Scraper
+) -> None:
+    mesh = Mesh()
+    svc = _service(mesh, clock, "svc", "s1", "s2", retries=1)
+    instrument_mesh(mesh, registry)
+    flaky = {0, 3, 5, 8}  # these calls fail on their first attempt, then fail over
+
+    for n in range(10):
+        first = [True]
+
+        def handler(instance: ServiceInstance) -> str:
+            if n in flaky and first[0]:
+                first[0] = False
+                raise Boom(instance.id)
+            return instance.id
+
+        svc.call(handler)
+
+    samples = scraper.samples()
+    assert value(samples, "service_mesh_calls_total", service="svc", outcome="success") == 10
+    assert value(samples, "service_mesh_calls_total", service="svc", outcome="failure") is None
+    attempts = "service_mesh_attempts_total"
+    assert value(samples, attempts, service="svc", outcome="success") == 10
+    assert value(samples, attempts, service="svc", outcome="failure") == 4
+    assert value(samples, "service_mesh_retries_total", service="svc") == 4
+    assert value(samples, "service_mesh_retry_give_ups_total", service="svc") is None
+
+
+def test_instance_series_disappear_when_the_instance_leaves(
+    clock: FakeClock, registry: CollectorRegistry, scraper: Scraper
+) -> None:
+    mesh = Mesh()
+    svc = _service(mesh, clock, "svc", "s1", "s2")
+    instrument_mesh(mesh, registry)
+    for _ in range(4):
+        svc.call(_taking(clock, 0.01))
+    picks = "service_mesh_instance_picks_total"
+    before = scraper.samples()
+    assert value(before, picks, service="svc", instance="s1") == 2
+    assert value(before, picks, service="svc", instance="s2") == 2
+
+    svc.load_balancer.deregister("s1")
+    after = scraper.samples()
+    assert value(after, picks, service="svc", instance="s1") is None
+    assert value(after, "service_mesh_instance_healthy", service="svc", instance="s1") is None
+    assert value(after, picks, service="svc", instance="s2") == 2

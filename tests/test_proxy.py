@@ -28,6 +28,8 @@ from codomyrmex.service_mesh import (
     ServiceInstance,
     ServiceProxy,
 )
+from codomyrmex.service_mesh.outlier import OutlierDetectionConfig
+from codomyrmex.service_mesh.timers import ManualTimer
 
 RR = LoadBalancerStrategy.ROUND_ROBIN
 ALL_STRATEGIES = list(LoadBalancerStrategy)
@@ -172,7 +174,31 @@ def test_failover_then_success_returns_the_result(
     assert flavour.proxy(proxy, handler) == f"served by {tried[-1]}"
     assert len(tried) == 3
     assert len(set(tried)) == 3, tried
-    assert clock.sleeps == [0.1, 0.2]
+    assert clock.sleeps == [], "failing over to an untried instance does not back off"
+    assert proxy.circuit_breaker.failure_count == 0, "a call that failed over is a success"
+    assert_at_rest(proxy)
+
+
+def test_failover_does_not_sleep_backoff_sleeps_once_every_instance_was_tried(
+    flavour: Any, clock: Any
+) -> None:
+    proxy = make_proxy(clock, make_lb("ab"), max_retries=4)
+    tried: list[str] = []
+    sleeps_before: list[int] = []
+
+    def handler(instance: ServiceInstance) -> None:
+        tried.append(instance.id)
+        sleeps_before.append(len(clock.sleeps))
+        raise Boom(instance.id)
+
+    with pytest.raises(Boom):
+        flavour.proxy(proxy, handler)
+    assert len(tried) == 5
+    assert set(tried[:2]) == {"a", "b"}, "the first retry fails over to the untried instance"
+    # retry 1 fails over at once; retries 2-4 back off with the delay their count gives
+    # (the failover still spent retry 1: the next wait is 0.2, not 0.1)
+    assert clock.sleeps == [0.2, 0.4, 0.8]
+    assert sleeps_before == [0, 0, 1, 2, 3]
     assert_at_rest(proxy)
 
 
@@ -219,16 +245,15 @@ def test_last_failure_is_raised_itself_when_retries_run_out(flavour: Any, clock:
         flavour.proxy(proxy, handler)
     assert caught.value is errors[-1]
     assert len(errors) == 3
-    assert clock.sleeps == [0.1, 0.2]
+    assert clock.sleeps == [], "three instances: every retry failed over without waiting"
 
 
 # -- the breaker inside the proxy ------------------------------------------------------
 
 
-def test_breaker_rejection_stops_retrying_and_chains_the_last_failure(
-    flavour: Any, clock: Any
-) -> None:
+def test_service_breaker_counts_calls_not_attempts(flavour: Any, clock: Any) -> None:
     proxy = make_proxy(clock, failure_threshold=2, max_retries=5)
+    cb = proxy.circuit_breaker
     errors: list[Boom] = []
 
     def handler(instance: ServiceInstance) -> None:
@@ -236,32 +261,133 @@ def test_breaker_rejection_stops_retrying_and_chains_the_last_failure(
         errors.append(err)
         raise err
 
-    with pytest.raises(CircuitOpenError) as caught:
+    with pytest.raises(Boom) as caught:
         flavour.proxy(proxy, handler)
-    assert len(errors) == 2, "the second failure opened the breaker; nothing ran after it"
-    assert caught.value.__cause__ is errors[-1]
-    assert caught.value.name == "orders"
-    assert proxy.circuit_breaker.state is CircuitState.OPEN
-    assert clock.sleeps == [0.1, 0.2], "no further waits once the breaker rejected"
+    assert caught.value is errors[-1]
+    assert len(errors) == 6, "six failed attempts are one failed call"
+    assert cb.failure_count == 1
+    assert cb.state is CircuitState.CLOSED
+    with pytest.raises(Boom):
+        flavour.proxy(proxy, handler)
+    assert len(errors) == 12
+    assert cb.state is CircuitState.OPEN, "the second failed call opened the breaker"
+    sleeps = list(clock.sleeps)
+    with pytest.raises(CircuitOpenError) as refused:
+        flavour.proxy(proxy, handler)
+    assert len(errors) == 12, "an open service breaker refuses before any attempt"
+    assert refused.value.__cause__ is None
+    assert refused.value.name == "orders"
+    assert clock.sleeps == sleeps
     assert_at_rest(proxy)
 
 
-def test_breaker_rejection_stops_even_when_retry_on_would_retry_it(
+def test_a_call_that_fails_over_and_succeeds_is_one_breaker_success(
     flavour: Any, clock: Any
 ) -> None:
-    proxy = make_proxy(clock, failure_threshold=1, max_retries=5, retry_on=Exception)
+    proxy = make_proxy(clock, failure_threshold=2, max_retries=5)
+    cb = proxy.circuit_breaker
+    cb.record_failure()
+    attempts = 0
+
+    def flaky(instance: ServiceInstance) -> str:
+        nonlocal attempts
+        attempts += 1
+        if attempts % 3:
+            raise Boom(instance.id)
+        return instance.id
+
+    for _ in range(4):
+        flavour.proxy(proxy, flaky)
+        assert cb.failure_count == 0, "the call succeeded after failing over"
+        assert cb.state is CircuitState.CLOSED
+    assert attempts == 12, "two failed attempts per call never opened the breaker"
+    assert_at_rest(proxy)
+
+
+def test_a_nested_breaker_rejection_stops_retrying_and_chains_the_last_failure(
+    flavour: Any, clock: Any
+) -> None:
+    """A CircuitOpenError from inside the handler (the caller's own breaker) ends the call."""
+    inner = CircuitBreaker(
+        "downstream", CircuitBreakerConfig(failure_threshold=2, timeout_seconds=30.0), clock=clock
+    )
+    proxy = make_proxy(clock, make_lb("ab"), max_retries=5)
     errors: list[Boom] = []
+    attempts = 0
+
+    def failing() -> None:
+        err = Boom(len(errors))
+        errors.append(err)
+        raise err
 
     def handler(instance: ServiceInstance) -> None:
+        nonlocal attempts
+        attempts += 1
+        inner.execute(failing)
+
+    with pytest.raises(CircuitOpenError) as caught:
+        flavour.proxy(proxy, handler)
+    assert len(errors) == 2, "the second failure opened the inner breaker; nothing ran after it"
+    assert attempts == 3, "the third attempt was rejected by the inner breaker: the call ended"
+    assert caught.value.__cause__ is errors[-1]
+    assert caught.value.name == "downstream"
+    assert inner.state is CircuitState.OPEN
+    # attempt 2 failed over at once; attempt 3 came after backing off (both were tried)
+    assert clock.sleeps == [0.2], "no further waits once the inner breaker rejected"
+    assert_at_rest(proxy)
+
+
+def test_a_nested_breaker_rejection_stops_even_when_retry_on_would_retry_it(
+    flavour: Any, clock: Any
+) -> None:
+    inner = CircuitBreaker(
+        "downstream", CircuitBreakerConfig(failure_threshold=1, timeout_seconds=30.0), clock=clock
+    )
+    proxy = make_proxy(clock, max_retries=5, retry_on=Exception)
+    errors: list[Boom] = []
+    attempts = 0
+
+    def failing() -> None:
         err = Boom()
         errors.append(err)
         raise err
 
+    def handler(instance: ServiceInstance) -> None:
+        nonlocal attempts
+        attempts += 1
+        inner.execute(failing)
+
     with pytest.raises(CircuitOpenError) as caught:
         flavour.proxy(proxy, handler)
     assert len(errors) == 1
+    assert attempts == 2, "the call must stop at the first rejection"
     assert caught.value.__cause__ is errors[0]
-    assert clock.sleeps == [0.1], "the call must stop at the first rejection"
+    assert caught.value.name == "downstream"
+    assert clock.sleeps == []
+    assert_at_rest(proxy)
+
+
+def test_a_retryable_breaker_rejection_from_the_handler_fails_over(
+    flavour: Any, clock: Any
+) -> None:
+    """A ``retryable`` CircuitOpenError (one instance's own breaker) is retried elsewhere."""
+
+    class InstanceOpen(CircuitOpenError):
+        retryable = True
+
+    proxy = make_proxy(clock, max_retries=3)
+    tried: list[str] = []
+
+    def handler(instance: ServiceInstance) -> str:
+        tried.append(instance.id)
+        if instance.id == "a":
+            raise InstanceOpen(f"instance-{instance.id}", CircuitState.OPEN, 5.0)
+        return instance.id
+
+    assert flavour.proxy(proxy, handler) == "b"
+    assert tried == ["a", "b"]
+    assert clock.sleeps == []
+    assert proxy.circuit_breaker.failure_count == 0
     assert_at_rest(proxy)
 
 
@@ -280,22 +406,26 @@ def test_open_breaker_rejects_the_first_attempt_without_running_anything(
     assert_at_rest(proxy)
 
 
-def test_a_failed_probe_reopens_and_the_call_ends_with_a_rejection(
-    flavour: Any, clock: Any
-) -> None:
+def test_a_failed_probe_call_reopens_and_the_next_call_is_refused(flavour: Any, clock: Any) -> None:
     proxy = make_proxy(clock, failure_threshold=1, max_retries=3)
     to_half_open(proxy, clock)
     errors: list[Boom] = []
 
     def handler(instance: ServiceInstance) -> None:
+        assert proxy.circuit_breaker.half_open_in_flight == 1, "the whole call is the probe"
         err = Boom()
         errors.append(err)
         raise err
 
-    with pytest.raises(CircuitOpenError) as caught:
+    with pytest.raises(Boom) as caught:
         flavour.proxy(proxy, handler)
-    assert len(errors) == 1
-    assert caught.value.__cause__ is errors[0]
+    assert len(errors) == 4, "the probe call failed over and retried before it failed"
+    assert caught.value is errors[-1]
+    assert proxy.circuit_breaker.state is CircuitState.OPEN
+    with pytest.raises(CircuitOpenError) as refused:
+        flavour.proxy(proxy, handler)
+    assert len(errors) == 4
+    assert refused.value.__cause__ is None
     assert_at_rest(proxy)
 
 
@@ -460,7 +590,7 @@ def test_base_exception_during_the_backoff_wait_releases_everything(clock: Any) 
 
     with pytest.raises(Abort):
         proxy.call(handler)
-    assert calls == 1
+    assert calls == 2, "the first failure failed over without a wait; the second waited"
     assert_at_rest(proxy)
 
 
@@ -522,31 +652,68 @@ def test_cancelling_during_the_backoff_wait_stops_the_call(run_async: Any, clock
         return task.cancelled()
 
     assert run_async(main()) is True
-    assert calls == 1
+    assert calls == 2, "the first failure failed over without a wait; the second waited"
     assert [i.connections for i in lb.instances] == [0, 0]
 
 
 # -- async attempt_timeout and max_elapsed ------------------------------------------------
 
 
-def test_async_attempt_timeout_counts_as_a_breaker_failure(run_async: Any, clock: Any) -> None:
-    proxy = make_proxy(clock, failure_threshold=2, max_retries=5, attempt_timeout=0.02)
+async def timed_out(timer: ManualTimer, coro: Any) -> Any:
+    """Await ``coro``, ending each attempt it waits on by moving ``timer`` past its timeout."""
+    task = asyncio.ensure_future(coro)
+    for _ in range(100):
+        for _ in range(10_000):
+            if task.done() or timer.waiting:
+                break
+            await asyncio.sleep(0)
+        if task.done():
+            break
+        timer.advance(3.0)
+    return await task
+
+
+def test_async_attempt_timeout_is_an_instance_failure_the_breaker_sees_the_call(
+    run_async: Any, clock: Any
+) -> None:
+    lb = LoadBalancer(
+        RR,
+        rng=random.Random(0),
+        outlier_detection=OutlierDetectionConfig(consecutive_failures=2, max_ejection_percent=50),
+    )
+    for k, i in enumerate("abc"):
+        lb.register(ServiceInstance(id=i, host=f"10.0.0.{k + 1}", port=8080))
+    timer = ManualTimer()
+    proxy = make_proxy(
+        clock, lb, failure_threshold=2, max_retries=2, attempt_timeout=3.0, timer=timer
+    )
     entered: list[str] = []
 
     async def hangs(instance: ServiceInstance) -> None:
         entered.append(instance.id)
         await asyncio.Event().wait()
 
-    with pytest.raises(CircuitOpenError) as caught:
-        run_async(proxy.call_async(hangs))
-    assert len(entered) == 2, "two timeouts open a breaker with failure_threshold=2"
-    assert isinstance(caught.value.__cause__, TimeoutError)
+    with pytest.raises(TimeoutError):
+        run_async(timed_out(timer, proxy.call_async(hangs)))
+    assert entered == ["a", "b", "c"], "each timed-out attempt failed over at once"
+    assert clock.sleeps == []
+    assert proxy.circuit_breaker.failure_count == 1, "three timeouts are one failed call"
+    assert proxy.circuit_breaker.state is CircuitState.CLOSED
+    with pytest.raises(TimeoutError):
+        run_async(timed_out(timer, proxy.call_async(hangs)))
+    assert len(entered) == 6
+    assert lb.is_ejected(entered[3]), "two timeouts in a row: outlier detection ejected it"
     assert proxy.circuit_breaker.state is CircuitState.OPEN
+    with pytest.raises(CircuitOpenError) as caught:
+        run_async(timed_out(timer, proxy.call_async(hangs)))
+    assert len(entered) == 6
+    assert caught.value.__cause__ is None
     assert_at_rest(proxy)
 
 
 def test_async_attempt_timeout_is_retried_on_another_instance(run_async: Any, clock: Any) -> None:
-    proxy = make_proxy(clock, max_retries=2, attempt_timeout=0.02)
+    timer = ManualTimer()
+    proxy = make_proxy(clock, max_retries=2, attempt_timeout=3.0, timer=timer)
     entered: list[str] = []
 
     async def first_hangs(instance: ServiceInstance) -> str:
@@ -555,10 +722,11 @@ def test_async_attempt_timeout_is_retried_on_another_instance(run_async: Any, cl
             await asyncio.Event().wait()
         return instance.id
 
-    assert run_async(proxy.call_async(first_hangs)) == "b"
+    proxy.circuit_breaker.record_failure()
+    assert run_async(timed_out(timer, proxy.call_async(first_hangs))) == "b"
     assert entered == ["a", "b"]
-    assert proxy.circuit_breaker.failure_count == 0, "the success reset the failure count"
-    assert clock.sleeps == [0.1]
+    assert proxy.circuit_breaker.failure_count == 0, "the call succeeded: a breaker success"
+    assert clock.sleeps == [], "a timed-out attempt fails over without waiting"
     assert_at_rest(proxy)
 
 
@@ -579,7 +747,8 @@ def test_max_elapsed_counts_from_the_first_attempt(flavour: Any, clock: Any) -> 
 
 
 def test_max_elapsed_allows_retries_before_the_deadline(flavour: Any, clock: Any) -> None:
-    proxy = make_proxy(clock, max_retries=5, initial_delay=1.0, max_elapsed=5.5)
+    # one instance, so every retry backs off (failover would not wait)
+    proxy = make_proxy(clock, make_lb("a"), max_retries=5, initial_delay=1.0, max_elapsed=5.5)
     started: list[float] = []
     t0 = clock()
 
@@ -594,6 +763,28 @@ def test_max_elapsed_allows_retries_before_the_deadline(flavour: Any, clock: Any
     assert started == [0.0, 2.0, 5.0]
 
 
+def test_max_elapsed_judges_a_failover_by_its_start_not_by_the_backoff_it_skips(
+    flavour: Any, clock: Any
+) -> None:
+    # Three instances, backoff 1 s then 2 s, deadline 2.5 s, attempts of 1 s each: the
+    # failovers start at 1 s and 2 s (no wait), both inside the deadline, so all three
+    # instances are tried -- a backoff of 2 s would have ended the call after two.
+    proxy = make_proxy(clock, make_lb("abc"), max_retries=5, initial_delay=1.0, max_elapsed=2.5)
+    started: list[tuple[float, str]] = []
+    t0 = clock()
+
+    def handler(instance: ServiceInstance) -> None:
+        started.append((clock() - t0, instance.id))
+        clock.advance(1.0)
+        raise Boom
+
+    with pytest.raises(Boom):
+        flavour.proxy(proxy, handler)
+    assert [at for at, _ in started] == [0.0, 1.0, 2.0]
+    assert sorted(i for _, i in started) == ["a", "b", "c"]
+    assert clock.sleeps == []
+
+
 # -- storms ------------------------------------------------------------------------------
 
 
@@ -603,7 +794,7 @@ def test_thread_storm_leaves_connections_and_probe_slots_at_rest(clock: Any) -> 
     proxy = make_proxy(
         clock,
         lb,
-        failure_threshold=4,
+        failure_threshold=1,  # the breaker judges calls: let every failed call open it
         timeout_seconds=1.0,
         half_open_max_calls=2,
         max_retries=2,
@@ -736,7 +927,7 @@ def test_async_storm_with_cancellations_leaves_everything_at_rest(
     proxy = make_proxy(
         clock,
         lb,
-        failure_threshold=3,
+        failure_threshold=1,  # the breaker judges calls: let every failed call open it
         timeout_seconds=1.0,
         half_open_max_calls=2,
         max_retries=2,
@@ -762,8 +953,15 @@ def test_async_storm_with_cancellations_leaves_everything_at_rest(
             raise Boom(k)
         return k
 
+    async def client(k: int) -> int:
+        # Arrivals spread over many loop turns, so calls meet a breaker opened by earlier ones.
+        for _ in range(rng.randint(0, 100)):
+            await asyncio.sleep(0)
+        result: int = await proxy.call_async(handler, k)
+        return result
+
     async def main() -> Counter[str]:
-        tasks = [asyncio.create_task(proxy.call_async(handler, k)) for k in range(800)]
+        tasks = [asyncio.create_task(client(k)) for k in range(800)]
         while not all(t.done() for t in tasks):
             await asyncio.sleep(0)
             for task in rng.sample(tasks, 8):

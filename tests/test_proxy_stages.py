@@ -3,9 +3,8 @@
 Behaviour shared by ``call`` and ``call_async`` runs once per flavour. Hedging
 differs by design (attempts on a thread pool vs tasks), so each has its own
 tests. Backoff waits go to the fake clock; a slow attempt is one blocked on an
-event the test sets, never one that sleeps. Real timers appear only where the
-stage is a real timer: a few milliseconds of ``hedging_delay`` and
-``attempt_timeout``.
+event the test sets, never one that sleeps. ``hedging_delay`` and
+``attempt_timeout`` run on a :class:`ManualTimer` the test advances.
 """
 
 from __future__ import annotations
@@ -37,6 +36,7 @@ from codomyrmex.service_mesh import (
 )
 from codomyrmex.service_mesh.budget import RetryBudget
 from codomyrmex.service_mesh.events import CallRejected, Event
+from codomyrmex.service_mesh.timers import ManualTimer
 
 WAIT = 5.0  # upper bound on any wait for another thread or task
 
@@ -317,11 +317,34 @@ class Gate:
         return inst.id
 
 
+def call_in_thread(proxy: ServiceProxy, handler: Any) -> tuple[threading.Thread, list[Any]]:
+    """Start ``proxy.call(handler)`` on a thread; its result or exception lands in the list."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(proxy.call(handler))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
 def test_a_slow_first_attempt_gets_a_hedge_on_another_instance(clock: Any) -> None:
-    proxy = make_proxy(clock, hedging_delay=0.01)
+    timer = ManualTimer()
+    proxy = make_proxy(clock, hedging_delay=2.0, timer=timer)
     gate = Gate(slow="a")
     try:
-        assert proxy.call(gate) == "b"  # the hedge answered first and won
+        caller, outcome = call_in_thread(proxy, gate)
+        timer.until_waiting(1)
+        assert timer.deadlines() == [2.0]  # the hedging delay, on the injected timer
+        timer.advance(1.999)
+        assert gate.attempts == ["a"]
+        timer.advance(0.001)
+        caller.join(WAIT)
+        assert outcome == ["b"]  # the hedge answered first and won
         assert gate.attempts == ["a", "b"]
         assert connections(proxy) == {"a": 1, "b": 0}  # the loser is still running...
         gate.open.set()
@@ -333,12 +356,11 @@ def test_a_slow_first_attempt_gets_a_hedge_on_another_instance(clock: Any) -> No
 
 
 def test_a_fast_first_attempt_gets_no_hedge(clock: Any) -> None:
-    proxy = make_proxy(clock, hedging_delay=60.0)
+    timer = ManualTimer()
+    proxy = make_proxy(clock, hedging_delay=60.0, timer=timer)
     gate = Gate(slow="")
     try:
-        started = time.monotonic()
-        assert proxy.call(gate) == "a"
-        assert time.monotonic() - started < 30.0  # it did not wait out the hedging delay
+        assert proxy.call(gate) == "a"  # the timer never moved: no wait for the delay
         assert gate.attempts == ["a"]
         assert connections(proxy) == {"a": 0, "b": 0}
     finally:
@@ -405,12 +427,15 @@ class CountingBudget(RetryBudget):
 
 def test_a_hedge_needs_the_retry_budget(clock: Any) -> None:
     budget = CountingBudget()
-    proxy = make_proxy(clock, hedging_delay=0.005, budget=budget)
+    timer = ManualTimer()
+    proxy = make_proxy(clock, hedging_delay=0.005, budget=budget, timer=timer)
     gate = Gate(slow="a")
     try:
         result: list[str] = []
         caller = threading.Thread(target=lambda: result.append(proxy.call(gate)), daemon=True)
         caller.start()
+        timer.until_waiting(1)
+        timer.advance(0.005)
         assert budget.asked.wait(WAIT)  # the hedge was asked for, and refused
         gate.open.set()
         caller.join(WAIT)
@@ -425,8 +450,9 @@ def test_a_hedge_needs_the_retry_budget(clock: Any) -> None:
 def test_a_refused_hedge_is_not_asked_for_again_while_the_attempt_runs(clock: Any) -> None:
     """With ``hedging_delay=0`` a refusal must not turn the wait into a busy loop."""
     budget = CountingBudget()
+    timer = ManualTimer()
     proxy = make_proxy(
-        clock, make_lb("abc"), hedging_delay=0.0, max_hedged_attempts=3, budget=budget
+        clock, make_lb("abc"), hedging_delay=0.0, max_hedged_attempts=3, budget=budget, timer=timer
     )
     gate = Gate(slow="a", fail="a")
     errors: list[BaseException] = []
@@ -441,7 +467,8 @@ def test_a_refused_hedge_is_not_asked_for_again_while_the_attempt_runs(clock: An
         caller = threading.Thread(target=call, daemon=True)
         caller.start()
         assert budget.asked.wait(WAIT)
-        time.sleep(0.02)  # room for a polling loop to show itself
+        timer.until_waiting(1)  # the caller now waits for the attempt...
+        assert timer.deadlines() == [None]  # ...on no timer: it cannot poll
         assert budget.questions == 1
         gate.open.set()  # the attempt fails: a hedge may be asked for again, once
         caller.join(WAIT)
@@ -524,10 +551,23 @@ def test_async_slow_first_attempt_is_hedged_and_the_loser_cancelled(
     assert proxy.circuit_breaker.failure_count == 0  # a cancelled loser is no failure
 
 
-def test_async_hedge_after_a_real_delay(run_async: Any, clock: Any) -> None:
-    proxy = make_proxy(clock, hedging_delay=0.01)
+def test_async_hedge_after_the_hedging_delay(run_async: Any, clock: Any) -> None:
+    timer = ManualTimer()
+    proxy = make_proxy(clock, hedging_delay=2.0, timer=timer)
     gate = AsyncGate(slow="a")
-    assert run_async(proxy.call_async(gate)) == "b"
+
+    async def main() -> str:
+        call = asyncio.ensure_future(proxy.call_async(gate))
+        await timer.until_waiting_async(1)
+        assert timer.deadlines() == [2.0]
+        timer.advance(1.999)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert gate.attempts == ["a"]
+        timer.advance(0.001)
+        return await call
+
+    assert run_async(main()) == "b"
     assert gate.cancelled == ["a"]
 
 
@@ -623,15 +663,36 @@ def test_cancelling_a_hedged_call_cancels_every_attempt(run_async: Any, clock: A
 # -- per-attempt timeout ---------------------------------------------------------------------------
 
 
-def test_a_timed_out_attempt_is_a_breaker_failure(run_async: Any, clock: Any) -> None:
+def test_a_timed_out_attempt_fails_over_and_the_breaker_judges_the_call(
+    run_async: Any, clock: Any
+) -> None:
     breaker = CircuitBreaker("orders", CircuitBreakerConfig(failure_threshold=2), clock=clock)
-    proxy = make_proxy(clock, breaker=breaker, max_retries=1, attempt_timeout=0.01)
+    timer = ManualTimer()
+    proxy = make_proxy(clock, breaker=breaker, max_retries=1, attempt_timeout=3.0, timer=timer)
     gate = AsyncGate(slow="ab")
-    with pytest.raises(TimeoutError):
-        run_async(proxy.call_async(gate))
-    assert gate.attempts == ["a", "b"]  # the timeout was retried on the other instance
-    assert gate.cancelled == ["a", "b"]  # each timed-out attempt was cancelled
-    assert breaker.state is CircuitState.OPEN  # two failures recorded by the breaker
+
+    async def one_call() -> None:
+        call = asyncio.ensure_future(proxy.call_async(gate))
+        for _ in range(2):
+            await timer.until_waiting_async(1)
+            assert timer.deadlines() == [timer.now + 3.0]
+            timer.advance(3.0)
+        await call
+
+    async def main() -> list[CircuitState]:
+        states = []
+        for _ in range(2):
+            with pytest.raises(TimeoutError):
+                await one_call()
+            states.append(breaker.state)
+        return states
+
+    states = run_async(main())
+    assert gate.attempts == ["a", "b", "a", "b"]  # each timeout was retried on the other instance
+    assert gate.cancelled == ["a", "b", "a", "b"]  # each timed-out attempt was cancelled
+    assert clock.sleeps == []  # failing over to the untried instance does not wait
+    # one breaker failure per call (both attempts timed out), not one per attempt
+    assert states == [CircuitState.CLOSED, CircuitState.OPEN]
     assert connections(proxy) == {"a": 0, "b": 0}
 
 
@@ -641,11 +702,23 @@ def test_a_timed_out_attempt_is_a_breaker_failure(run_async: Any, clock: Any) ->
 def test_describe_lists_the_default_stages_in_order(clock: Any) -> None:
     proxy = make_proxy(clock, max_retries=2)
     assert proxy.describe().split(" -> ") == [
+        "circuit breaker(orders, judges calls)",
         "retry(max_retries=2)",
-        "pick instance(round_robin, counts connections)",
-        "circuit breaker(orders)",
+        "pick instance(round_robin, counts connections, ejects outliers)",
         "handler",
     ]
+
+
+def test_describe_names_outlier_ejection_only_when_it_is_on(clock: Any) -> None:
+    lb = LoadBalancer(LoadBalancerStrategy.LEAST_CONNECTIONS, outlier_detection=None)
+    proxy = make_proxy(clock, lb, max_retries=1)
+    assert proxy.describe().split(" -> ") == [
+        "circuit breaker(orders, judges calls)",
+        "retry(max_retries=1)",
+        "pick instance(least_connections, counts connections)",
+        "handler",
+    ]
+    assert "ejects outliers" in ServiceProxy("orders").describe()
 
 
 def test_describe_lists_every_configured_stage_in_order(clock: Any) -> None:
@@ -661,9 +734,9 @@ def test_describe_lists_every_configured_stage_in_order(clock: Any) -> None:
     assert stages == [
         "fallback",
         "bulkhead",
+        "circuit breaker",
         "hedging",
         "pick instance",
-        "circuit breaker",
         "attempt timeout",
         "handler",
     ]

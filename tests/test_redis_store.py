@@ -260,7 +260,15 @@ def test_keys_are_namespaced_plain_and_expire(
     keys = list(client.scan_iter(match=f"{prefix}*"))
     assert keys == [f"{prefix}cb:{{plain}}"]
     fields = client.hgetall(keys[0])
-    assert set(fields) == {"state", "version", "failures", "open_until", "reopens", "probe_ok"}
+    assert set(fields) == {
+        "state",
+        "version",
+        "failures",
+        "open_until",
+        "reopens",
+        "probe_ok",
+        "last_failure",
+    }
     assert all(v == fields["state"] or v.lstrip("-").isdigit() for v in fields.values())
     # Wall-clock milliseconds of Redis TIME: open_until is now + 120 s on the server's clock.
     seconds, micros = client.time()
@@ -835,3 +843,53 @@ def test_a_mesh_store_gives_decorators_shared_state(stores: Callable[..., RedisS
     assert wait_for(lambda: other.state is OPEN, WAIT), "the trip did not reach the other breaker"
     with pytest.raises(TypeError, match="store"):
         mesh.store = object()  # type: ignore[assignment]
+
+
+# -- issue 15: adopted state keeps the fleet's failures; adoption respects version order ------
+
+
+def test_a_breaker_that_adopted_open_reports_the_fleets_failures(
+    stores: Callable[..., RedisStore],
+) -> None:
+    """Item 21: it reported failure_count 1 (or 0) and last_failure_time None ("never failed")."""
+    from datetime import datetime, timedelta, timezone
+
+    config = CircuitBreakerConfig(failure_threshold=3, timeout_seconds=60.0)
+    a = CircuitBreaker("dep", config, store=stores())
+    b = CircuitBreaker("dep", config, store=stores())
+    before = datetime.now(timezone.utc) - timedelta(seconds=1)
+    fail(a, 3)
+    assert wait_for(lambda: b.state is OPEN, WAIT)
+    assert b.failure_count == 3
+    seen = b.last_failure_time
+    assert seen is not None
+    assert before <= seen <= datetime.now(timezone.utc) + timedelta(seconds=1)
+    # a breaker bound after the trip reads them too
+    c = CircuitBreaker("dep", config, store=stores())
+    assert c.state is OPEN
+    assert c.failure_count == 3
+    assert c.last_failure_time is not None
+
+
+def test_an_older_fleet_message_never_replaces_a_newer_state(
+    stores: Callable[..., RedisStore], client: redis.Redis
+) -> None:
+    """Item 27: the version order in adopt."""
+    config = CircuitBreakerConfig(failure_threshold=1, timeout_seconds=60.0)
+    store = stores()
+    b = CircuitBreaker("dep", config, store=store)
+    a = CircuitBreaker("dep", config, store=stores())
+    fail(a, 1)
+    assert wait_for(lambda: b.state is OPEN, WAIT)
+    version = int(state_hash(client, store, "dep")["version"])
+    seen: list[tuple[CircuitState, CircuitState]] = []
+    b.add_listener(lambda _cb, old, new: seen.append((old, new)))
+    channel = f"{store.prefix}cb:events"
+
+    def message(state: str, v: int) -> str:
+        return json.dumps({"b": "dep", "s": state, "v": v, "f": 0, "r": 0.0, "n": 0, "o": "x"})
+
+    client.publish(channel, message("closed", version - 1))  # stale: must be ignored
+    client.publish(channel, message("forced_open", version + 1))  # newer: adopted after it
+    assert wait_for(lambda: b.state is CircuitState.FORCED_OPEN, WAIT)
+    assert seen == [(OPEN, CircuitState.FORCED_OPEN)]

@@ -1,8 +1,8 @@
 """Retry policy: attempts, backoff delays, what is retried, cancellation, deadlines.
 
 Behaviour shared by ``execute`` and ``execute_async`` runs once per flavour (sync,
-asyncio, uvloop). Time comes from the ``clock`` fixture; nothing sleeps for real
-except the short ``attempt_timeout`` tests, which need a real event-loop timer.
+asyncio, uvloop). Time comes from the ``clock`` fixture; nothing sleeps for real:
+``attempt_timeout`` runs on a :class:`ManualTimer` the test advances.
 """
 
 from __future__ import annotations
@@ -25,6 +25,22 @@ from codomyrmex.service_mesh import (
     NoHealthyInstanceError,
     RetryPolicy,
 )
+from codomyrmex.service_mesh.retry import RetryAfter
+from codomyrmex.service_mesh.timers import ManualTimer
+
+
+async def driven(timer: ManualTimer, coro: Any, step: float) -> Any:
+    """Await ``coro``, moving ``timer`` on by ``step`` whenever the call waits on it."""
+    task = asyncio.ensure_future(coro)
+    for _ in range(100):
+        for _ in range(10_000):
+            if task.done() or timer.waiting:
+                break
+            await asyncio.sleep(0)
+        if task.done():
+            break
+        timer.advance(step)
+    return await task
 
 
 class Boom(Exception):
@@ -664,8 +680,9 @@ def test_attempt_timeout_is_a_retried_failure(run_async: Any, clock: Any) -> Non
             await asyncio.Event().wait()  # hangs: only the attempt timeout ends it
         return f"attempt {calls}"
 
-    policy = policy_for(clock, max_retries=3, attempt_timeout=0.02, initial_delay=0.5)
-    assert run_async(policy.execute_async(fn)) == "attempt 3"
+    timer = ManualTimer()
+    policy = policy_for(clock, max_retries=3, attempt_timeout=5.0, initial_delay=0.5, timer=timer)
+    assert run_async(driven(timer, policy.execute_async(fn), 5.0)) == "attempt 3"
     assert calls == 3
     assert clock.sleeps == [0.5, 1.0]
 
@@ -678,10 +695,29 @@ def test_attempt_timeout_on_every_attempt_raises_timeout_error(run_async: Any, c
         calls += 1
         await asyncio.Event().wait()
 
-    policy = policy_for(clock, max_retries=2, attempt_timeout=0.01)
+    timer = ManualTimer()
+    policy = policy_for(clock, max_retries=2, attempt_timeout=0.01, timer=timer)
     with pytest.raises(TimeoutError):
-        run_async(policy.execute_async(fn))
+        run_async(driven(timer, policy.execute_async(fn), 0.01))
     assert calls == 3
+
+
+def test_an_attempt_ends_at_its_timeout_not_before(run_async: Any, clock: Any) -> None:
+    async def main() -> None:
+        timer = ManualTimer()
+        policy = policy_for(clock, max_retries=0, attempt_timeout=2.0, timer=timer)
+        call = asyncio.ensure_future(policy.execute_async(asyncio.Event().wait))
+        await timer.until_waiting_async(1)
+        assert timer.deadlines() == [2.0]
+        timer.advance(1.999)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not call.done()
+        timer.advance(0.001)
+        with pytest.raises(TimeoutError):
+            await call
+
+    run_async(main())
 
 
 def test_attempt_timeout_does_not_cut_short_a_fast_attempt(run_async: Any, clock: Any) -> None:
@@ -783,7 +819,102 @@ def test_max_elapsed_bounds_a_hanging_async_attempt(run_async: Any) -> None:
         calls += 1
         await asyncio.Event().wait()
 
-    policy = RetryPolicy(max_retries=5, max_elapsed=0.03, initial_delay=0.0)
+    timer = ManualTimer()
+    policy = RetryPolicy(
+        max_retries=5, max_elapsed=3.0, initial_delay=0.0, clock=timer, timer=timer
+    )
     with pytest.raises(TimeoutError):
-        run_async(policy.execute_async(fn))
-    assert calls >= 1
+        run_async(driven(timer, policy.execute_async(fn), 3.0))
+    assert calls == 1
+    assert timer.now == 3.0
+
+
+def test_max_elapsed_zero_is_rejected() -> None:
+    """Issue 15 item 6: it meant one attempt in sync and none (TimeoutError) in async."""
+    with pytest.raises(ValueError, match="max_elapsed"):
+        RetryPolicy(max_elapsed=0)
+    with pytest.raises(ValueError, match="max_elapsed"):
+        RetryPolicy(max_elapsed=0.0)
+
+
+def test_no_attempt_starts_exactly_at_the_max_elapsed_deadline(flavour: Any, clock: Any) -> None:
+    """Issue 15 item 27: the boundary itself. A retry due at exactly the deadline is not
+    made; one due just before it is."""
+    exact = policy_for(
+        clock, max_retries=5, initial_delay=1.0, exponential_base=1.0, max_elapsed=2.0
+    )
+    fn = Flaky(100, clock=clock)
+    with pytest.raises(Boom):
+        flavour.retry(exact, fn)
+    t0 = fn.started_at[0]
+    assert [t - t0 for t in fn.started_at] == [0.0, 1.0]  # the third would start at 2.0
+
+    early = policy_for(
+        clock,
+        max_retries=5,
+        initial_delay=1.0,
+        exponential_base=1.0,
+        max_elapsed=2.0 + 1e-6,
+        timer=ManualTimer(),  # async: the last attempt's 1e-6 s are virtual, not real
+    )
+    fn = Flaky(100, clock=clock)
+    with pytest.raises(Boom):
+        flavour.retry(early, fn)
+    t0 = fn.started_at[0]
+    assert [t - t0 for t in fn.started_at] == [0.0, 1.0, 2.0]
+
+
+# -- retry_on verdicts (issue 15 item 4) ----------------------------------------------------
+
+
+def test_a_truthy_non_number_verdict_retries(flavour: Any, clock: Any) -> None:
+    """A predicate returning a ``re.Match`` crashed with TypeError after one attempt."""
+    import re
+
+    policy = policy_for(clock, max_retries=2, retry_on=lambda exc: re.search("transient", str(exc)))
+    fn = Raises(Boom("transient glitch"))
+    with pytest.raises(Boom) as caught:
+        flavour.retry(policy, fn)
+    assert caught.value is fn.error  # the caller's own exception, not a TypeError
+    assert fn.calls == 3
+    assert clock.sleeps == [0.1, 0.2]  # the policy's backoff, not a delay taken from the verdict
+
+
+def test_falsy_verdicts_stop_and_numbers_are_truthiness_only(flavour: Any, clock: Any) -> None:
+    for verdict, calls in [(None, 1), ("", 1), (0, 1), ([], 1), (3, 3), ("yes", 3), (0.5, 3)]:
+        clock.sleeps.clear()
+        policy = policy_for(clock, max_retries=2, retry_on=lambda exc, v=verdict: v)
+        fn = Raises(Boom())
+        with pytest.raises(Boom):
+            flavour.retry(policy, fn)
+        assert fn.calls == calls, verdict
+        assert clock.sleeps == ([0.1, 0.2] if calls == 3 else []), verdict
+
+
+def test_retry_after_is_the_delay_override(flavour: Any, clock: Any) -> None:
+    policy = policy_for(clock, max_retries=2, retry_on=lambda exc: RetryAfter(4.0))
+    fn = Raises(Boom())
+    with pytest.raises(Boom):
+        flavour.retry(policy, fn)
+    assert clock.sleeps == [4.0, 4.0]
+
+
+def test_a_verdict_whose_truth_raises_ends_the_call_with_the_callers_error(
+    flavour: Any, clock: Any
+) -> None:
+    class Undecided:
+        def __bool__(self) -> bool:
+            raise ValueError("no truth value")
+
+    policy = policy_for(clock, max_retries=2, retry_on=lambda exc: Undecided())
+    fn = Raises(Boom())
+    with pytest.raises(Boom) as caught:
+        flavour.retry(policy, fn)
+    assert caught.value is fn.error
+    assert fn.calls == 1
+
+
+@pytest.mark.parametrize("seconds", ["1", None, True, float("nan")])
+def test_retry_after_validates_its_seconds(seconds: Any) -> None:
+    with pytest.raises((TypeError, ValueError), match="seconds"):
+        RetryAfter(seconds)

@@ -26,6 +26,7 @@ from codomyrmex.service_mesh import (
     set_testing,
 )
 from codomyrmex.service_mesh.events import Event, RetryGaveUp, RetryScheduled
+from codomyrmex.service_mesh.retry import RetryAfter
 
 
 class Boom(Exception):
@@ -201,10 +202,10 @@ class Throttled(Exception):
         self.retry_after = retry_after
 
 
-def retry_after_header(exc: BaseException) -> bool | float:
+def retry_after_header(exc: BaseException) -> bool | RetryAfter:
     """A ``retry_on`` predicate: honour a Retry-After, otherwise the policy's backoff."""
     if isinstance(exc, Throttled) and exc.retry_after is not None:
-        return exc.retry_after
+        return RetryAfter(exc.retry_after)
     return isinstance(exc, Exception)
 
 
@@ -312,12 +313,31 @@ def test_percentage_budget_allows_a_share_of_recent_requests(clock: Any) -> None
     clock.advance(9.0)
     assert not budget.try_retry()  # still inside the 10-second window
     clock.advance(1.0)
-    assert (budget.requests, budget.retries) == (10, 2)  # not expired until read
-    assert not budget.try_retry()  # reading expires: nothing left to retry on
-    assert (budget.requests, budget.retries) == (0, 0)
+    assert (budget.requests, budget.retries) == (0, 0)  # the window has moved past them
+    assert not budget.try_retry()  # nothing left to retry on
     for _ in range(5):
         budget.record_request()
     assert [budget.try_retry() for _ in range(2)] == [True, False]
+
+
+def test_percentage_budget_spreads_requests_counted_while_quiet_over_their_seconds(
+    clock: Any,
+) -> None:
+    """Requests are counted without the clock; the next read files them evenly over the
+    seconds since the last one, so a long quiet stretch cannot inflate the window."""
+    budget = PercentageRetryBudget(
+        percent=100.0, min_retries_per_second=0.0, window_seconds=10, clock=clock
+    )
+    assert budget.requests == 0
+    for _ in range(100):
+        budget.record_request()
+    clock.advance(20.0)  # 100 requests over 20 s: half of them fall inside the window
+    assert budget.requests == 50
+    clock.advance(5.0)  # half of the window's seconds expire: 5 s x 5 per second
+    assert budget.requests == 25
+    for _ in range(3):
+        budget.record_request()
+    assert budget.requests == 28  # counted in the current second
 
 
 def test_percentage_budget_minimum_lets_low_traffic_retry(clock: Any) -> None:

@@ -225,15 +225,57 @@ def test_peak_ewma_estimate_decays_over_the_configured_window(clock: Any) -> Non
 
 
 def test_peak_ewma_a_fast_failure_does_not_make_an_instance_look_fast(clock: Any) -> None:
-    lb, _ = ewma_setup(clock, {"a": 0.050})
+    """A failure is no evidence of speed: it leaves the estimate as if no call had been made
+    (a failure slower than the estimate may raise it). Issue 15 item 27: the old version of
+    this test could not fail at its tolerance, since blending a 1 ms sample into a fresh
+    estimate moves it by well under 1%; here the blend would move it by half."""
+    lb, _ = ewma_setup(clock, {"a": 1.0})  # the estimate is 1.0 s, just measured
     a = lb.get("a")
     assert a is not None
+    clock.advance(9.7)  # idle: the estimate decays
     start = clock()
-    inst_ = lb._acquire()
-    assert inst_ is a
-    clock.advance(0.001)
+    assert lb._acquire() is a
+    clock.advance(0.3)  # 10 s after the sample, a failure after 0.3 s (< the decayed 0.37 s)
     lb._release(a, start, ConnectionRefusedError())
-    assert lb.latency_estimate("a") == pytest.approx(0.050, rel=0.01)
+    # A failure counts as a slow call (at least 1 s, as in Finagle), however fast it came
+    # back: the estimate neither blends the 0.3 s in nor stays at the decayed 0.37 s.
+    untouched = math.exp(-1.0)
+    assert lb.latency_estimate("a") == pytest.approx(1.0, rel=1e-9)
+    assert abs(1.0 - untouched) / untouched > 0.5
+    start = clock()
+    assert lb._acquire() is a
+    clock.advance(2.0)  # a failure slower than the estimate raises it at once
+    lb._release(a, start, ConnectionRefusedError())
+    assert lb.latency_estimate("a") == pytest.approx(2.0)
+
+
+def test_peak_ewma_a_slow_failure_counts_its_own_latency(clock: Any) -> None:
+    lb, _ = ewma_setup(clock, {"a": 0.050})
+    a = lb._acquire()
+    assert a is not None
+    start = clock()
+    clock.advance(2.5)
+    lb._release(a, start, TimeoutError())
+    assert lb.latency_estimate("a") == pytest.approx(2.5, rel=0.01)
+
+
+def test_peak_ewma_prefers_a_slower_healthy_instance_to_a_fast_failing_one(clock: Any) -> None:
+    lb, _ = ewma_setup(clock, {"fails": 0.010, "slow": 0.200})
+    assert lb.get_instance().id == "fails"  # type: ignore[union-attr]  # faster, so far
+    never_open = CircuitBreaker("svc", CircuitBreakerConfig(failure_threshold=10**6), clock=clock)
+    proxy = ServiceProxy("svc", lb, never_open, RetryPolicy(max_retries=0))
+
+    def handler(instance: ServiceInstance) -> str:
+        if instance.id == "fails":
+            clock.advance(0.0001)  # refused at once
+            raise ConnectionRefusedError(instance.id)
+        clock.advance(0.200)
+        return instance.id
+
+    with pytest.raises(ConnectionRefusedError):
+        proxy.call(handler)
+    assert [proxy.call(handler) for _ in range(20)] == ["slow"] * 20
+    assert shares(lb) == {"slow": 1.0}
 
 
 def test_peak_ewma_unmeasured_instance_takes_one_call_at_a_time(clock: Any) -> None:
@@ -249,7 +291,8 @@ def test_peak_ewma_unmeasured_instance_takes_one_call_at_a_time(clock: Any) -> N
 
 
 def test_switching_to_peak_ewma_mid_call_ignores_that_unmeasured_call(clock: Any) -> None:
-    lb = make_lb(RR, "ab", clock=clock)
+    # Outlier detection off: with it on (the default) a round-robin call is timed too.
+    lb = make_lb(RR, "ab", clock=clock, outlier_detection=None)
     with lb.connection() as first:  # began unobserved: no start time was read
         lb.strategy = EWMA
         clock.advance(0.050)
@@ -429,10 +472,19 @@ def test_slow_start_aggression_and_floor(clock: Any) -> None:
     assert_shares(shares(lb), {"a": 0.4, "b": 0.4, "c": 0.2})
 
 
-def test_slow_start_applies_to_p2c_through_the_effective_weight(clock: Any) -> None:
-    lb = ramped(clock, P2C, SlowStartConfig(window=60.0))
+@pytest.mark.parametrize("strategy", [P2C, EWMA])
+def test_slow_start_ramps_p2c_and_peak_ewma(clock: Any, strategy: LoadBalancerStrategy) -> None:
+    # Regression (issue 15.13): POWER_OF_TWO stayed flat at 1/9 then jumped to 1/3, and
+    # PEAK_EWMA gave the ramping instance its full share at once. Idle and equal, each
+    # strategy gives 1/3 each; the ramp keeps a pick of c with the factor's probability.
+    lb = ramped(clock, strategy, SlowStartConfig(window=60.0))
+    assert_shares(shares(lb), {"a": 1 / 2.1, "b": 1 / 2.1, "c": 0.1 / 2.1})  # floor: 10%
     clock.advance(30.0)
-    assert_shares(shares(lb), two_choice_closed_form({"a": 1.0, "b": 1.0, "c": 2.0}))
+    assert_shares(shares(lb), {"a": 0.4, "b": 0.4, "c": 0.2})  # halfway: f = 0.5
+    clock.advance(15.0)
+    assert_shares(shares(lb), {"a": 1 / 2.75, "b": 1 / 2.75, "c": 0.75 / 2.75})
+    clock.advance(15.0)
+    assert_shares(shares(lb), dict.fromkeys("abc", 1 / 3))  # done
 
 
 def test_slow_start_again_when_an_instance_becomes_healthy(clock: Any) -> None:

@@ -197,6 +197,8 @@ def _lines_per_record(window: OutcomeWindow, seconds_per_call: float, n: int = 2
     finally:
         sys.settrace(None)
     return lines / n
+
+
 @pytest.mark.parametrize(
     ("make", "seconds_per_call"),
     [(CountWindow, 0.0), (TimeWindow, 0.001), (TimeWindow, 1.0)],

@@ -10,7 +10,13 @@ from .bulkhead import Bulkhead
 from .chaos import Chaos
 from .circuit_breaker import CircuitBreaker, CircuitBreakerConfig, CircuitState
 from .decorators import with_circuit_breaker, with_retry
-from .errors import BulkheadFullError, CircuitOpenError, NoHealthyInstanceError, ServiceMeshError
+from .errors import (
+    BulkheadFullError,
+    CircuitOpenError,
+    LimitExceededError,
+    NoHealthyInstanceError,
+    ServiceMeshError,
+)
 from .events import (
     CallFailed,
     CallRejected,
@@ -22,11 +28,20 @@ from .events import (
     InstanceHealthChanged,
     InstancePicked,
     InstanceReturned,
+    LimitChanged,
     RetryGaveUp,
     RetryScheduled,
     StateTransition,
+    ThresholdCrossed,
 )
 from .health import HealthCheckConfig, HealthChecker, HttpProbe, Probe, TcpProbe
+from .limits import (
+    AIMDLimit,
+    ConcurrencyLimiter,
+    Gradient2Limit,
+    RateLimiter,
+    VegasLimit,
+)
 from .load_balancer import (
     LoadBalancer,
     LoadBalancerStrategy,
@@ -41,6 +56,7 @@ from .proxy import ServiceProxy
 from .retry import RetryPolicy, disable_retries, set_testing
 
 __all__ = [
+    "AIMDLimit",
     "Bulkhead",
     "BulkheadFullError",
     "CallFailed",
@@ -51,9 +67,11 @@ __all__ = [
     "CircuitBreakerConfig",
     "CircuitOpenError",
     "CircuitState",
+    "ConcurrencyLimiter",
     "Event",
     "EventListener",
     "FaultInjected",
+    "Gradient2Limit",
     "HealthCheckConfig",
     "HealthChecker",
     "HttpProbe",
@@ -61,6 +79,8 @@ __all__ = [
     "InstanceHealthChanged",
     "InstancePicked",
     "InstanceReturned",
+    "LimitChanged",
+    "LimitExceededError",
     "LoadBalancer",
     "LoadBalancerStrategy",
     "Mesh",
@@ -69,6 +89,7 @@ __all__ = [
     "OutlierDetector",
     "PercentageRetryBudget",
     "Probe",
+    "RateLimiter",
     "RetryBudget",
     "RetryGaveUp",
     "RetryPolicy",
@@ -79,7 +100,9 @@ __all__ = [
     "SlowStartConfig",
     "StateTransition",
     "TcpProbe",
+    "ThresholdCrossed",
     "TokenBucketRetryBudget",
+    "VegasLimit",
     "current_routing_key",
     "default_mesh",
     "disable_retries",

@@ -29,13 +29,15 @@ __all__ = [
     "ring_points",
 ]
 
-MAX_RING_POINTS = 1 << 17
-"""Above this many ring points every instance's count is scaled down alike (build time, memory)."""
+MAX_RING_POINTS = 1 << 20
+"""The default ``max_ring_size``: above it every instance's count is scaled down alike."""
 
 POSITION_BITS = 40
 """Ring positions are 40-bit; the owner's index is packed into the 24 bits below."""
 OWNER_BITS = 24
 OWNER_MASK = (1 << OWNER_BITS) - 1
+
+_MIN_RELATIVE_WEIGHT = 1e-300
 
 
 def key_hash(key: str | bytes) -> int:
@@ -108,15 +110,19 @@ def build_maglev(
     skips = [skip for _, skip in params]
     top = max(weights)
     equal = min(weights) == top
+    # Weights relative to the heaviest, in (0, 1]: no sum or product can overflow, and a
+    # vanishing weight is clamped so its next turn stays a finite round.
+    relative = [max(w / top, _MIN_RELATIVE_WEIGHT) for w in weights]
     turns = [(1, i) for i in range(n)]  # (round, owner): everyone's first turn is round 1
-    targets = [0.0] * n
+    taken = [0] * n
     for filled in range(table_size):
         if equal:
             i = filled % n
         else:
             rnd, i = heapq.heappop(turns)
-            targets[i] += top
-            heapq.heappush(turns, (_next_round(rnd, weights[i], targets[i]), i))
+            taken[i] += 1
+            # The k-th turn of an instance of relative weight w comes in round ceil(k / w).
+            heapq.heappush(turns, (max(rnd + 1, math.ceil(taken[i] / relative[i])), i))
         slot = slots[i]
         skip = skips[i]
         while table[slot] >= 0:
@@ -127,16 +133,6 @@ def build_maglev(
         slot += skip
         slots[i] = slot - table_size if slot >= table_size else slot
     return array("l", table)
-
-
-def _next_round(current: int, weight: float, target: float) -> int:
-    """The first round ``r > current`` with ``r * weight >= target``."""
-    r = max(current + 1, math.ceil(target / weight))
-    while (r - 1) > current and (r - 1) * weight >= target:
-        r -= 1
-    while r * weight < target:
-        r += 1
-    return r
 
 
 def is_prime(n: int) -> bool:

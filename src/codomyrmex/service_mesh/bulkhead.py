@@ -14,6 +14,7 @@ from types import TracebackType
 
 from ._validate import check_int, check_optional_number
 from .errors import BulkheadFullError
+from .timers import Timer
 
 __all__ = ["Bulkhead"]
 
@@ -40,7 +41,8 @@ def _resolve(future: asyncio.Future[None]) -> None:
 class Bulkhead:
     """At most ``max_concurrent`` calls at once; up to ``max_queue`` more wait for a slot
     (at most ``queue_timeout`` seconds, or forever with None); the rest are refused with
-    :class:`BulkheadFullError`.
+    :class:`BulkheadFullError`. ``timer`` times the wait (a :class:`~.timers.ManualTimer`
+    in tests).
     """
 
     __slots__ = (
@@ -51,6 +53,7 @@ class Bulkhead:
         "max_queue",
         "name",
         "queue_timeout",
+        "timer",
     )
 
     def __init__(
@@ -60,7 +63,11 @@ class Bulkhead:
         max_queue: int = 0,
         queue_timeout: float | None = None,
         name: str = "",
+        timer: Timer | None = None,
     ) -> None:
+        if timer is not None and not isinstance(timer, Timer):
+            raise TypeError(f"timer must be a Timer, got {timer!r}")
+        self.timer = timer if timer is not None else Timer()
         self.max_concurrent = check_int("max_concurrent", max_concurrent, 1)
         self.max_queue = check_int("max_queue", max_queue, 0)
         self.queue_timeout = check_optional_number("queue_timeout", queue_timeout)
@@ -87,6 +94,28 @@ class Bulkhead:
         """Calls waiting for a slot now."""
         return len(self._waiters)
 
+    def reconfigure(
+        self, max_concurrent: int, *, max_queue: int = 0, queue_timeout: float | None = None
+    ) -> None:
+        """New limits; calls in flight and waiting keep their place (a larger limit
+        admits waiters at once, a smaller one admits nobody until calls finish)."""
+        check_int("max_concurrent", max_concurrent, 1)
+        check_int("max_queue", max_queue, 0)
+        check_optional_number("queue_timeout", queue_timeout)
+        with self._lock:
+            self.max_concurrent = max_concurrent
+            self.max_queue = max_queue
+            self.queue_timeout = queue_timeout
+            while self._waiters and self._in_flight < max_concurrent:
+                waiter = self._waiters.popleft()
+                waiter.granted = True
+                self._in_flight += 1
+                if waiter.event is not None:
+                    waiter.event.set()
+                else:
+                    assert waiter.loop is not None and waiter.future is not None
+                    waiter.loop.call_soon_threadsafe(_resolve, waiter.future)
+
     def _full(self, reason: str) -> BulkheadFullError:
         return BulkheadFullError(self.name, self.max_concurrent, reason)
 
@@ -102,7 +131,7 @@ class Bulkhead:
             self._waiters.append(waiter)
         assert waiter.event is not None
         try:
-            if waiter.event.wait(self.queue_timeout):
+            if self.timer.wait(waiter.event, self.queue_timeout):
                 return
         except BaseException:  # interrupted while queued (KeyboardInterrupt, ...)
             with self._lock:
@@ -131,20 +160,22 @@ class Bulkhead:
             waiter = _Waiter(loop, future)
             self._waiters.append(waiter)
         try:
-            if self.queue_timeout is None:
-                await future
-            else:
-                await asyncio.wait_for(future, self.queue_timeout)
-        except BaseException as exc:
+            done = await self.timer.first({future}, self.queue_timeout)
+        except BaseException:  # cancelled while queued
             with self._lock:
                 granted = waiter.granted
                 if not granted:
                     self._waiters.remove(waiter)
             if granted:
                 self.release()  # the slot arrived as we gave up: pass it on
-            if isinstance(exc, asyncio.TimeoutError):
-                raise self._full("queue_timeout") from None
             raise
+        if done:
+            return
+        with self._lock:
+            if waiter.granted:  # granted just as the time ran out: keep it
+                return
+            self._waiters.remove(waiter)
+        raise self._full("queue_timeout")
 
     def release(self) -> None:
         """Free a slot, handing it to the longest waiter if there is one."""

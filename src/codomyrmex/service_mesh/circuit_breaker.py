@@ -21,6 +21,7 @@ the code paths are those of a purely in-memory breaker.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import math
 import threading
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn, ParamSpec, TypeVar, ca
 
 from ._validate import check_callable, check_int, check_number, check_str
 from .errors import CircuitOpenError
-from .events import CallRejected, EventListener, StateTransition, publish
+from .events import CallRejected, EventListener, StateTransition, ThresholdCrossed, publish
 from .windows import CountWindow, OutcomeWindow, TimeWindow
 
 if TYPE_CHECKING:
@@ -97,7 +98,47 @@ TRANSITIONS: dict[CircuitState, frozenset[CircuitState]] = {
 }
 
 StateListener = Callable[["CircuitBreaker", CircuitState, CircuitState], None]
-"""Called as ``listener(breaker, old_state, new_state)`` after each transition."""
+"""Called as ``listener(breaker, old_state, new_state)`` after each transition
+(a listener taking two arguments is called as ``listener(old_state, new_state)``)."""
+
+
+class _OldNew:
+    """A two-argument listener ``(old, new)``, called with the breaker left out.
+
+    Compares equal to the function it wraps, so ``remove_listener`` finds it.
+    """
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[CircuitState, CircuitState], object]) -> None:
+        self.fn = fn
+
+    def __call__(self, breaker: CircuitBreaker, old: CircuitState, new: CircuitState) -> None:
+        self.fn(old, new)
+
+    def __eq__(self, other: object) -> bool:
+        return other is self or other == self.fn
+
+    def __hash__(self) -> int:
+        return hash(self.fn)
+
+
+def _adapt_listener(listener: Callable[..., object]) -> StateListener:
+    """``listener`` as a three-argument listener; TypeError if it takes neither form."""
+    try:
+        signature = inspect.signature(listener)
+    except (TypeError, ValueError):  # no signature to read (some builtins): trust it
+        return cast(StateListener, listener)
+    for form in (3, 2):
+        try:
+            signature.bind(*([None] * form))
+        except TypeError:
+            continue
+        return cast(StateListener, listener) if form == 3 else _OldNew(listener)
+    raise TypeError(
+        f"listener must take (breaker, old, new) or (old, new), got {listener!r}{signature}"
+    )
+
 
 _Changes = list[tuple[CircuitState, CircuitState]]
 
@@ -144,7 +185,8 @@ class CircuitBreakerConfig:
     minimum_number_of_calls: int = 10
     """Calls the window must hold before any rate is judged."""
     slow_call_duration_threshold: float | None = None
-    """Seconds after which a call counts as slow, whatever its outcome (window mode)."""
+    """A call lasting longer than this many seconds is slow, whatever its outcome (window
+    mode); one lasting exactly this long is not."""
     slow_call_rate_threshold: float = 100.0
     """Percentage of slow calls in the window that opens the circuit."""
     record_exceptions: tuple[type[BaseException], ...] = (Exception,)
@@ -158,7 +200,13 @@ class CircuitBreakerConfig:
     open_backoff_multiplier: float = 1.0
     """Each re-open from HALF_OPEN multiplies the OPEN wait by this (reset on close)."""
     max_open_seconds: float | None = None
-    """Cap on the grown OPEN wait."""
+    """Cap on the grown OPEN wait; at least ``timeout_seconds``."""
+    half_open_judged_by_rate: bool = False
+    """Judge HALF_OPEN as resilience4j does: admit ``half_open_max_calls`` probes in all,
+    and once every one has ended, close if their failure rate is below the window's
+    failure rate (``failure_rate_threshold``, 50% unless set) and their slow-call rate
+    below ``slow_call_rate_threshold``, else re-open (``success_threshold`` unused).
+    The default judges each probe: one failure re-opens. Not supported with a store."""
 
     def __post_init__(self) -> None:
         check_int("failure_threshold", self.failure_threshold, 1)
@@ -193,8 +241,17 @@ class CircuitBreakerConfig:
         if self.result_predicate is not None:
             check_callable("result_predicate", self.result_predicate)
         check_number("open_backoff_multiplier", self.open_backoff_multiplier, 1.0)
+        if not isinstance(self.half_open_judged_by_rate, bool):
+            raise TypeError(
+                f"half_open_judged_by_rate must be a bool, got {self.half_open_judged_by_rate!r}"
+            )
         if self.max_open_seconds is not None:
             check_number("max_open_seconds", self.max_open_seconds, 0.0)
+            if self.max_open_seconds < self.timeout_seconds:
+                raise ValueError(
+                    f"max_open_seconds must be >= timeout_seconds ({self.timeout_seconds!r}), "
+                    f"got {self.max_open_seconds!r}"
+                )
 
     @property
     def windowed(self) -> bool:
@@ -252,8 +309,13 @@ class CircuitBreaker:
         "_must_record",
         "_open_until",
         "_opened_at",
+        "_probe_ended",
+        "_probe_failures",
+        "_probe_slow",
         "_probe_successes",
         "_reopen_count",
+        "_shadow",
+        "_shadow_event",
         "_state",
         "_subscribers",
         "_timed",
@@ -277,6 +339,8 @@ class CircuitBreaker:
         elif not isinstance(config, CircuitBreakerConfig):
             raise TypeError(f"config must be a CircuitBreakerConfig, got {config!r}")
         check_callable("clock", clock)
+        if store is not None and not callable(getattr(store, "bind", None)):
+            raise TypeError(f"store must be a BreakerStore (with a bind method), got {store!r}")
         self.name = name
         self.config = config
         self._clock = clock
@@ -288,7 +352,10 @@ class CircuitBreaker:
         self._failures = 0
         self._in_flight = 0
         self._probe_successes = 0
+        self._probe_ended = self._probe_failures = self._probe_slow = 0
         self._reopen_count = 0
+        self._shadow = False  # METRICS_ONLY: past the opening threshold now
+        self._shadow_event: ThresholdCrossed | None = None  # to announce, outside the lock
         self._opened_at = 0.0
         self._open_until = 0.0
         self._last_failure_at: float | None = None
@@ -311,6 +378,8 @@ class CircuitBreaker:
             self.add_listener(on_state_change)
         # Set last: binding may make the breaker adopt the fleet's current state.
         self._link: BreakerLink | None = None
+        if store is not None and config.half_open_judged_by_rate:
+            raise ValueError("half_open_judged_by_rate is not supported with a store")
         if store is not None:
             self._link = store.bind(self)
 
@@ -389,7 +458,7 @@ class CircuitBreaker:
             return True
         state = self.state
         if state is HALF_OPEN:
-            return self._in_flight < self.config.half_open_max_calls
+            return self._in_flight + self._probe_ended < self.config.half_open_max_calls
         return False
 
     # -- running calls ---------------------------------------------------------
@@ -532,17 +601,52 @@ class CircuitBreaker:
         if self._link is not None:
             self._link.operate(new)
 
+    def reconfigure(self, config: CircuitBreakerConfig) -> None:
+        """Use ``config`` from now on, keeping the state, its counts and any open period.
+
+        The sliding window keeps its outcomes while its type and size stay the
+        same; a new window type or size (or a switch to or from window mode)
+        starts an empty window. An OPEN period already running ends as scheduled.
+        """
+        if not isinstance(config, CircuitBreakerConfig):
+            raise TypeError(f"config must be a CircuitBreakerConfig, got {config!r}")
+        with self._lock:
+            old = self.config
+            same_window = (
+                old.windowed == config.windowed
+                and old.sliding_window_type == config.sliding_window_type
+                and old.sliding_window_size == config.sliding_window_size
+            )
+            if not same_window:
+                size = config.sliding_window_size
+                self._window = (
+                    None
+                    if not config.windowed
+                    else CountWindow(size)
+                    if config.sliding_window_type == "count"
+                    else TimeWindow(size)
+                )
+            self.config = config
+            self._timed = config.slow_call_duration_threshold is not None or (
+                config.result_predicate is not None
+            )
+            self._classify = None if config.default_classification else self._classify_error
+            self._must_record = self._wants_record()
+
     # -- listeners --------------------------------------------------------------
 
     def add_listener(self, listener: StateListener) -> None:
         """Call ``listener(breaker, old, new)`` after every state transition.
 
-        Listeners run outside the breaker's lock; one that raises is logged and
-        never breaks the call that caused the transition.
+        A listener taking two arguments is called as ``listener(old, new)``; one that
+        takes neither form is refused with TypeError here. Listeners run outside the
+        breaker's lock; one that raises is logged and never breaks the call that
+        caused the transition.
         """
         check_callable("listener", listener)
+        adapted = _adapt_listener(listener)
         with self._lock:
-            self._listeners = (*self._listeners, listener)
+            self._listeners = (*self._listeners, adapted)
 
     def remove_listener(self, listener: StateListener) -> None:
         """Stop calling ``listener``; unknown listeners are ignored."""
@@ -576,7 +680,8 @@ class CircuitBreaker:
                 self._refresh(now, changes)
                 state = self._state
                 if state is HALF_OPEN:
-                    if self._in_flight < self.config.half_open_max_calls:
+                    # _probe_ended stays 0 unless HALF_OPEN is judged by rate
+                    if self._in_flight + self._probe_ended < self.config.half_open_max_calls:
                         self._in_flight += 1
                         if self._link is None:
                             return self._epoch
@@ -616,7 +721,7 @@ class CircuitBreaker:
     def _rejection(self, state: CircuitState, retry_after: float, reason: str) -> CircuitOpenError:
         """The error for a refused call (announced to subscribers)."""
         if self._subscribers:
-            publish(self._subscribers, CallRejected(self.name, reason))
+            publish(self._subscribers, CallRejected(self.name, reason, by_breaker=True))
         return CircuitOpenError(self.name, state, retry_after)
 
     def _classify_error(self, exc: BaseException) -> bool | None:
@@ -663,7 +768,7 @@ class CircuitBreaker:
 
     def _is_slow(self, start: float) -> bool:
         threshold = self.config.slow_call_duration_threshold
-        return threshold is not None and self._clock() - start >= threshold
+        return threshold is not None and self._clock() - start > threshold
 
     def _release(self, epoch: int) -> None:
         """Free the slot of a call that ended with neither success nor failure."""
@@ -690,6 +795,8 @@ class CircuitBreaker:
             self._apply(state, success, slow, self._clock(), changes)
         if changes:
             self._notify(changes)
+        if self._shadow_event is not None:
+            self._announce_shadow()
 
     def _record_manual(self, success: bool) -> None:
         if self._link is not None:
@@ -702,6 +809,8 @@ class CircuitBreaker:
             self._apply(self._state, success, False, now, changes)
         if changes:
             self._notify(changes)
+        if self._shadow_event is not None:
+            self._announce_shadow()
 
     def _apply(
         self,
@@ -726,6 +835,9 @@ class CircuitBreaker:
         if state is HALF_OPEN:
             if not decide:
                 return
+            if self.config.half_open_judged_by_rate:
+                self._judge_probes(not success, slow, now, changes)
+                return
             if success and not slow:
                 self._probe_successes += 1
                 if self._probe_successes >= self.config.success_threshold:
@@ -744,15 +856,89 @@ class CircuitBreaker:
                 and self._window_tripped(window)
             ):
                 self._enter(OPEN, now, changes)
+            elif state is METRICS_ONLY:
+                self._watch_shadow()
             return
         if success:
             self._failures = 0
             self._must_record = False
+            if state is METRICS_ONLY:
+                self._watch_shadow()
             return
         self._failures += 1
         self._must_record = True
         if decide and state is CLOSED and self._failures >= self.config.failure_threshold:
             self._enter(OPEN, now, changes)
+        elif state is METRICS_ONLY:
+            self._watch_shadow()
+
+    def _judge_probes(self, failed: bool, slow: bool, now: float, changes: _Changes) -> None:
+        """HALF_OPEN judged by rate: count a probe; once all have ended, decide. Lock held."""
+        config = self.config
+        self._probe_ended += 1
+        self._probe_failures += failed
+        self._probe_slow += slow
+        ended = self._probe_ended
+        if ended < config.half_open_max_calls:
+            return
+        failure_rate = 100.0 * self._probe_failures / ended
+        slow_rate = 100.0 * self._probe_slow / ended
+        if failure_rate >= config.window_failure_rate or (
+            config.slow_call_duration_threshold is not None
+            and slow_rate >= config.slow_call_rate_threshold
+        ):
+            self._reopen_count += 1
+            self._enter(OPEN, now, changes)
+        else:
+            self._enter(CLOSED, now, changes)
+
+    def _watch_shadow(self) -> None:
+        """METRICS_ONLY: note a crossing of the opening threshold (announced later). Lock held."""
+        config = self.config
+        window = self._window
+        crossing: ThresholdCrossed | None = None
+        if window is None:
+            if self._failures >= config.failure_threshold:
+                crossing = ThresholdCrossed(
+                    self.name, "failures", float(self._failures), float(config.failure_threshold)
+                )
+        elif window.calls >= config.minimum_calls:
+            if window.failure_rate() >= config.window_failure_rate:
+                crossing = ThresholdCrossed(
+                    self.name, "failure_rate", window.failure_rate(), config.window_failure_rate
+                )
+            elif (
+                config.slow_call_duration_threshold is not None
+                and window.slow_rate() >= config.slow_call_rate_threshold
+            ):
+                crossing = ThresholdCrossed(
+                    self.name,
+                    "slow_call_rate",
+                    window.slow_rate(),
+                    config.slow_call_rate_threshold,
+                )
+        if crossing is None:
+            self._shadow = False
+        elif not self._shadow:
+            self._shadow = True
+            self._shadow_event = crossing
+
+    def _announce_shadow(self) -> None:
+        """Log and publish a METRICS_ONLY crossing noted under the lock."""
+        with self._lock:
+            event, self._shadow_event = self._shadow_event, None
+        if event is None:
+            return
+        logger.warning(
+            "circuit %s (metrics only) would open: %s %g >= %g",
+            self.name,
+            event.measure,
+            event.value,
+            event.threshold,
+            extra={"breaker": self.name, "measure": event.measure},
+        )
+        if self._subscribers:
+            publish(self._subscribers, event)
 
     def _window_tripped(self, window: OutcomeWindow) -> bool:
         """Whether the window's failure or slow-call rate opens the circuit. Lock held."""
@@ -788,6 +974,8 @@ class CircuitBreaker:
                 self._apply(state, success, slow, now, changes, decide=not shared)
         if changes:
             self._notify(changes)
+        if self._shadow_event is not None:
+            self._announce_shadow()
         if not shared:
             if epoch:
                 link.release(epoch)
@@ -827,9 +1015,15 @@ class CircuitBreaker:
                 self._enter(new, now, changes, adopted=True)
             if new is OPEN:
                 self._open_until = now + shared.retry_after
-            elif new is CLOSED and self._window is None:
+            if self._window is None and (new is CLOSED or shared.failures):
+                # the fleet's count (kept while OPEN, as a breaker that opened itself keeps its own)
                 self._failures = shared.failures
                 self._must_record = self._wants_record()
+            age = shared.last_failure_age
+            if age is not None:
+                at = now - age
+                if self._last_failure_at is None or at > self._last_failure_at:
+                    self._last_failure_at = at
         return changes
 
     def _refresh(self, now: float, changes: _Changes) -> None:
@@ -846,7 +1040,7 @@ class CircuitBreaker:
             except OverflowError:
                 seconds = math.inf
         if config.max_open_seconds is not None:
-            seconds = min(seconds, max(config.max_open_seconds, config.timeout_seconds))
+            seconds = min(seconds, config.max_open_seconds)
         return seconds
 
     def _wants_record(self) -> bool:
@@ -866,6 +1060,8 @@ class CircuitBreaker:
         self._epoch += 1
         self._in_flight = 0
         self._probe_successes = 0
+        self._probe_ended = self._probe_failures = self._probe_slow = 0
+        self._shadow = False
         if new is OPEN:
             self._opened_at = now
             self._open_until = now + self._open_seconds()

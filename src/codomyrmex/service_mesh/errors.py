@@ -11,6 +11,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BulkheadFullError",
     "CircuitOpenError",
+    "LimitExceededError",
     "NoHealthyInstanceError",
     "ServiceMeshError",
 ]
@@ -83,3 +84,25 @@ class BulkheadFullError(ServiceMeshError):
     def __str__(self) -> str:
         label = f"bulkhead {self.name!r}" if self.name else "bulkhead"
         return f"{label} is full ({self.max_concurrent} concurrent calls; {self.reason})"
+
+
+class LimitExceededError(ServiceMeshError):
+    """An overload limit refused the call without running it (see ``limits``).
+
+    ``kind`` is ``"concurrency_limit"`` (``limit`` calls were already in flight) or
+    ``"rate_limit"`` (the rate was spent; ``limit`` is the rate per second). ``retry_after``
+    is the number of seconds until a rate limiter would admit the call (0.0 when unknown).
+    """
+
+    def __init__(self, name: str, kind: str, limit: float, retry_after: float = 0.0) -> None:
+        super().__init__(name, kind, limit, retry_after)
+        self.name = name
+        self.kind = kind
+        self.limit = limit
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        label = f"{self.kind.replace('_', ' ')} {self.name!r}" if self.name else self.kind
+        if self.kind == "rate_limit":
+            return f"{label} exceeded ({self.limit:g}/s); retry after {self.retry_after:.3f}s"
+        return f"{label} exceeded ({self.limit:g} calls in flight)"

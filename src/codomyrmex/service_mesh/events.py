@@ -26,9 +26,11 @@ __all__ = [
     "InstanceHealthChanged",
     "InstancePicked",
     "InstanceReturned",
+    "LimitChanged",
     "RetryGaveUp",
     "RetryScheduled",
     "StateTransition",
+    "ThresholdCrossed",
     "publish",
 ]
 
@@ -48,6 +50,20 @@ class StateTransition(Event):
 
     old: CircuitState
     new: CircuitState
+
+
+@dataclass(frozen=True, slots=True)
+class ThresholdCrossed(Event):
+    """A METRICS_ONLY breaker's counts crossed the threshold that would have opened it.
+
+    Published once per crossing (again only after the counts fell back below), for
+    shadow-mode alerting. ``measure`` is ``"failures"`` (consecutive mode),
+    ``"failure_rate"`` or ``"slow_call_rate"`` (percentages, window mode).
+    """
+
+    measure: str
+    value: float
+    threshold: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,10 +89,15 @@ class CallRejected(Event):
     """A call was refused without running; ``reason`` says by what.
 
     Reasons: ``"circuit_open"``, ``"half_open_full"``, ``"forced_open"``,
-    ``"no_healthy_instance"``, ``"bulkhead_full"``, ``"retry_budget"``.
+    ``"no_healthy_instance"``, ``"bulkhead_full"``, ``"concurrency_limit"``,
+    ``"rate_limit"``, ``"retry_budget"`` (a retry the budget refused: the call then
+    ends with its failure).
     """
 
     reason: str
+    by_breaker: bool = False
+    """True when a circuit breaker refused (``source`` is the breaker's name); False when
+    a service proxy did (``source`` is the service's name)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +165,16 @@ class FaultInjected(Event):
     kind: str
     delay: float
     error: BaseException | None
+
+
+@dataclass(frozen=True, slots=True)
+class LimitChanged(Event):
+    """Adaptive concurrency limiter ``source`` moved its limit from ``old`` to ``new``;
+    ``in_flight`` calls were running then."""
+
+    old: int
+    new: int
+    in_flight: int
 
 
 EventListener = Callable[[Event], None]

@@ -8,9 +8,16 @@ through ``LoadBalancer.mark_healthy``. It runs in a background thread
 (``start()``/``stop()``, ``with checker:``) or as an asyncio task
 (``await start_async()``/``stop_async()``, ``async with checker:``).
 
-Stopping is prompt: the interval wait is a ``threading.Event`` wait, and a probe
-in progress is woken through a socket pair instead of running out its timeout.
-Only the standard library is used.
+The probes of a round run concurrently, each within its own timeout, and each
+result counts as soon as it is in: one hung instance delays no other's
+detection. Rounds start ``interval`` apart (measured from the start of a round
+on the injectable ``clock``; the wait itself is the injectable ``sleep`` /
+``async_sleep``). A probe that raises is logged and counts as failed; it never
+stops the checker.
+
+Stopping is prompt: the interval wait is a ``threading.Event`` wait, and the
+probes in progress are woken through a socket pair instead of running out
+their timeouts. Only the standard library is used.
 """
 
 from __future__ import annotations
@@ -23,11 +30,13 @@ import selectors
 import socket
 import threading
 import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol
 
-from ._validate import check_int, check_number, check_str
+from ._validate import check_callable, check_int, check_number, check_str
 from .load_balancer import LoadBalancer, ServiceInstance
 
 __all__ = ["HealthCheckConfig", "HealthChecker", "HttpProbe", "Probe", "TcpProbe"]
@@ -35,6 +44,8 @@ __all__ = ["HealthCheckConfig", "HealthChecker", "HttpProbe", "Probe", "TcpProbe
 logger = logging.getLogger("codomyrmex.service_mesh")
 
 _MAX_STATUS_LINE = 8192
+_MAX_PROBE_THREADS = 32  # probes of one round run concurrently, at most this many at once
+_TIMEOUT_GRACE = 1.0  # seconds an async probe may overrun its own timeout before it is cut
 _IN_PROGRESS = {
     errno.EINPROGRESS,
     errno.EWOULDBLOCK,
@@ -246,7 +257,7 @@ class HealthCheckConfig:
     """How often instances are probed and how many results in a row change their health."""
 
     interval: float = 10.0
-    """Seconds between the start of one round of probes and the next (plus jitter)."""
+    """Seconds from the start of one round of probes to the start of the next (plus jitter)."""
     jitter: float = 0.0
     """Up to this many seconds, drawn uniformly, are added to each interval."""
     healthy_threshold: int = 2
@@ -266,9 +277,14 @@ class HealthCheckConfig:
 class HealthChecker:
     """Probes one load balancer's instances and keeps their health up to date.
 
-    ``check_once()`` runs one round in the calling thread (what the background
-    thread repeats); ``streak(id)`` is an instance's run of results (positive:
-    passes in a row, negative: failures in a row).
+    ``check_once()`` runs one round (what the background thread repeats), its
+    probes concurrently; ``streak(id)`` is an instance's run of results
+    (positive: passes in a row, negative: failures in a row).
+
+    ``clock`` times the rounds (the next one starts ``interval`` after the start
+    of the last); ``sleep`` (thread) and ``async_sleep`` (task) wait between
+    rounds. By default the thread's wait is cut short by ``stop()``; an injected
+    ``sleep`` is called as is and the stop is seen when it returns.
     """
 
     def __init__(
@@ -278,6 +294,9 @@ class HealthChecker:
         config: HealthCheckConfig | None = None,
         *,
         rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], object] | None = None,
+        async_sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
         if not isinstance(balancer, LoadBalancer):
             raise TypeError(f"balancer must be a LoadBalancer, got {balancer!r}")
@@ -291,6 +310,13 @@ class HealthChecker:
             raise TypeError(f"config must be a HealthCheckConfig, got {config!r}")
         if rng is not None and not isinstance(rng, random.Random):
             raise TypeError(f"rng must be a random.Random, got {rng!r}")
+        check_callable("clock", clock)
+        if sleep is not None:
+            check_callable("sleep", sleep)
+        check_callable("async_sleep", async_sleep)
+        self._clock = clock
+        self._sleep = sleep
+        self._async_sleep = async_sleep
         self.balancer = balancer
         self.probe = probe
         self.config = config
@@ -326,33 +352,71 @@ class HealthChecker:
     # -- one round ------------------------------------------------------------------
 
     def check_once(self) -> dict[str, bool]:
-        """Probe every registered instance now, in this thread; return each result by id."""
+        """Probe every registered instance now, concurrently; return each result by id."""
         return self._round(None)
 
     async def check_once_async(self) -> dict[str, bool]:
         """Probe every registered instance now, concurrently; return each result by id."""
         instances = self.balancer.instances
-        results = await asyncio.gather(*(self.probe.check_async(i) for i in instances))
-        outcome = {}
-        for instance, ok in zip(instances, results, strict=True):
-            self._record(instance.id, ok)
+        outcome: dict[str, bool] = {}
+
+        async def one(instance: ServiceInstance) -> None:
+            ok = await self._probe_async(instance)
+            self._record(instance.id, ok)  # counted at once, whatever the others do
             outcome[instance.id] = ok
+
+        await asyncio.gather(*(one(i) for i in instances))
         self._forget_others(outcome)
-        return outcome
+        return {i.id: outcome[i.id] for i in instances}
+
+    async def _probe_async(self, instance: ServiceInstance) -> bool:
+        """One awaited probe within its own timeout; one that raises is logged as failed."""
+        limit = getattr(self.probe, "timeout", None)
+        try:
+            check = self.probe.check_async(instance)
+            if isinstance(limit, (int, float)) and limit > 0:
+                return bool(await asyncio.wait_for(check, limit + _TIMEOUT_GRACE))
+            return bool(await check)
+        except asyncio.TimeoutError:
+            return False
+        except Exception:
+            logger.exception("health probe %r raised on %s", self.probe, instance.address)
+            return False
 
     def _round(self, wake: socket.socket | None) -> dict[str, bool]:
+        instances = self.balancer.instances
         outcome: dict[str, bool] = {}
-        for instance in self.balancer.instances:
-            if self._stop.is_set() and wake is not None:
+        if not instances:
+            self._forget_others(outcome)
+            return outcome
+        workers = min(len(instances), _MAX_PROBE_THREADS)
+        name = f"codomyrmex-health-probe-{self.balancer.name or id(self.balancer)}"
+        with ThreadPoolExecutor(workers, thread_name_prefix=name) as pool:
+            pending: dict[Future[bool], ServiceInstance] = {
+                pool.submit(self._probe, instance, wake): instance for instance in instances
+            }
+            stopped = False
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    instance = pending.pop(future)
+                    try:
+                        ok = future.result()
+                    except _Stopped:
+                        stopped = True
+                        continue
+                    if not stopped:
+                        self._record(instance.id, ok)  # counted at once
+                        outcome[instance.id] = ok
+            if stopped:
                 raise _Stopped
-            ok = self._probe(instance, wake)
-            self._record(instance.id, ok)
-            outcome[instance.id] = ok
         self._forget_others(outcome)
-        return outcome
+        return {i.id: outcome[i.id] for i in instances}
 
     def _probe(self, instance: ServiceInstance, wake: socket.socket | None) -> bool:
         """One probe; a probe that raises (a bug, not a sick instance) is logged as failed."""
+        if wake is not None and self._stop.is_set():
+            raise _Stopped
         try:
             return bool(self.probe.check(instance, wake))
         except _Stopped:
@@ -418,9 +482,14 @@ class HealthChecker:
         reader = None if wake is None else wake[0]
         try:
             while not self._stop.is_set():
+                began = self._clock()
                 self._round(reader)
-                if self._stop.wait(self.next_delay()):
-                    return
+                delay = max(0.0, began + self.next_delay() - self._clock())
+                if self._sleep is None:
+                    if self._stop.wait(delay):
+                        return
+                else:
+                    self._sleep(delay)
         except _Stopped:
             return
 
@@ -457,8 +526,12 @@ class HealthChecker:
 
     async def _run_async(self) -> None:
         while True:
-            await self.check_once_async()
-            await asyncio.sleep(self.next_delay())
+            began = self._clock()
+            try:
+                await self.check_once_async()
+            except Exception:  # never die silently: log, and go on with the next round
+                logger.exception("health check round of %r failed", self.balancer.name)
+            await self._async_sleep(max(0.0, began + self.next_delay() - self._clock()))
 
     async def __aenter__(self) -> HealthChecker:
         return await self.start_async()

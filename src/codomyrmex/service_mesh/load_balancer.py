@@ -18,6 +18,7 @@ import math
 import random
 import threading
 import time
+import weakref
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ from enum import Enum
 from types import TracebackType
 from typing import Any
 
+from . import _strategies, _timers
 from ._hashing import (
     MAX_RING_POINTS,
     OWNER_MASK,
@@ -39,6 +41,7 @@ from ._hashing import (
     ring_lookup,
     ring_points,
 )
+from ._strategies import alias_table, on_event_loop, ring_counts
 from ._validate import check_callable, check_int, check_number, check_str
 from .errors import NoHealthyInstanceError, ServiceMeshError
 from .events import (
@@ -50,7 +53,14 @@ from .events import (
     InstanceReturned,
     publish,
 )
-from .outlier import EJECTION_TIME_ELAPSED, HostState, OutlierDetectionConfig, OutlierDetector
+from .outlier import (
+    DEFAULT_OUTLIER_DETECTION,
+    EJECTION_TIME_ELAPSED,
+    SUCCESS_RATE,
+    HostState,
+    OutlierDetectionConfig,
+    OutlierDetector,
+)
 
 __all__ = [
     "ABORTED",
@@ -143,10 +153,15 @@ _RING = LoadBalancerStrategy.RING_HASH
 _MAGLEV = LoadBalancerStrategy.MAGLEV
 _HASHING = frozenset({_RING, _MAGLEV})
 _USES_WEIGHT = frozenset({_WEIGHTED, _P2C, _EWMA, _RING, _MAGLEV})
-_SLOW_START_BY_REJECTION = frozenset({_RR, _RANDOM, _WEIGHTED})
+_SLOW_START_BY_REJECTION = frozenset({_RR, _RANDOM, _WEIGHTED, _P2C, _EWMA})
+_TABLED = frozenset({_WEIGHTED, _RING, _MAGLEV})  # strategies with a table over the members
+_DRAWS = 64  # alias draws before WEIGHTED falls back to a walk over the pickable instances
 _SLOW_START_TRIES = 32
 _UNMEASURED_PENALTY = 1e12  # PEAK_EWMA cost of a busy instance with no latency sample yet
-_UNTRIED_WALK = 256  # slots a keyed retry walks along a ring or table for an untried instance
+_FAILURE_LATENCY = 1.0  # PEAK_EWMA: a failed call counts as at least this slow (Finagle)
+_MAX_LOAD_PENALTY = 5  # LEAST_CONNECTIONS / POWER_OF_TWO: phantom calls of a failing instance
+_PENALISED = frozenset({_LEAST, _P2C})
+_UNTRIED_WALK = 256  # slots a keyed pick walks along a ring or table for a pickable instance
 _KEY_SHIFT = 64 - POSITION_BITS  # a 64-bit key hash -> a ring position
 
 
@@ -155,9 +170,10 @@ class SlowStartConfig:
     """Ramp a newly registered or newly healthy instance's weight up over ``window`` seconds.
 
     Envoy's formula: the effective weight is ``weight * max(min_weight_percent / 100,
-    (elapsed / window) ** (1 / aggression))``. Applies to ROUND_ROBIN, RANDOM and
-    WEIGHTED (picks of a ramping instance are accepted with that probability) and
-    to POWER_OF_TWO and PEAK_EWMA (its cost is divided by the factor); the hash
+    (elapsed / window) ** (1 / aggression))``. Applies to ROUND_ROBIN, RANDOM,
+    WEIGHTED, POWER_OF_TWO and PEAK_EWMA: a pick of a ramping instance is kept
+    with the probability of that factor (else the strategy picks again), so its
+    share grows with the factor whether or not it wins comparisons. The hash
     strategies keep key affinity and LEAST_CONNECTIONS keeps its exact minimum.
     """
 
@@ -232,6 +248,7 @@ class _Entry:
         "lc_count",
         "lc_pos",
         "listed",
+        "load_penalty",
         "maglev",
         "measured",
         "outlier",
@@ -248,6 +265,9 @@ class _Entry:
         self.ejected = False
         self.lc_count = 0
         self.lc_pos = 0
+        # Phantom in-flight calls of an instance that has been failing: a fast failure must
+        # not make it look least loaded (one per failure in a row, up to _MAX_LOAD_PENALTY).
+        self.load_penalty = 0
         self.ewma = 0.0  # PEAK_EWMA latency estimate (seconds) as of ``ewma_at``
         self.ewma_at = 0.0
         self.measured = False
@@ -261,6 +281,17 @@ def _seq_of(entry: _Entry) -> int:
     return entry.seq
 
 
+def _return_callback(ref: weakref.ref[LoadBalancer]) -> Callable[[], None]:
+    """A timer callback that does not keep its balancer alive."""
+
+    def fire() -> None:
+        balancer = ref()
+        if balancer is not None:
+            balancer._timed_return()
+
+    return fire
+
+
 class LoadBalancer:
     """Thread-safe registry of one service's instances with a picking strategy.
 
@@ -268,33 +299,55 @@ class LoadBalancer:
     or None. Picks never scan all instances: cost at 10,000 instances stays
     within a small factor of the cost at 10.
 
-    Keyword options, each off or at today's behaviour by default:
+    Keyword options:
 
     - ``clock``: seconds from a monotonic origin (for latencies, ejections, slow start).
     - ``slow_start``: a :class:`SlowStartConfig` ramping new or recovered instances up.
     - ``outlier_detection``: an :class:`OutlierDetectionConfig`; instances that keep
-      failing are ejected (not picked) for a while, apart from ``mark_healthy``.
+      failing are ejected (not picked) for a while, apart from ``mark_healthy``. On by
+      default (:data:`~codomyrmex.service_mesh.outlier.DEFAULT_OUTLIER_DETECTION`);
+      None turns it off.
     - ``panic_threshold``: percent; when fewer of the registered instances than this
       are available (healthy and not ejected), pick among all of them, as Envoy does.
     - ``ewma_decay``: seconds over which a PEAK_EWMA latency estimate decays.
-    - ``ring_replicas``: RING_HASH points per unit of weight.
+    - ``ring_replicas``: RING_HASH points of the lightest instance (the others get
+      points in proportion to their weight relative to it).
+    - ``min_ring_size`` / ``max_ring_size``: RING_HASH rings with fewer or more points in
+      all are scaled up or down (Envoy's bounds; only the weights' ratios matter).
     - ``maglev_table_size``: MAGLEV lookup table size (a prime, ideally > 100 x instances).
+    - ``timer``: ``timer(delay, callback)`` runs ``callback`` in ``delay`` seconds; outlier
+      detection puts each ejection's end on it, so instances return while no call comes
+      (default: one shared background thread). It is called under the balancer's lock
+      and must only schedule, never run the callback itself.
+
+    The WEIGHTED, RING_HASH and MAGLEV tables cover the registered instances of
+    positive weight: health flips and ejections never rebuild them (a pick passes
+    over instances that cannot be picked). A change of membership or weight
+    rebuilds the table outside the lock, in the picking thread, or in a
+    background thread when the pick runs on an event loop; see
+    :meth:`build_tables`.
     """
 
     __slots__ = (
+        "__weakref__",
         "_alias",
         "_available",
         "_base_pick",
         "_buckets",
+        "_building",
         "_clock",
         "_detector",
         "_entries",
         "_ewma_decay",
+        "_failing",
         "_inner_pick",
         "_lock",
         "_maglev",
         "_maglev_size",
+        "_max_ring",
         "_min_count",
+        "_min_ring",
+        "_next_due",
         "_observe",
         "_observe_clock",
         "_observe_since",
@@ -314,7 +367,11 @@ class LoadBalancer:
         "_slow_start",
         "_strategy",
         "_subscribers",
+        "_success_resets",
+        "_tables_gen",
+        "_tables_stale",
         "_tick",
+        "_timer",
         "_tracking",
         "name",
     )
@@ -327,11 +384,14 @@ class LoadBalancer:
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
         slow_start: SlowStartConfig | None = None,
-        outlier_detection: OutlierDetectionConfig | None = None,
+        outlier_detection: OutlierDetectionConfig | None = DEFAULT_OUTLIER_DETECTION,
         panic_threshold: float = 0.0,
         ewma_decay: float = 10.0,
         ring_replicas: int = 100,
         maglev_table_size: int = 65537,
+        min_ring_size: int = 256,
+        max_ring_size: int = MAX_RING_POINTS,
+        timer: Callable[[float, Callable[[], None]], object] | None = None,
     ) -> None:
         if not isinstance(name, str):
             raise TypeError(f"name must be a str, got {name!r}")
@@ -355,6 +415,14 @@ class LoadBalancer:
         if decay <= 0.0:
             raise ValueError(f"ewma_decay must be > 0, got {ewma_decay!r}")
         check_int("ring_replicas", ring_replicas, 1)
+        if timer is not None:
+            check_callable("timer", timer)
+        check_int("min_ring_size", min_ring_size, 1)
+        check_int("max_ring_size", max_ring_size, 1)
+        if max_ring_size < min_ring_size:
+            raise ValueError(
+                f"max_ring_size must be >= min_ring_size ({min_ring_size}), got {max_ring_size!r}"
+            )
         check_int("maglev_table_size", maglev_table_size, 3)
         if not is_prime(maglev_table_size):
             raise ValueError(f"maglev_table_size must be a prime, got {maglev_table_size!r}")
@@ -369,10 +437,17 @@ class LoadBalancer:
         self._rr = 0
         self._rr_seq = -1
         self._tick = 0
-        self._alias: tuple[list[float], list[int], list[_Entry]] | None = None
-        self._positive: list[_Entry] | None = None
-        self._ring: tuple[Any, Any, int, list[_Entry]] | None = None
-        self._maglev: tuple[Any, list[_Entry]] | None = None
+        # Tables over the members, each tagged with the membership generation it was built for.
+        self._alias: tuple[list[float], list[int], list[_Entry], int] | None = None
+        self._positive: list[_Entry] | None = None  # the pool's entries of positive weight
+        self._ring: tuple[Any, Any, int, list[_Entry], int] | None = None
+        self._maglev: tuple[Any, list[_Entry], int] | None = None
+        self._tables_gen = 0
+        self._tables_stale = False
+        self._building = False
+        self._min_ring = min_ring_size
+        self._max_ring = max_ring_size
+        self._timer = _timers.TIMER if timer is None else timer
         self._buckets: dict[int, list[_Entry]] | None = None
         self._min_count = 0
         self._rng = rng if rng is not None else random.Random()
@@ -386,6 +461,11 @@ class LoadBalancer:
         self._subscribers: tuple[EventListener, ...] = ()
         self._outbox: list[Event] = []
         self._tracking = False  # whether _release has more to do than count down
+        # Whether a success only needs to reset its instance's failures in a row (outlier
+        # detection on consecutive failures alone, a strategy that ignores outcomes).
+        self._success_resets = False
+        self._failing: dict[str, HostState] = {}  # instances with failures in a row, by id
+        self._next_due = math.inf  # the detector's next scheduled return (inf: none)
         # Set to the clock when a strategy or the detector wants each call's outcome and
         # latency; callers then pass ``start`` and ``outcome`` to :meth:`_release`.
         self._observe_clock: Callable[[], float] | None = None
@@ -432,25 +512,33 @@ class LoadBalancer:
             if self._slow_start is not None and strategy in _SLOW_START_BY_REJECTION:
                 pick = self._pick_slow_start
             self._inner_pick = pick
-            if self._detector is not None:
-                pick = self._pick_after_returns
             self._pick = pick
-            observing = strategy is _EWMA or self._detector is not None
-            if observing and self._observe_clock is None:
+            observing = strategy is _EWMA or strategy in _PENALISED or self._detector is not None
+            timing = strategy is _EWMA  # only latency-aware picks need each call's start time
+            if timing and self._observe_clock is None:
                 # Calls already in flight began without a clock reading: ignore their outcome.
                 self._observe_since = self._clock()
-            self._observe_clock = self._clock if observing else None
+            self._observe_clock = self._clock if timing else None
             self._observe = self._observe_outcome if observing else None
+            self._update_stale()
             self._buckets = None
             if strategy is _LEAST:
                 self._buckets = {}
                 for entry in self._pool:
-                    self._bucket_add(entry, entry.inst.connections)
+                    self._bucket_add(entry, entry.inst.connections + entry.load_penalty)
             self._update_tracking()
 
     def _update_tracking(self) -> None:
         self._tracking = (
             self._buckets is not None or self._observe is not None or bool(self._subscribers)
+        )
+        detector = self._detector
+        self._success_resets = (
+            detector is not None
+            and detector.config.failure_rate_threshold is None
+            and detector.config.success_rate_stdev_factor is None
+            and self._strategy is not _EWMA
+            and self._strategy not in _PENALISED
         )
 
     @property
@@ -472,6 +560,59 @@ class LoadBalancer:
     def panicking(self) -> bool:
         """Whether the balancer is in panic mode (picking among all registered instances)."""
         return self._panic
+
+    def reconfigure(
+        self,
+        *,
+        strategy: LoadBalancerStrategy | None = None,
+        outlier_detection: OutlierDetectionConfig | None,
+        slow_start: SlowStartConfig | None,
+        panic_threshold: float,
+    ) -> None:
+        """Apply new settings, keeping instances, connection counts and ejections.
+
+        A new outlier config applies to the running detector (ejected instances stay
+        out until their time is up); None switches detection off and returns every
+        ejected instance. ``strategy`` None keeps the current one.
+        """
+        if slow_start is not None and not isinstance(slow_start, SlowStartConfig):
+            raise TypeError(f"slow_start must be a SlowStartConfig, got {slow_start!r}")
+        if outlier_detection is not None and not isinstance(
+            outlier_detection, OutlierDetectionConfig
+        ):
+            raise TypeError(
+                f"outlier_detection must be an OutlierDetectionConfig, got {outlier_detection!r}"
+            )
+        panic = check_number("panic_threshold", panic_threshold, 0.0)
+        if panic > 100.0:
+            raise ValueError(
+                f"panic_threshold must be a percentage (0 to 100), got {panic_threshold!r}"
+            )
+        with self._lock:
+            self._panic_threshold = panic
+            self._slow_start = slow_start
+            if slow_start is None:
+                for entry in self._entries.values():
+                    entry.ramp_start = None
+            detector = self._detector
+            if outlier_detection is None and detector is not None:
+                self._detector = None
+                for entry in self._entries.values():
+                    entry.outlier = None
+                    if entry.ejected:
+                        entry.ejected = False
+                        self._refresh(entry, ramp=False)
+                        self._emit(InstanceReturned(self.name, entry.inst.id, "reconfigured"))
+            elif outlier_detection is not None and detector is None:
+                self._detector = OutlierDetector(outlier_detection)
+                for entry in self._entries.values():
+                    entry.outlier = HostState(entry.inst.id)
+            elif outlier_detection is not None and detector is not None:
+                detector.config = outlier_detection
+            self._sync_pool(None)
+            current = self._strategy
+        self._flush()
+        self.strategy = current if strategy is None else strategy  # rewires the pick path
 
     # -- events -----------------------------------------------------------------
 
@@ -510,7 +651,8 @@ class LoadBalancer:
                 self._seq += 1
                 self._entries[instance.id] = entry
                 if self._detector is not None:
-                    entry.outlier = HostState(instance.id)
+                    entry.outlier = self._detector.host(instance.id)
+                self._invalidate_members()
                 self._refresh(entry, ramp=True)
             else:
                 current = entry.inst
@@ -519,7 +661,7 @@ class LoadBalancer:
                     current.port = instance.port
                     current.weight = instance.weight
                     current.metadata = instance.metadata
-                self._invalidate()  # the weight may have changed (even on the same object)
+                self._invalidate_members()  # the weight may have changed (even on the same object)
                 self._set_health(entry, instance.healthy)
         self._flush()
 
@@ -534,8 +676,10 @@ class LoadBalancer:
                 entry.available = False
             if entry.outlier is not None and self._detector is not None:
                 self._detector.forget(entry.outlier)
+                self._failing.pop(instance_id, None)
             if entry.listed:
                 self._unlist(entry)
+            self._invalidate_members()
             self._sync_pool(None)
             return True
 
@@ -602,6 +746,27 @@ class LoadBalancer:
             elapsed = max(self._clock() - entry.ewma_at, 0.0)
             return entry.ewma * math.exp(-elapsed / self._ewma_decay)
 
+    def load(self, instance_id: str) -> int | None:
+        """The load LEAST_CONNECTIONS and POWER_OF_TWO see on an instance, or None if unknown.
+
+        Its calls in flight plus a penalty of one per recent failure in a row (at most
+        five): an instance that fails fast is never the least loaded for that reason.
+        """
+        with self._lock:
+            entry = self._entries.get(instance_id)
+            return None if entry is None else entry.inst.connections + entry.load_penalty
+
+    def has_untried(self, tried: set[str]) -> bool:
+        """Whether a pickable instance exists whose id is not in ``tried`` (O(len(tried)))."""
+        with self._lock:
+            entries = self._entries
+            pooled = 0
+            for instance_id in tried:
+                entry = entries.get(instance_id)
+                if entry is not None and entry.listed:
+                    pooled += 1
+            return len(self._pool) > pooled
+
     # -- picking ----------------------------------------------------------------
 
     def get_instance(self, key: str | bytes | None = None) -> ServiceInstance | None:
@@ -616,9 +781,13 @@ class LoadBalancer:
                 return self.get_instance()
             finally:
                 _ROUTING_KEY.reset(token)
+        if self._tables_stale:
+            self._settle_tables()
         lock = self._lock
         lock.acquire()
         try:
+            if self._next_due != math.inf:
+                self._return_if_due()
             entry = self._pick()
         finally:
             lock.release()
@@ -637,9 +806,13 @@ class LoadBalancer:
 
     def _acquire(self, tried: set[str] | None = None) -> ServiceInstance | None:
         """Pick (preferring ids not in ``tried``) and count one connection, atomically."""
+        if self._tables_stale:
+            self._settle_tables()
         lock = self._lock
         lock.acquire()  # explicit acquire/release: measurably cheaper than `with` here
         try:
+            if self._next_due != math.inf:  # an ejection may have ended: one compare if none
+                self._return_if_due()
             entry = self._pick()
             if entry is None:
                 return None
@@ -672,13 +845,23 @@ class LoadBalancer:
                 inst.connections -= 1
             if not self._tracking:  # no buckets, no observer, no subscriber: done
                 return
-            entry = self._entries.get(inst.id)
-            if entry is not None and entry.inst is inst:
-                if self._buckets is not None and entry.listed:
-                    self._bucket_shift(entry, -1)
-                observe = self._observe
-                if observe is not None:
-                    observe(entry, start, outcome)
+            if outcome is None and self._success_resets:
+                # The success path of outlier detection on failures in a row (no buckets,
+                # no latency): no clock, no detector; only an instance that has been
+                # failing has a streak to end.
+                failing = self._failing
+                if failing:
+                    host = failing.pop(inst.id, None)
+                    if host is not None and not host.ejected:
+                        host.consecutive = 0
+            else:
+                entry = self._entries.get(inst.id)
+                if entry is not None and entry.inst is inst:
+                    if self._buckets is not None and entry.listed:
+                        self._bucket_shift(entry, -1)
+                    observe = self._observe
+                    if observe is not None:
+                        observe(entry, start, outcome)
         finally:
             lock.release()
         if self._subscribers:
@@ -705,19 +888,36 @@ class LoadBalancer:
         return pool[int(self._random() * len(pool))]
 
     def _pick_weighted(self) -> _Entry | None:
-        """Walker's alias method: one uniform draw, O(1) whatever the weights."""
+        """Walker's alias method over the members: O(1) draws until one is pickable."""
         alias = self._alias
         if alias is None:
-            alias = self._build_alias()
-        prob, other, entries = alias
+            alias = self._build_inline()
+            assert alias is not None
+        prob, other, entries, _ = alias
         n = len(prob)
-        if not n:
+        if not n or not self._pool:
             return None
-        u = self._random() * n
-        i = int(u)
-        if u - i < prob[i]:
-            return entries[i]
-        return entries[other[i]]
+        draw = self._random
+        for _ in range(_DRAWS):
+            u = draw() * n
+            i = int(u)
+            entry: _Entry = entries[i] if u - i < prob[i] else entries[other[i]]
+            if entry.listed and entry.inst.weight > 0:
+                return entry
+        return self._weighted_walk()
+
+    def _weighted_walk(self) -> _Entry | None:
+        """A weighted draw by a walk over the pickable instances (when few members are)."""
+        positive = self._positive if self._positive is not None else self._build_positive()
+        if not positive:
+            return None
+        relative = _strategies.relative_weights([e.inst.weight for e in positive])
+        target = self._random() * math.fsum(relative)
+        for entry, weight in zip(positive, relative, strict=True):
+            target -= weight
+            if target < 0.0:
+                return entry
+        return positive[-1]
 
     def _pick_least_connections(self) -> _Entry | None:
         buckets = self._buckets
@@ -728,7 +928,13 @@ class LoadBalancer:
         return bucket[self._tick % len(bucket)]
 
     def _pick_power_of_two(self) -> _Entry | None:
-        """Two independent uniform draws; the one with fewer connections per weight wins."""
+        """Two independent uniform draws; the one with fewer connections per weight wins.
+
+        The cost is ``(connections + 1) / weight``, the first draw winning ties. Idle,
+        with distinct weights, the k-th heaviest of n gets ``(2(n - k) + 1) / n**2`` of
+        the picks (weights 1, 2, 3: 1/9, 3/9, 5/9), so shares are not in proportion to
+        weight as with Envoy's weighted least request; WEIGHTED gives those.
+        """
         pool = self._positive
         if pool is None:
             pool = self._build_positive()
@@ -742,12 +948,10 @@ class LoadBalancer:
             return a
         wa = a.inst.weight
         wb = b.inst.weight
-        if a.ramp_start is not None or b.ramp_start is not None:
-            now = self._clock()
-            wa *= self._ramp(a, now)
-            wb *= self._ramp(b, now)
-        # (connections + 1) / weight, cross-multiplied; the first draw wins ties.
-        if (b.inst.connections + 1) * wa < (a.inst.connections + 1) * wb:
+        # (connections + penalty + 1) / weight, cross-multiplied; the first draw wins ties.
+        load_a = a.inst.connections + a.load_penalty + 1
+        load_b = b.inst.connections + b.load_penalty + 1
+        if load_b * wa < load_a * wb:
             return b
         return a
 
@@ -782,16 +986,15 @@ class LoadBalancer:
         elapsed = now - entry.ewma_at
         if elapsed > 0.0:
             estimate *= math.exp(-elapsed / self._ewma_decay)
-        weight = entry.inst.weight
-        if entry.ramp_start is not None:
-            weight *= self._ramp(entry, now)
-        return estimate * (pending + 1) / weight
+        return estimate * (pending + 1) / entry.inst.weight
 
     def _pick_ring_hash(self) -> _Entry | None:
+        """The owner of the key's place on the ring, or the next pickable one along it."""
         ring = self._ring
         if ring is None:
-            ring = self._build_ring()
-        points, starts, shift, entries = ring
+            ring = self._build_inline()
+            assert ring is not None
+        points, starts, shift, entries, _ = ring
         if not entries:
             return None
         key = _ROUTING_KEY.get()
@@ -800,20 +1003,41 @@ class LoadBalancer:
         else:
             position = key_hash(key) >> _KEY_SHIFT
         entry: _Entry = entries[points[ring_lookup(points, starts, shift, position)] & OWNER_MASK]
-        return entry
+        if entry.listed and entry.inst.weight > 0:
+            return entry
+        start = ring_lookup(points, starts, shift, position)
+        size = len(points)
+        for step in range(1, min(size, _UNTRIED_WALK)):
+            entry = entries[points[(start + step) % size] & OWNER_MASK]
+            if entry.listed and entry.inst.weight > 0:
+                return entry
+        return self._hash_fallback(position)
 
     def _pick_maglev(self) -> _Entry | None:
+        """The owner of the key's slot, or of the next slot along the table that is pickable."""
         maglev = self._maglev
         if maglev is None:
-            maglev = self._build_maglev()
-        table, entries = maglev
+            maglev = self._build_inline()
+            assert maglev is not None
+        table, entries, _ = maglev
         if not entries:
             return None
         key = _ROUTING_KEY.get()
-        size = self._maglev_size
+        size = len(table)
         slot = int(self._random() * size) if key is None else key_hash(key) % size
         entry: _Entry = entries[table[slot]]
-        return entry
+        if entry.listed and entry.inst.weight > 0:
+            return entry
+        for step in range(1, min(size, _UNTRIED_WALK)):
+            entry = entries[table[(slot + step) % size]]
+            if entry.listed and entry.inst.weight > 0:
+                return entry
+        return self._hash_fallback(slot)
+
+    def _hash_fallback(self, position: int) -> _Entry | None:
+        """A pickable instance chosen by the key alone, when a walk found none nearby."""
+        positive = self._positive if self._positive is not None else self._build_positive()
+        return positive[position % len(positive)] if positive else None
 
     def _pick_slow_start(self) -> _Entry | None:
         """The strategy's pick; a ramping instance is kept with the chance of its ramp factor."""
@@ -831,12 +1055,10 @@ class LoadBalancer:
             entry = retry
         return entry
 
-    def _pick_after_returns(self) -> _Entry | None:
-        """Return ejected instances whose time is up, then pick (outlier detection on)."""
-        detector = self._detector
-        if detector is not None and detector.next_due <= self._clock():
+    def _return_if_due(self) -> None:
+        """Return ejected instances whose time is up (lock held; something is ejected)."""
+        if self._next_due <= self._clock():
             self._return_due()
-        return self._inner_pick()
 
     def _pick_untried(self, picked: _Entry, tried: set[str]) -> _Entry:
         """A retry's pick: an instance not tried yet in this call, if a usable one exists."""
@@ -866,10 +1088,11 @@ class LoadBalancer:
         assert key is not None
         hashed = key_hash(key)
         owners: Iterator[int]
+        entries: list[_Entry]
         if self._strategy is _RING:
-            points, starts, shift, entries = (
-                self._ring if self._ring is not None else self._build_ring()
-            )
+            if self._ring is None:
+                return None
+            points, starts, shift, entries, _ = self._ring
             size = len(points)
             if not size:
                 return None
@@ -879,7 +1102,9 @@ class LoadBalancer:
                 for step in range(min(size, _UNTRIED_WALK))
             )
         else:
-            table, entries = self._maglev if self._maglev is not None else self._build_maglev()
+            if self._maglev is None:
+                return None
+            table, entries, _ = self._maglev
             size = len(table)
             start = hashed % size
             owners = (table[(start + step) % size] for step in range(min(size, _UNTRIED_WALK)))
@@ -887,7 +1112,7 @@ class LoadBalancer:
             return None
         for owner in owners:
             entry: _Entry = entries[owner]
-            if entry.inst.id not in tried:
+            if entry.listed and entry.inst.weight > 0 and entry.inst.id not in tried:
                 return entry
         return None
 
@@ -907,30 +1132,84 @@ class LoadBalancer:
     def _observe_outcome(self, entry: _Entry, start: float, outcome: BaseException | None) -> None:
         """Feed one finished call to PEAK_EWMA and to outlier detection."""
         now = self._clock()
-        if start < self._observe_since:
-            return  # began before outcomes were observed: no start time to measure from
+        strategy = self._strategy
+        if strategy is _EWMA and start < self._observe_since:
+            return  # began before latencies were measured: no start time to measure from
         if outcome is not None and isinstance(outcome, ServiceMeshError):
             return  # refused by the mesh itself (an open breaker): nothing about the instance
         aborted = outcome is ABORTED
-        if self._strategy is _EWMA:
-            # A failure or a cut-short call is no evidence of speed: it may raise the estimate only.
-            self._ewma_sample(entry, now - start, now, peak_only=outcome is not None)
+        if strategy is _EWMA:
+            # A failure or a cut-short call is no evidence of speed: it may raise the estimate
+            # only, and a failure counts as slow however fast it came back (Finagle).
+            rtt = now - start
+            if outcome is not None and not aborted and rtt < _FAILURE_LATENCY:
+                rtt = _FAILURE_LATENCY
+            self._ewma_sample(entry, rtt, now, peak_only=outcome is not None)
+        elif strategy in _PENALISED and not aborted:
+            self._penalise(entry, outcome is not None)
         detector = self._detector
         if detector is None or aborted or entry.outlier is None:
             return
         if detector.next_due <= now:
             self._return_due()
+        if detector.next_sweep <= now:  # this call belongs to the next interval
+            self._sweep_success_rates(now)
         failed = outcome is not None and detector.is_failure(outcome)
-        reason = detector.record(entry.outlier, failed, now)
-        if reason is None:
+        host = entry.outlier
+        reason = detector.record(host, failed, now)
+        if host.consecutive:
+            self._failing[host.instance_id] = host
+        else:
+            self._failing.pop(host.instance_id, None)
+        if reason is not None:
+            self._eject_entry(entry, reason, now)
+
+    def _eject_entry(self, entry: _Entry, reason: str, now: float) -> None:
+        """Eject an instance (within ``max_ejection_percent``) and time its return."""
+        detector = self._detector
+        if detector is None or entry.outlier is None or entry.outlier.ejected:
             return
         if not detector.may_eject(len(self._entries)):
             detector.refused()
             return
         duration = detector.eject(entry.outlier, now)
+        self._next_due = detector.next_due
         entry.ejected = True
         self._refresh(entry, ramp=False)
         self._emit(InstanceEjected(self.name, entry.inst.id, reason, duration))
+        self._timer(duration, _return_callback(weakref.ref(self)))
+
+    def _sweep_success_rates(self, now: float) -> None:
+        """End a success-rate interval: eject the instances well below the others' rate."""
+        detector = self._detector
+        if detector is None:
+            return
+        for host in detector.sweep(now):
+            entry = self._entries.get(host.instance_id)
+            if entry is not None and entry.outlier is host:
+                self._eject_entry(entry, SUCCESS_RATE, now)
+
+    def _timed_return(self) -> None:
+        """The timer's callback: return the instances whose ejection has ended, publish it."""
+        with self._lock:
+            self._return_due()
+        self._flush()
+
+    def _penalise(self, entry: _Entry, failed: bool) -> None:
+        """Raise a failing instance's phantom load by one, or lower it after a success."""
+        penalty = entry.load_penalty
+        if failed:
+            if penalty >= _MAX_LOAD_PENALTY:
+                return
+            entry.load_penalty = penalty + 1
+            delta = 1
+        else:
+            if not penalty:
+                return
+            entry.load_penalty = penalty - 1
+            delta = -1
+        if self._buckets is not None and entry.listed:
+            self._bucket_shift(entry, delta)
 
     def _ewma_sample(self, entry: _Entry, rtt: float, now: float, *, peak_only: bool) -> None:
         """Fold one latency sample into the estimate: a slower sample is taken at once."""
@@ -956,7 +1235,9 @@ class LoadBalancer:
         detector = self._detector
         if detector is None or detector.next_due == math.inf:
             return
-        for host in detector.pop_due(self._clock()):
+        returned = detector.pop_due(self._clock())
+        self._next_due = detector.next_due
+        for host in returned:
             entry = self._entries.get(host.instance_id)
             if entry is None or entry.outlier is not host:
                 continue
@@ -1031,9 +1312,11 @@ class LoadBalancer:
         if entry.seq <= self._rr_seq:
             self._rr += 1
         entry.listed = True
-        self._invalidate()
+        positive = self._positive
+        if positive is not None and entry.inst.weight > 0:
+            positive.insert(bisect_left(positive, entry.seq, key=_seq_of), entry)
         if self._buckets is not None:
-            self._bucket_add(entry, entry.inst.connections)
+            self._bucket_add(entry, entry.inst.connections + entry.load_penalty)
 
     def _unlist(self, entry: _Entry) -> None:
         pool = self._pool
@@ -1042,7 +1325,11 @@ class LoadBalancer:
         if entry.seq <= self._rr_seq:
             self._rr -= 1
         entry.listed = False
-        self._invalidate()
+        positive = self._positive
+        if positive is not None:
+            pos = bisect_left(positive, entry.seq, key=_seq_of)
+            if pos < len(positive) and positive[pos] is entry:
+                del positive[pos]
         if self._buckets is not None:
             self._bucket_remove(entry)
 
@@ -1055,79 +1342,167 @@ class LoadBalancer:
             entry.listed = True
         self._pool = pool
         self._rr = bisect_right(pool, self._rr_seq, key=_seq_of)  # the one after the last pick
-        self._invalidate()
+        self._positive = None
         if self._buckets is not None:
             self._buckets = {}
             for entry in pool:
-                self._bucket_add(entry, entry.inst.connections)
+                self._bucket_add(entry, entry.inst.connections + entry.load_penalty)
 
-    def _invalidate(self) -> None:
-        """Forget the tables derived from the pool; the next pick rebuilds what it needs."""
-        self._alias = None
+    def _invalidate_members(self) -> None:
+        """Membership or a weight changed: the tables over the members are out of date."""
         self._positive = None
-        self._ring = None
-        self._maglev = None
+        self._tables_gen += 1
+        self._update_stale()
+
+    def _update_stale(self) -> None:
+        strategy = self._strategy
+        table: tuple[Any, ...] | None
+        if strategy is _WEIGHTED:
+            table = self._alias
+        elif strategy is _RING:
+            table = self._ring
+        elif strategy is _MAGLEV:
+            table = self._maglev
+        else:
+            self._tables_stale = False
+            return
+        self._tables_stale = table is None or table[-1] != self._tables_gen
 
     def _build_positive(self) -> list[_Entry]:
         positive = [e for e in self._pool if e.inst.weight > 0]
         self._positive = positive
         return positive
 
-    def _build_alias(self) -> tuple[list[float], list[int], list[_Entry]]:
-        """Vose's alias table over the pool's instances of positive weight."""
-        entries = self._positive if self._positive is not None else self._build_positive()
-        n = len(entries)
-        total = math.fsum(e.inst.weight for e in entries)
-        prob = [1.0] * n
-        other = list(range(n))
-        if n:
-            scaled = [e.inst.weight * n / total for e in entries]
-            small = [i for i, s in enumerate(scaled) if s < 1.0]
-            large = [i for i, s in enumerate(scaled) if s >= 1.0]
-            while small and large:
-                s = small.pop()
-                g = large[-1]
-                prob[s] = scaled[s]
-                other[s] = g
-                scaled[g] -= 1.0 - scaled[s]
-                if scaled[g] < 1.0:
-                    small.append(large.pop())
-        alias = (prob, other, entries)
-        self._alias = alias
-        return alias
+    # -- the tables over the members ------------------------------------------------
 
-    def _build_ring(self) -> tuple[Any, Any, int, list[_Entry]]:
-        entries = self._positive if self._positive is not None else self._build_positive()
-        counts = [max(1, round(self._ring_replicas * e.inst.weight)) for e in entries]
-        total = sum(counts)
-        if total > MAX_RING_POINTS:
-            scale = MAX_RING_POINTS / total
-            counts = [max(1, int(c * scale)) for c in counts]
+    def build_tables(self) -> None:
+        """Bring the strategy's table (WEIGHTED, RING_HASH, MAGLEV) up to date now.
+
+        The table is built in this thread from a snapshot of the members, outside
+        the lock (picks go on meanwhile, with the previous table), then swapped
+        in. Picks do this on their own after a change of membership; call it to
+        pay the cost ahead, e.g. ``await loop.run_in_executor(None, lb.build_tables)``
+        after registering many instances from async code. A no-op when the table
+        is current or another thread is building it.
+        """
+        with self._lock:
+            if not self._tables_stale or self._building:
+                return
+            self._building = True
+            snapshot = self._snapshot()
+        try:
+            table = self._build_table(snapshot)
+        except BaseException:
+            with self._lock:
+                self._building = False
+            raise
+        with self._lock:
+            self._building = False
+            self._install(snapshot, table)
+
+    def _settle_tables(self) -> None:
+        """A pick found the table out of date: rebuild it, never on an event loop's thread."""
+        if on_event_loop():
+            with self._lock:
+                if self._building or not self._tables_stale:
+                    return
+                strategy = self._strategy
+                if strategy is _RING:
+                    current: tuple[Any, ...] | None = self._ring
+                elif strategy is _MAGLEV:
+                    current = self._maglev
+                else:
+                    current = self._alias
+                if current is not None:  # picks go on with it until the new one is in
+                    self._building = True
+                    _strategies.BUILDER.submit(self._build_in_background)
+                    return
+        self.build_tables()
+
+    def _build_inline(self) -> tuple[Any, ...]:
+        """Build the first table under the lock (only when a pick finds none at all)."""
+        snapshot = self._snapshot()
+        table = self._build_table(snapshot)
+        self._install(snapshot, table)
+        return table
+
+    def _build_in_background(self) -> None:
+        """The builder thread's job: build until the table is current."""
+        while True:
+            with self._lock:
+                if not self._tables_stale:
+                    self._building = False
+                    return
+                snapshot = self._snapshot()
+            try:
+                table = self._build_table(snapshot)
+            except BaseException:
+                with self._lock:
+                    self._building = False
+                raise
+            with self._lock:
+                self._install(snapshot, table)
+
+    def _snapshot(self) -> tuple[LoadBalancerStrategy, int, list[_Entry], list[float]]:
+        """What a table is built from (lock held): the members of positive weight."""
+        members = [e for e in self._entries.values() if e.inst.weight > 0]
+        return self._strategy, self._tables_gen, members, [e.inst.weight for e in members]
+
+    def _build_table(
+        self, snapshot: tuple[LoadBalancerStrategy, int, list[_Entry], list[float]]
+    ) -> tuple[Any, ...]:
+        """Build the table of a snapshot (no lock needed: only the snapshot is read)."""
+        strategy, gen, members, weights = snapshot
+        if strategy is _RING:
+            return (*self._build_ring(members, weights), members, gen)
+        if strategy is _MAGLEV:
+            return self._build_maglev(members, weights, gen)
+        prob, other = alias_table(weights)
+        return prob, other, members, gen
+
+    def _install(
+        self,
+        snapshot: tuple[LoadBalancerStrategy, int, list[_Entry], list[float]],
+        table: tuple[Any, ...],
+    ) -> None:
+        """Swap a built table in (lock held), unless a newer one is there already."""
+        strategy, gen = snapshot[0], snapshot[1]
+        if strategy is _RING:
+            if self._ring is None or self._ring[-1] <= gen:
+                self._ring = table
+        elif strategy is _MAGLEV:
+            if self._maglev is None or self._maglev[-1] <= gen:
+                self._maglev = table
+        elif strategy is _WEIGHTED and (self._alias is None or self._alias[-1] <= gen):
+            self._alias = table
+        self._update_stale()
+
+    def _build_ring(self, entries: list[_Entry], weights: list[float]) -> tuple[Any, Any, int]:
+        counts = ring_counts(weights, self._ring_replicas, self._min_ring, self._max_ring)
         lists: list[list[int]] = []
         for entry, count in zip(entries, counts, strict=True):
             cached = entry.points
             if cached is None or len(cached) < count:
                 cached = entry.points = ring_points(entry.inst.id, count)
             lists.append(cached if len(cached) == count else cached[:count])
-        ring = (*build_ring(lists), entries)
-        self._ring = ring
-        return ring
+        return build_ring(lists)
 
-    def _build_maglev(self) -> tuple[Any, list[_Entry]]:
-        positive = self._positive if self._positive is not None else self._build_positive()
+    def _build_maglev(
+        self, members: list[_Entry], weights: list[float], gen: int
+    ) -> tuple[Any, list[_Entry], int]:
         # Maglev's table depends on the order instances claim slots: use the ids' order, so
         # every balancer with the same instances builds the same table.
-        entries = sorted(positive, key=lambda e: e.inst.id)
+        order = sorted(range(len(members)), key=lambda k: members[k].inst.id)
+        entries = [members[k] for k in order]
         size = self._maglev_size
         params: list[tuple[int, int]] = []
         for entry in entries:
-            if entry.maglev is None:
-                entry.maglev = maglev_params(entry.inst.id, size)
-            params.append(entry.maglev)
-        table = build_maglev(params, [e.inst.weight for e in entries], size)
-        maglev = (table, entries)
-        self._maglev = maglev
-        return maglev
+            cached = entry.maglev
+            if cached is None:
+                cached = entry.maglev = maglev_params(entry.inst.id, size)
+            params.append(cached)
+        table = build_maglev(params, [weights[k] for k in order], size)
+        return table, entries, gen
 
     # -- connection buckets for LEAST_CONNECTIONS (lock held) -----------------------
 

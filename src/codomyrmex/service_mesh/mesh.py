@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Mapping
 from typing import Any, Protocol
 
+from ._equivalence import equivalent
 from ._validate import check_callable, check_str
 from .circuit_breaker import CircuitBreaker, CircuitBreakerConfig, Clock
 from .events import Event, EventListener, publish
@@ -49,6 +51,7 @@ class Mesh:
     __slots__ = (
         "_attached",
         "_breakers",
+        "_config",
         "_dispatch",
         "_listeners",
         "_lock",
@@ -58,7 +61,8 @@ class Mesh:
     )
 
     def __init__(self, *, store: BreakerStore | None = None) -> None:
-        self._store = store
+        self._store: BreakerStore | None = None
+        self.store = store  # checked now, not at the first breaker (maybe at import time)
         self._lock = threading.Lock()
         self._breakers: dict[str, CircuitBreaker] = {}
         self._services: dict[str, ServiceProxy] = {}
@@ -68,9 +72,65 @@ class Mesh:
         self._attached: dict[int, EventSource] = {}
         # One bound method, kept so that components can unsubscribe it by identity.
         self._dispatch: EventListener = self._deliver
+        self._config: Any = None  # a config.ConfigBinding once built from a configuration
 
     def __repr__(self) -> str:
         return f"Mesh(services={sorted(self._services)}, breakers={sorted(self._breakers)})"
+
+    # -- configuration ------------------------------------------------------------
+
+    @classmethod
+    def from_config(
+        cls,
+        source: Any,
+        *,
+        format: str | None = None,
+        environ: Mapping[str, str] | None = None,
+        store: BreakerStore | None = None,
+    ) -> Mesh:
+        """A mesh serving the services of a configuration: a mapping or a TOML, YAML or
+        JSON file (see :mod:`codomyrmex.service_mesh.config`). Raises ``ConfigError``
+        (a ValueError) listing every problem, each with its full path and value."""
+        from .config import ConfigBinding, apply_config, load_config
+
+        config = load_config(source, format=format, environ=environ)
+        mesh = cls(store=store)
+        binding = ConfigBinding(config, source, format=format, environ=environ)
+        apply_config(mesh, binding, config)
+        mesh._config = binding
+        return mesh
+
+    def reload(self, source: Any = None) -> Any:
+        """Apply a new configuration (by default, the source this mesh was built from again).
+
+        Breaker states, connection counts and ejections are kept. An invalid
+        configuration raises ``ConfigError`` and the current one stays, whole.
+        Returns the new ``MeshConfig``.
+        """
+        from .config import ConfigBinding, apply_config
+
+        binding = self._config
+        if binding is None:
+            if source is None:
+                raise ValueError("this mesh was not built from a configuration; pass source")
+            from .config import load_config
+
+            config = load_config(source)
+            binding = ConfigBinding(config, source)
+            apply_config(self, binding, config)
+            self._config = binding
+            return config
+        config = binding.load(source)
+        apply_config(self, binding, config)
+        if source is not None:
+            binding.source = source
+        return config
+
+    @property
+    def config(self) -> Any:
+        """The ``MeshConfig`` this mesh serves, or None when it was not built from one."""
+        binding = self._config
+        return None if binding is None else binding.config
 
     # -- breakers ---------------------------------------------------------------
 
@@ -80,7 +140,9 @@ class Mesh:
         """The breaker called ``name``, created on first use.
 
         Asking again with a different ``config`` than the registered breaker's
-        raises ValueError; ``config=None`` accepts whatever is registered.
+        raises ValueError; ``config=None`` accepts whatever is registered. Configs
+        holding equal-looking functions (the same code, capturing equal values) are
+        the same config.
         """
         check_str("name", name)
         with self._lock:
@@ -94,7 +156,7 @@ class Mesh:
                 breaker = CircuitBreaker(name, config, **options)
                 self._breakers[name] = breaker
                 self._sync()
-            elif config is not None and config != breaker.config:
+            elif config is not None and not equivalent(config, breaker.config):
                 raise ValueError(
                     f"circuit breaker {name!r} is registered with {breaker.config!r}; "
                     f"got a different config {config!r}"
@@ -112,8 +174,8 @@ class Mesh:
 
     @store.setter
     def store(self, store: BreakerStore | None) -> None:
-        if store is not None and not hasattr(store, "bind"):
-            raise TypeError(f"store must be a BreakerStore, got {store!r}")
+        if store is not None and not callable(getattr(store, "bind", None)):
+            raise TypeError(f"store must be a BreakerStore (with a bind method), got {store!r}")
         self._store = store
 
     def add_circuit_breaker(self, breaker: CircuitBreaker) -> CircuitBreaker:

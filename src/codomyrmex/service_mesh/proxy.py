@@ -2,18 +2,21 @@
 
 The stages, outermost first (``describe()`` prints them for a given proxy):
 
-    fallback -> bulkhead -> retry or hedging -> pick instance (count connection)
-             -> circuit breaker -> per-attempt timeout (async) -> handler
+    fallback -> rate limit -> concurrency limit -> bulkhead
+             -> circuit breaker (judges whole calls) -> retry or hedging
+             -> pick instance (count connection, eject outliers)
+             -> per-attempt timeout (async) -> handler
 
-Each attempt picks an instance (a retry or hedge prefers one not yet tried),
-counts a connection on it and runs the handler through the breaker; the retry
-policy decides whether and when to try again.
+Faults of one instance are handled per instance: each attempt's outcome feeds
+the load balancer's outlier detection, which ejects an instance that keeps
+failing (on by default), and a failed attempt fails over at once to an instance
+not yet tried in the call -- backoff is only for when every instance has been
+tried. The service's circuit breaker sees each call once, after failover, so it
+opens only when the service as a whole is failing, not when one instance is.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextvars
 import inspect
 import threading
@@ -22,12 +25,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from ._validate import check_callable, check_int, check_number, check_str
+from .budget import PercentageRetryBudget
 from .bulkhead import Bulkhead
-from .circuit_breaker import CircuitBreaker
+from .circuit_breaker import CircuitBreaker, CircuitState
 from .errors import CircuitOpenError, NoHealthyInstanceError
-from .events import CallFailed, CallRejected, CallSucceeded, EventListener, publish
+from .events import CallFailed, CallRejected, CallSucceeded, EventListener, RetryGaveUp, publish
+from .hedging import RejectedResult, hedged, hedged_async
+from .limits import ConcurrencyLimiter, RateLimit, admission
 from .load_balancer import ABORTED, LoadBalancer, ServiceInstance
-from .retry import _IN_RETRY, RetryPolicy, _Attempts, _aw
+from .retry import _IN_RETRY, RetryPolicy, _Attempts
+from .timers import Timer
 
 __all__ = ["ServiceProxy"]
 
@@ -35,33 +42,41 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-_STAGE_FIELDS = frozenset({"circuit_breaker", "bulkhead", "hedging_delay", "fallback"})
+_REFUSALS = {
+    CircuitState.OPEN: "circuit_open",
+    CircuitState.HALF_OPEN: "half_open_full",
+    CircuitState.FORCED_OPEN: "forced_open",
+}
+"""The :class:`CallRejected` reason of a call the service's breaker refused, by its state."""
 
-
-class RejectedResult(Exception):
-    """A hedged attempt's result that ``retry_on_result`` rejected: it loses the race.
-
-    Internal to hedging; when every hedge ends so, the last such result is returned.
-    """
-
-    def __init__(self, result: Any) -> None:
-        super().__init__(result)
-        self.result = result
+_STAGE_FIELDS = frozenset(
+    {"circuit_breaker", "bulkhead", "hedging_delay", "fallback", "rate_limit", "concurrency_limit"}
+)
 
 
 class ServiceProxy:
     """Calls to one service through load balancer -> circuit breaker -> retry.
 
     ``call(handler, *args, **kwargs)`` runs ``handler(instance, *args, **kwargs)``
-    on a picked instance and returns its result. When the breaker rejects, the
-    call stops with :class:`CircuitOpenError` chained (``__cause__``) to the last
-    real failure; with no healthy instance it raises :class:`NoHealthyInstanceError`.
+    on a picked instance and returns its result. When the service's breaker is
+    open the call is refused with :class:`CircuitOpenError`; with no healthy
+    instance it raises :class:`NoHealthyInstanceError`.
+
+    Defaults are the safe set-up: the breaker judges whole calls (after failover),
+    the load balancer ejects outliers, and the retry policy (three retries, the
+    first ones failing over to untried instances without waiting) spends a
+    :class:`~codomyrmex.service_mesh.budget.PercentageRetryBudget`, so retries
+    cannot multiply an outage.
 
     Optional stages: ``bulkhead`` caps concurrent calls; ``hedging_delay`` starts
     another attempt on another instance when one has not answered in time (up
     to ``max_hedged_attempts``; first success wins; hedged calls are not also
     retried, a failed attempt starts the next hedge at once); ``fallback(exc)``
-    supplies the result when the stack gives up.
+    supplies the result when the stack gives up. Hedging follows the retry controls
+    (see :mod:`.hedging`); ``timer`` times the hedging delay and, for sync hedges, the
+    attempt timeout (by default the retry policy's timer). ``rate_limit`` and
+    ``concurrency_limit`` (see :mod:`codomyrmex.service_mesh.limits`) refuse calls beyond
+    a rate or an adaptive concurrency limit with :class:`LimitExceededError`.
     """
 
     __slots__ = (
@@ -69,17 +84,21 @@ class ServiceProxy:
         "_execute",
         "_execute_async",
         "_lock",
+        "_run",
         "_staged",
         "_subscribers",
         "bulkhead",
         "circuit_breaker",
         "clock",
+        "concurrency_limit",
         "fallback",
         "hedging_delay",
         "load_balancer",
         "max_hedged_attempts",
+        "rate_limit",
         "retry_policy",
         "service_name",
+        "timer",
     )
 
     def __init__(
@@ -94,8 +113,19 @@ class ServiceProxy:
         max_hedged_attempts: int = 2,
         fallback: Callable[[Exception], Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        timer: Timer | None = None,
+        rate_limit: RateLimit | None = None,
+        concurrency_limit: ConcurrencyLimiter | None = None,
     ) -> None:
         check_str("service_name", service_name)
+        if timer is not None and not isinstance(timer, Timer):
+            raise TypeError(f"timer must be a Timer, got {timer!r}")
+        if rate_limit is not None and not isinstance(rate_limit, RateLimit):
+            raise TypeError(f"rate_limit must be a RateLimit (a RateLimiter), got {rate_limit!r}")
+        if concurrency_limit is not None and not isinstance(concurrency_limit, ConcurrencyLimiter):
+            raise TypeError(
+                f"concurrency_limit must be a ConcurrencyLimiter, got {concurrency_limit!r}"
+            )
         if load_balancer is None:
             load_balancer = LoadBalancer(name=service_name)
         elif not isinstance(load_balancer, LoadBalancer):
@@ -105,7 +135,7 @@ class ServiceProxy:
         elif not isinstance(circuit_breaker, CircuitBreaker):
             raise TypeError(f"circuit_breaker must be a CircuitBreaker, got {circuit_breaker!r}")
         if retry_policy is None:
-            retry_policy = RetryPolicy()
+            retry_policy = RetryPolicy(budget=PercentageRetryBudget())
         elif not isinstance(retry_policy, RetryPolicy):
             raise TypeError(f"retry_policy must be a RetryPolicy, got {retry_policy!r}")
         if bulkhead is not None and not isinstance(bulkhead, Bulkhead):
@@ -127,6 +157,9 @@ class ServiceProxy:
         self.max_hedged_attempts = max_hedged_attempts
         self.fallback = fallback
         self.clock = clock
+        self.timer = timer
+        self.rate_limit = rate_limit
+        self.concurrency_limit = concurrency_limit
         self._refresh()
         self._subscribers: tuple[EventListener, ...] = ()
         self._event_clock: Callable[[], float] | None = None
@@ -142,10 +175,11 @@ class ServiceProxy:
     def _refresh(self) -> None:
         """Cache what the hot path reads from the configured stages."""
         self._execute = self.circuit_breaker.execute
+        self._run = self._attempts  # bound once: the hot path makes no method object
         self._execute_async = self.circuit_breaker.execute_async
         self._staged = (
             self.bulkhead is not None or self.hedging_delay is not None or self.fallback is not None
-        )
+        ) or (self.rate_limit is not None or self.concurrency_limit is not None)
 
     def __repr__(self) -> str:
         return (
@@ -158,16 +192,22 @@ class ServiceProxy:
         stages = []
         if self.fallback is not None:
             stages.append("fallback")
+        if self.rate_limit is not None:
+            stages.append(self.rate_limit.describe())
+        if self.concurrency_limit is not None:
+            stages.append(self.concurrency_limit.describe())
         if self.bulkhead is not None:
             stages.append(f"bulkhead(max_concurrent={self.bulkhead.max_concurrent})")
+        stages.append(f"circuit breaker({self.circuit_breaker.name}, judges calls)")
         if self.hedging_delay is not None:
             stages.append(
                 f"hedging(delay={self.hedging_delay}s, max_attempts={self.max_hedged_attempts})"
             )
         else:
             stages.append(f"retry(max_retries={self.retry_policy.max_retries})")
-        stages.append(f"pick instance({self.load_balancer.strategy.value}, counts connections)")
-        stages.append(f"circuit breaker({self.circuit_breaker.name})")
+        balancer = self.load_balancer
+        ejects = ", ejects outliers" if balancer.outlier_detector is not None else ""
+        stages.append(f"pick instance({balancer.strategy.value}, counts connections{ejects})")
         if self.retry_policy.attempt_timeout is not None:
             stages.append(f"attempt timeout({self.retry_policy.attempt_timeout}s, async)")
         stages.append("handler")
@@ -202,7 +242,12 @@ class ServiceProxy:
         if self._staged:
             staged: R = self._call_staged(handler_fn, args, kwargs)
             return staged
-        result: R = self._attempts(handler_fn, args, kwargs)
+        try:
+            result: R = self._execute(self._run, handler_fn, args, kwargs)
+        except CircuitOpenError as exc:
+            if self._subscribers:
+                self._refused(exc)
+            raise
         return result
 
     def call_once(
@@ -219,23 +264,25 @@ class ServiceProxy:
         if self._staged:
             staged: R = self._call_staged(handler_fn, args, kwargs, False)
             return staged
-        result: R = self._attempts(handler_fn, args, kwargs, False)
+        result: R = self._guarded(self._attempts, handler_fn, args, kwargs, False)
         return result
 
     def _call_staged(
         self, handler_fn: Callable[..., Any], args: Any, kwargs: Any, retry: bool = True
     ) -> Any:
         try:
-            bulkhead = self.bulkhead
-            if bulkhead is not None:
-                self._guard_bulkhead(bulkhead.acquire)
-            try:
-                if self.hedging_delay is not None and retry:
-                    return self._hedged(handler_fn, args, kwargs)
-                return self._attempts(handler_fn, args, kwargs, retry)
-            finally:
+            with self._admission():
+                bulkhead = self.bulkhead
                 if bulkhead is not None:
-                    bulkhead.release()
+                    self._guard_bulkhead(bulkhead.acquire)
+                try:
+                    if self.hedging_delay is not None and retry:
+                        held, bulkhead = bulkhead, None  # released when the last hedge ends
+                        return self._guarded(self._hedged, handler_fn, args, kwargs, held)
+                    return self._guarded(self._attempts, handler_fn, args, kwargs, retry)
+                finally:
+                    if bulkhead is not None:
+                        bulkhead.release()
         except Exception as exc:
             if self.fallback is None:
                 raise
@@ -245,10 +292,16 @@ class ServiceProxy:
     def _attempts(
         self, handler_fn: Callable[..., Any], args: Any, kwargs: Any, retry: bool = True
     ) -> Any:
-        """Retry -> pick -> breaker -> handler, one attempt after another (one if not ``retry``)."""
+        """Retry -> pick -> handler, one attempt after another (one if not ``retry``)."""
         balancer = self.load_balancer
         policy = self.retry_policy
-        started = None if policy._simple else policy._start()
+        started = None
+        if not policy._simple:  # inline of policy._start(): no frame on the hot path
+            budget = policy.budget
+            if budget is not None:
+                budget.record_request()
+            if policy.max_elapsed is not None:
+                started = policy.clock()
         state: _Retrying | None = None  # made at the first failure: the success path needs none
         result: Any = None
         try:
@@ -259,7 +312,7 @@ class ServiceProxy:
                 timer = balancer._observe_clock or self._event_clock
                 start = 0.0 if timer is None else timer()
                 try:
-                    result = self._execute(handler_fn, instance, *args, **kwargs)
+                    result = handler_fn(instance, *args, **kwargs)
                 except Exception as exc:
                     balancer._release(instance, start, exc)
                     failure: Exception | None = exc
@@ -269,7 +322,7 @@ class ServiceProxy:
                 else:
                     balancer._release(instance, start, None)
                     if policy.retry_on_result is None or not policy._rejects(result):
-                        if self._subscribers or policy.budget is not None:
+                        if self._subscribers or policy._refund:
                             self._succeeded(instance, start, None if state is None else state.calls)
                         return result
                     failure = None
@@ -298,26 +351,39 @@ class ServiceProxy:
         """After a failed attempt (``failure`` None: a rejected result) on ``instance``: the
         wait before the next attempt, or None to end the call with its last outcome.
 
-        Shared by the sync and async attempt loops. A breaker rejection ends the call
-        at once, chained to the last real failure.
+        Shared by the sync and async attempt loops. A breaker rejection from inside
+        the handler (a breaker of the caller's own) ends the call at once, chained
+        to the last real failure, unless it is ``retryable`` (one instance's breaker).
+        Failing over to an instance not yet tried in this call does not wait: backoff
+        is for when every instance has been tried.
         """
         if failure is not None:
             if self._subscribers:
                 self._failed(instance, start, failure)
-            if isinstance(failure, CircuitOpenError):
+            if isinstance(failure, CircuitOpenError) and not failure.retryable:
+                if self._subscribers:
+                    publish(
+                        self._subscribers,
+                        RetryGaveUp(self.service_name, state.calls.count, failure),
+                    )
                 raise self._give_up(failure, state.last_real)
             state.last_real = failure
         if not retry:
+            if self._subscribers:
+                publish(self._subscribers, RetryGaveUp(self.service_name, 1, failure))
+            budget = self.retry_policy.budget
+            if budget is not None:  # as a retried call's failure would: success refunds
+                budget.record_outcome(False)
             return None
         if state.token is None:
             state.token = _IN_RETRY.set(True)  # the nested-retry guard (see retry.py)
             state.calls.nested = state.token.old_value is True
-        delay = self.retry_policy._after_failure(
-            state.calls, failure, self.service_name, self._subscribers, instance.id
+        tried = state.tried
+        tried.add(instance.id)
+        failover = self.load_balancer.has_untried(tried)
+        return self.retry_policy._after_failure(
+            state.calls, failure, self.service_name, self._subscribers, instance.id, failover
         )
-        if delay is not None:
-            state.tried.add(instance.id)
-        return delay
 
     def _one_attempt(
         self, handler_fn: Callable[..., Any], instance: ServiceInstance, args: Any, kwargs: Any
@@ -327,7 +393,7 @@ class ServiceProxy:
         timer = balancer._observe_clock or self._event_clock
         start = 0.0 if timer is None else timer()
         try:
-            result = self._execute(handler_fn, instance, *args, **kwargs)
+            result = handler_fn(instance, *args, **kwargs)
         except Exception as exc:
             balancer._release(instance, start, exc)
             if self._subscribers:
@@ -343,60 +409,16 @@ class ServiceProxy:
         self._succeeded(instance, start, None, refund=False)  # the hedging loop refunds once
         return result
 
-    def _hedged(self, handler_fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+    def _hedged(
+        self, handler_fn: Callable[..., Any], args: Any, kwargs: Any, bulkhead: Bulkhead | None
+    ) -> Any:
         """Hedging (sync): each attempt on a thread of its own; the first success wins.
 
         Attempts run in a copy of the caller's context (contextvars: routing keys,
-        tracing) and are never queued behind other calls' attempts.
+        tracing) and are never queued behind other calls' attempts. See :mod:`.hedging`.
         """
-        budget = self.retry_policy.budget
-        if budget is not None:
-            budget.record_request()
-        tried: set[str] = set()
-        pending: set[concurrent.futures.Future[Any]] = set()
-        last_error: Exception | None = None
-        last_real: Exception | None = None
-        launched = 0
-        while True:
-            before = launched
-            can_launch = launched < self.max_hedged_attempts and (
-                launched == 0 or budget is None or budget.try_retry()
-            )
-            if can_launch:
-                instance = self.load_balancer._acquire(tried)
-                if instance is None:
-                    if not pending:
-                        raise self._no_instance(last_real)
-                else:
-                    tried.add(instance.id)
-                    launched += 1
-                    pending.add(_spawn(self._one_attempt, handler_fn, instance, args, kwargs))
-            if not pending:
-                assert last_error is not None
-                if isinstance(last_error, RejectedResult):
-                    return last_error.result
-                raise self._give_up(last_error, last_real)
-            # The hedging delay runs from a launch; after a refusal (budget, no instance)
-            # wait for an attempt to end rather than ask again on a timer.
-            timeout = self.hedging_delay if before < launched < self.max_hedged_attempts else None
-            done, pending = concurrent.futures.wait(
-                pending, timeout=timeout, return_when=concurrent.futures.FIRST_COMPLETED
-            )
-            for future in done:
-                error = future.exception()
-                if error is None:
-                    if budget is not None:
-                        budget.record_outcome(True)
-                    return future.result()  # the losers finish on their threads; ignored
-                if not isinstance(error, Exception):
-                    raise error
-                if budget is not None:
-                    budget.record_outcome(False)
-                last_error = error
-                if not isinstance(error, CircuitOpenError):
-                    last_real = error
-                elif not pending:
-                    raise self._give_up(error, last_real)
+        timer = self.timer if self.timer is not None else self.retry_policy.timer
+        return hedged(self, timer, handler_fn, args, kwargs, bulkhead)
 
     # -- async ------------------------------------------------------------------
 
@@ -409,13 +431,18 @@ class ServiceProxy:
         """Await ``handler_fn(instance, *args, **kwargs)`` through the whole stack.
 
         The async twin of :meth:`call`; cancellation frees the connection and any
-        probe slot and is never retried. ``attempt_timeout`` bounds each attempt
-        inside the breaker, so a timed-out attempt is a breaker failure.
+        probe slot and is never retried. ``attempt_timeout`` bounds each attempt; a
+        timed-out attempt is a failure of its instance (and fails over).
         """
         if self._staged:
             staged: R = await self._call_staged_async(handler_fn, args, kwargs)
             return staged
-        result: R = await self._attempts_async(handler_fn, args, kwargs)
+        try:
+            result: R = await self._execute_async(self._attempts_async, handler_fn, args, kwargs)
+        except CircuitOpenError as exc:
+            if self._subscribers:
+                self._refused(exc)
+            raise
         return result
 
     async def call_once_async(
@@ -428,23 +455,28 @@ class ServiceProxy:
         if self._staged:
             staged: R = await self._call_staged_async(handler_fn, args, kwargs, False)
             return staged
-        result: R = await self._attempts_async(handler_fn, args, kwargs, False)
+        result: R = await self._guarded_async(self._attempts_async, handler_fn, args, kwargs, False)
         return result
 
     async def _call_staged_async(
         self, handler_fn: Callable[..., Any], args: Any, kwargs: Any, retry: bool = True
     ) -> Any:
         try:
-            bulkhead = self.bulkhead
-            if bulkhead is not None:
-                await self._guard_bulkhead_async(bulkhead)
-            try:
-                if self.hedging_delay is not None and retry:
-                    return await self._hedged_async(handler_fn, args, kwargs)
-                return await self._attempts_async(handler_fn, args, kwargs, retry)
-            finally:
+            async with self._admission():
+                bulkhead = self.bulkhead
                 if bulkhead is not None:
-                    bulkhead.release()
+                    await self._guard_bulkhead_async(bulkhead)
+                try:
+                    if self.hedging_delay is not None and retry:
+                        return await self._guarded_async(
+                            self._hedged_async, handler_fn, args, kwargs
+                        )
+                    return await self._guarded_async(
+                        self._attempts_async, handler_fn, args, kwargs, retry
+                    )
+                finally:
+                    if bulkhead is not None:
+                        bulkhead.release()
         except Exception as exc:
             if self.fallback is None:
                 raise
@@ -460,7 +492,13 @@ class ServiceProxy:
         """The async twin of :meth:`_attempts`."""
         balancer = self.load_balancer
         policy = self.retry_policy
-        started = None if policy._simple else policy._start()
+        started = None
+        if not policy._simple:  # inline of policy._start(): no frame on the hot path
+            budget = policy.budget
+            if budget is not None:
+                budget.record_request()
+            if policy.max_elapsed is not None:
+                started = policy.clock()
         state: _Retrying | None = None  # made at the first failure: the success path needs none
         result: Any = None
         try:
@@ -483,7 +521,7 @@ class ServiceProxy:
                 else:
                     balancer._release(instance, start, None)
                     if policy.retry_on_result is None or not policy._rejects(result):
-                        if self._subscribers or policy.budget is not None:
+                        if self._subscribers or policy._refund:
                             self._succeeded(instance, start, None if state is None else state.calls)
                         return result
                     failure = None
@@ -509,25 +547,29 @@ class ServiceProxy:
         kwargs: Any,
         started: float | None = None,
     ) -> Any:
-        """Breaker -> per-attempt timeout -> handler, for one async attempt."""
+        """Per-attempt timeout -> handler, for one async attempt."""
         policy = self.retry_policy
         timeout = policy.attempt_timeout
         if policy.max_elapsed is not None and started is not None:
             timeout = policy._remaining(started, timeout)
         if timeout is None:
-            return await self._execute_async(handler_fn, instance, *args, **kwargs)
-        timed: Any = _timed
-        return await self._execute_async(timed, timeout, handler_fn, instance, *args, **kwargs)
+            return await handler_fn(instance, *args, **kwargs)
+        return await _timed(policy.timer, timeout, handler_fn, instance, *args, **kwargs)
 
     async def _one_attempt_async(
-        self, handler_fn: Callable[..., Any], instance: ServiceInstance, args: Any, kwargs: Any
+        self,
+        handler_fn: Callable[..., Any],
+        instance: ServiceInstance,
+        args: Any,
+        kwargs: Any,
+        started: float | None = None,
     ) -> Any:
         """One hedged attempt on an already acquired instance; releases its connection."""
         balancer = self.load_balancer
         timer = balancer._observe_clock or self._event_clock
         start = 0.0 if timer is None else timer()
         try:
-            result = await self._run_attempt_async(handler_fn, instance, args, kwargs)
+            result = await self._run_attempt_async(handler_fn, instance, args, kwargs, started)
         except Exception as exc:
             balancer._release(instance, start, exc)
             if self._subscribers:
@@ -545,70 +587,40 @@ class ServiceProxy:
 
     async def _hedged_async(self, handler_fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
         """Hedging (async): attempts as tasks; the first success wins, the losers are cancelled."""
-        budget = self.retry_policy.budget
-        if budget is not None:
-            budget.record_request()
-        tried: set[str] = set()
-        pending: set[asyncio.Task[Any]] = set()
-        last_error: Exception | None = None
-        last_real: Exception | None = None
-        launched = 0
-        try:
-            while True:
-                before = launched
-                can_launch = launched < self.max_hedged_attempts and (
-                    launched == 0 or budget is None or budget.try_retry()
-                )
-                if can_launch:
-                    instance = self.load_balancer._acquire(tried)
-                    if instance is None:
-                        if not pending:
-                            raise self._no_instance(last_real)
-                    else:
-                        tried.add(instance.id)
-                        launched += 1
-                        pending.add(
-                            asyncio.ensure_future(
-                                self._one_attempt_async(handler_fn, instance, args, kwargs)
-                            )
-                        )
-                if not pending:
-                    assert last_error is not None
-                    if isinstance(last_error, RejectedResult):
-                        return last_error.result
-                    raise self._give_up(last_error, last_real)
-                # The hedging delay runs from a launch; after a refusal (budget, no instance)
-                # wait for an attempt to end rather than ask again on a timer.
-                timeout = (
-                    self.hedging_delay if before < launched < self.max_hedged_attempts else None
-                )
-                done, pending = await asyncio.wait(
-                    pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-                )
-                for task in done:
-                    if task.cancelled():
-                        continue
-                    error = task.exception()
-                    if error is None:
-                        if budget is not None:
-                            budget.record_outcome(True)
-                        return task.result()
-                    if not isinstance(error, Exception):
-                        raise error
-                    if budget is not None:
-                        budget.record_outcome(False)
-                    last_error = error
-                    if not isinstance(error, CircuitOpenError):
-                        last_real = error
-                    elif not pending:
-                        raise self._give_up(error, last_real)
-        finally:
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
+        timer = self.timer if self.timer is not None else self.retry_policy.timer
+        return await hedged_async(self, timer, handler_fn, args, kwargs)
 
     # -- shared -----------------------------------------------------------------
+
+    def _guarded(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` through the service's breaker (which judges the whole call)."""
+        try:
+            return self._execute(fn, *args)
+        except CircuitOpenError as exc:
+            if self._subscribers:
+                self._refused(exc)
+            raise
+
+    async def _guarded_async(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """The async twin of :meth:`_guarded`."""
+        try:
+            return await self._execute_async(fn, *args)
+        except CircuitOpenError as exc:
+            if self._subscribers:
+                self._refused(exc)
+            raise
+
+    def _refused(self, exc: CircuitOpenError) -> None:
+        """Publish the proxy's :class:`CallRejected` when its own breaker refused a call."""
+        if exc.name == self.circuit_breaker.name and not exc.retryable:
+            reason = _REFUSALS.get(exc.state, "circuit_open")
+            publish(self._subscribers, CallRejected(self.service_name, reason))
+
+    def _admission(self) -> Any:
+        """The overload stages (rate limit -> concurrency limit) for one call: limits/."""
+        return admission(
+            self.rate_limit, self.concurrency_limit, self.service_name, self._subscribers
+        )
 
     def _guard_bulkhead(self, acquire: Callable[[], None]) -> None:
         try:
@@ -684,25 +696,8 @@ class _Retrying:
         self.token: contextvars.Token[bool] | None = None
 
 
-def _spawn(fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future[Any]:
-    """Run ``fn(*args)`` on a new daemon thread, in a copy of the current context."""
-    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-    context = contextvars.copy_context()
-
-    def run() -> None:
-        if not future.set_running_or_notify_cancel():
-            return
-        try:
-            future.set_result(context.run(fn, *args))
-        except BaseException as exc:
-            future.set_exception(exc)
-
-    threading.Thread(target=run, name="service-mesh-hedge", daemon=True).start()
-    return future
-
-
 async def _timed(
-    timeout: float, fn: Callable[P, Awaitable[R]], *args: P.args, **kwargs: P.kwargs
+    timer: Timer, timeout: float, fn: Callable[P, Awaitable[R]], *args: P.args, **kwargs: P.kwargs
 ) -> R:
     """Await one attempt with a time limit; running out of time raises ``TimeoutError``."""
-    return await asyncio.wait_for(_aw(fn(*args, **kwargs)), timeout)
+    return await timer.wait_for(fn(*args, **kwargs), timeout)

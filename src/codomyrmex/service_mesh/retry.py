@@ -16,15 +16,17 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar
 
 from ._validate import check_callable, check_int, check_number, check_optional_number
 from .budget import RetryBudget
 from .errors import ServiceMeshError
 from .events import CallRejected, EventListener, RetryGaveUp, RetryScheduled, publish
+from .timers import Timer
 
 __all__ = [
     "JITTER_MODES",
+    "RetryAfter",
     "RetryOn",
     "RetryPolicy",
     "disable_retries",
@@ -34,10 +36,36 @@ __all__ = [
 P = ParamSpec("P")
 R = TypeVar("R")
 
-RetryOn = (
-    type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool | float]
-)
-"""Exception types to retry, or a predicate ``exc -> bool`` (or a delay in seconds to wait)."""
+
+class RetryAfter:
+    """What a ``retry_on`` predicate returns to retry after ``seconds`` instead of the backoff.
+
+    ``RetryAfter(0)`` retries at once (``Retry-After: 0``); the wait is capped by
+    ``max_delay`` and a negative one means now. Any other return value is judged by
+    its truthiness: true retries with the policy's backoff, false raises at once.
+    """
+
+    __slots__ = ("seconds",)
+
+    def __init__(self, seconds: float) -> None:
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+            raise TypeError(f"seconds must be a number, got {seconds!r}")
+        if math.isnan(seconds):
+            raise ValueError(f"seconds must not be NaN, got {seconds!r}")
+        self.seconds = float(seconds)
+
+    def __repr__(self) -> str:
+        return f"RetryAfter({self.seconds:g})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RetryAfter) and other.seconds == self.seconds
+
+    def __hash__(self) -> int:
+        return hash(self.seconds)
+
+
+RetryOn = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], object]
+"""Exception types to retry, or a predicate ``exc -> truthy`` (or a :class:`RetryAfter`)."""
 
 JITTER_MODES = ("none", "full", "equal", "decorrelated")
 
@@ -116,14 +144,17 @@ class RetryPolicy:
     ``min(max_delay, initial_delay * exponential_base ** n)``, drawn uniformly
     from ``[0, that]`` with the default full jitter (``jitter`` may also be
     ``"none"``/False, ``"equal"`` or ``"decorrelated"``). By default every
-    ``Exception`` is retried except the mesh's own rejections, which are raised
-    at once. When attempts run out the last exception is re-raised as is (or,
-    for a result rejected by ``retry_on_result``, the last result is returned).
+    ``Exception`` is retried except the mesh's own rejections (a
+    :class:`ServiceMeshError` whose ``retryable`` is False: an open circuit, no
+    instance, a full bulkhead), which are raised at once. A ``retry_on``
+    predicate's answer is judged by its truthiness, or is a :class:`RetryAfter`.
+    When attempts run out the last exception is re-raised as is (or, for a result
+    rejected by ``retry_on_result``, the last result is returned).
 
-    ``attempt_timeout`` bounds each attempt of an async call; ``max_elapsed``
-    bounds the whole call, counted from the first attempt: no attempt starts
-    after it (sync calls in progress are never interrupted). A ``budget`` caps
-    retries across all calls sharing the policy. Inside a call that is being
+    ``attempt_timeout`` bounds each attempt of an async call (timed by ``timer``);
+    ``max_elapsed`` (> 0) bounds the whole call, counted from the first attempt:
+    no attempt starts after it (sync calls in progress are never interrupted). A
+    ``budget`` caps retries across all calls sharing the policy. Inside a call that is being
     retried (from its first failure on), a policy makes one attempt only, unless
     ``nested=True``: nested retries add up instead of multiplying.
     """
@@ -131,6 +162,7 @@ class RetryPolicy:
     __slots__ = (
         "_cap_attempt",
         "_frozen",
+        "_refund",
         "_retryable",
         "_rng",
         "_simple",
@@ -151,6 +183,7 @@ class RetryPolicy:
         "retry_on",
         "retry_on_result",
         "sleep",
+        "timer",
     )
 
     def __init__(
@@ -172,6 +205,7 @@ class RetryPolicy:
         budget: RetryBudget | None = None,
         nested: bool = False,
         name: str = "",
+        timer: Timer | None = None,
     ) -> None:
         self.max_retries = check_int("max_retries", max_retries, 0)
         self.initial_delay = check_number("initial_delay", initial_delay, 0.0)
@@ -202,6 +236,11 @@ class RetryPolicy:
                 raise ValueError(f"attempt_timeout must be > 0, got {attempt_timeout!r}")
         self.attempt_timeout = attempt_timeout
         self.max_elapsed = check_optional_number("max_elapsed", max_elapsed)
+        if max_elapsed is not None and max_elapsed <= 0:
+            raise ValueError(f"max_elapsed must be > 0, got {max_elapsed!r}")
+        if timer is not None and not isinstance(timer, Timer):
+            raise TypeError(f"timer must be a Timer, got {timer!r}")
+        self.timer = timer if timer is not None else Timer()
         if budget is not None and not isinstance(budget, RetryBudget):
             raise TypeError(f"budget must be a RetryBudget, got {budget!r}")
         self.budget = budget
@@ -215,6 +254,11 @@ class RetryPolicy:
         self._cap_attempt = _cap_attempt(self.initial_delay, self.max_delay, self.exponential_base)
         # No budget, deadline or result predicate: the success path needs nothing else.
         self._simple = budget is None and max_elapsed is None and retry_on_result is None
+        # Whether the budget wants to hear of successes (a token bucket refunds; a
+        # percentage budget counts only requests and retries).
+        self._refund = budget is not None and (
+            type(budget).record_outcome is not RetryBudget.record_outcome
+        )
         self._frozen = True
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -282,7 +326,33 @@ class RetryPolicy:
 
     def should_retry(self, exc: BaseException) -> bool:
         """Whether ``exc`` is a failure this policy retries (attempts aside)."""
-        return bool(self._retryable(exc))
+        return self._verdict(exc) is not None
+
+    def _verdict(self, exc: BaseException) -> RetryAfter | Literal[True] | None:
+        """``retry_on``'s answer for ``exc``: True (back off), a RetryAfter, or None (stop).
+
+        A predicate that raises is logged and ends the call with ``exc`` itself.
+        """
+        try:
+            verdict = self._retryable(exc)
+        except Exception:
+            logger.exception("retry_on predicate raised; not retrying")
+            return None
+        if isinstance(verdict, RetryAfter):
+            return verdict
+        try:
+            return True if verdict else None
+        except Exception:  # a value whose truth cannot be told
+            logger.exception("retry_on predicate returned %r; not retrying", type(verdict))
+            return None
+
+    def _max_attempts(self, attempts: int) -> int:
+        """``attempts`` (a hedged call's) under the testing switches and the nested guard."""
+        if _Testing.attempts is not None:
+            attempts = min(attempts, _Testing.attempts)
+        if not self.nested and _IN_RETRY.get():
+            attempts = 1
+        return attempts
 
     def _after_failure(
         self,
@@ -291,8 +361,12 @@ class RetryPolicy:
         source: str,
         subscribers: tuple[EventListener, ...],
         instance: str | None = None,
+        failover: bool = False,
     ) -> float | None:
         """Attempt ``calls.count`` failed (``failure`` None: its result was rejected).
+
+        ``failover``: the next attempt goes to an instance not tried yet, so it starts
+        at once (no backoff; the deadline is judged with no wait).
 
         Return the wait before the next attempt, or None to give up. Publishes
         :class:`RetryScheduled` / :class:`RetryGaveUp` (and :class:`CallRejected`
@@ -302,7 +376,7 @@ class RetryPolicy:
         budget = self.budget
         if budget is not None:
             budget.record_outcome(False)
-        delay = self._next_delay(failure, calls)
+        delay = self._next_delay(failure, calls, failover)
         if delay is not None and budget is not None and not budget.try_retry():
             delay = None
             if subscribers:
@@ -338,7 +412,9 @@ class RetryPolicy:
             )
         return delay
 
-    def _next_delay(self, failure: BaseException | None, calls: _Attempts) -> float | None:
+    def _next_delay(
+        self, failure: BaseException | None, calls: _Attempts, failover: bool = False
+    ) -> float | None:
         """The wait before the next attempt, or None when this failure ends the call."""
         max_retries = self.max_retries
         if calls.nested and not self.nested:
@@ -350,14 +426,14 @@ class RetryPolicy:
         if failure is None:
             delay = self._delay(calls.count - 1, calls.previous or None)
         else:
-            verdict = self._retryable(failure)
+            verdict = self._verdict(failure)
+            if verdict is None:
+                return None
             if verdict is True:
                 delay = self._delay(calls.count - 1, calls.previous or None)
-            elif verdict is None or isinstance(verdict, bool):
-                return None
-            else:  # a delay override; 0 means at once (Retry-After: 0)
-                delay = min(self.max_delay, max(0.0, float(verdict)))
-        if _Testing.active:
+            else:  # a RetryAfter; 0 means at once (Retry-After: 0)
+                delay = min(self.max_delay, max(0.0, verdict.seconds))
+        if _Testing.active or failover:
             delay = 0.0
         started = calls.started
         if (
@@ -499,7 +575,7 @@ class RetryPolicy:
                     if timeout is None:
                         result = await fn(*args, **kwargs)
                     else:
-                        result = await asyncio.wait_for(_aw(fn(*args, **kwargs)), timeout)
+                        result = await self.timer.wait_for(fn(*args, **kwargs), timeout)
                 except Exception as exc:
                     failure: Exception | None = exc
                 else:
@@ -529,7 +605,7 @@ async def _aw(aw: Awaitable[R]) -> R:
     return await aw
 
 
-def _retry_predicate(retry_on: RetryOn | None) -> Callable[[BaseException], bool | float]:
+def _retry_predicate(retry_on: RetryOn | None) -> Callable[[BaseException], object]:
     """Turn ``retry_on`` into a predicate, validating it."""
     if retry_on is None:
         return _default_retryable
@@ -554,19 +630,17 @@ def _retry_predicate(retry_on: RetryOn | None) -> Callable[[BaseException], bool
     return is_retryable
 
 
-def _default_retryable(exc: BaseException) -> bool | float:
+def _default_retryable(exc: BaseException) -> bool | RetryAfter:
     """Every ``Exception`` but the mesh's rejections; a failure's ``retry_after`` is honoured.
 
     A rejection is a :class:`ServiceMeshError` that is not ``retryable`` (an open
     circuit, no healthy instance, a full bulkhead, an exceeded limit).
     """
-    if not isinstance(exc, Exception) or (
-        isinstance(exc, ServiceMeshError) and not exc.retryable
-    ):
+    if not isinstance(exc, Exception) or (isinstance(exc, ServiceMeshError) and not exc.retryable):
         return False
     retry_after = getattr(exc, "retry_after", None)
     if isinstance(retry_after, (int, float)) and not isinstance(retry_after, bool):
-        return float(retry_after)
+        return RetryAfter(retry_after)
     return True
 
 

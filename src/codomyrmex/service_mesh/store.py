@@ -37,6 +37,8 @@ class SharedState:
     """Seconds until an OPEN breaker admits probes, measured by the store's clock."""
     reopens: int = 0
     """Re-opens from HALF_OPEN since the last close (drives ``open_backoff_multiplier``)."""
+    last_failure_age: float | None = None
+    """Seconds since the fleet last recorded a failure (store's clock), None if unknown."""
 
 
 class BreakerLink(Protocol):

@@ -7,8 +7,9 @@ instances and the breakers. Nothing in the request path reports to it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -20,7 +21,7 @@ from ..mesh import Mesh
 from .backends import BackendFarm
 from .runner import SERVICE, DemoResult, Refresh, RunStats
 
-__all__ = ["LiveView", "comparison_table", "print_summary"]
+__all__ = ["LiveView", "comparison_table", "print_summary", "settings_lines"]
 
 _STATE_STYLE = {
     "closed": "green",
@@ -35,8 +36,9 @@ _STATE_STYLE = {
 class LiveView:
     """Shows a run while it goes on; ``watch`` is the :class:`~.runner.RunView` hook."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, settings: dict[str, object] | None = None) -> None:
         self.console = console
+        self.settings = settings
         self._run_number = 0
 
     @contextmanager
@@ -46,7 +48,8 @@ class LiveView:
         self._run_number += 1
         number = self._run_number
 
-        panel = [_render(stats, farm, mesh, number, status_url)]
+        settings = self.settings if mesh is not None else None
+        panel = [_render(stats, farm, mesh, number, status_url, settings)]
 
         # No refresh thread: the run redraws from its event loop (see RunView), and its
         # last redraw, made before its client closes, is what stays on the screen.
@@ -55,15 +58,40 @@ class LiveView:
         ) as live:
 
             def refresh() -> None:
-                panel[0] = _render(stats, farm, mesh, number, status_url)
+                panel[0] = _render(stats, farm, mesh, number, status_url, settings)
                 live.refresh()
 
             yield refresh
         self.console.line()
 
 
+def settings_lines(settings: dict[str, object] | None) -> list[str]:
+    """The mesh's settings as short lines: the file, then ``section: key=value ...``."""
+    if not settings:
+        return []
+    lines = [f"settings from {settings.get('source') or 'a mapping'}"]
+    sections = settings.get("sections")
+    if isinstance(sections, dict):
+        for section, values in sections.items():
+            if isinstance(values, dict):
+                pairs = " ".join(f"{k}={_short(v)}" for k, v in values.items())
+                lines.append(f"  {section}: {pairs}")
+    return lines
+
+
+def _short(value: object) -> str:
+    if isinstance(value, list):
+        return ",".join(str(v).rpartition(":")[2] for v in value)
+    return str(value)
+
+
 def _render(
-    stats: RunStats, farm: BackendFarm, mesh: Mesh | None, number: int, status_url: str | None
+    stats: RunStats,
+    farm: BackendFarm,
+    mesh: Mesh | None,
+    number: int,
+    status_url: str | None,
+    settings: dict[str, object] | None = None,
 ) -> Panel:
     table = Table(expand=False, box=None, padding=(0, 1), header_style="bold")
     table.add_column("backend", no_wrap=True)
@@ -83,7 +111,11 @@ def _render(
         in_flight = stats.in_flight[name]
         if mesh is not None and proxy is not None:
             instance = proxy.load_balancer.get(name)
-            healthy = instance is not None and instance.healthy
+            healthy = (
+                instance is not None
+                and instance.healthy
+                and not proxy.load_balancer.is_ejected(name)
+            )
             cells.append(Text("in", "green") if healthy else Text("out", "red"))
             breaker = mesh.get_circuit_breaker(f"{SERVICE}/{name}")
             state = breaker.state.value if breaker is not None else "-"
@@ -119,7 +151,9 @@ def _render(
             )
         )
     parts.append(table)
-    title = f"run {number}/2: {stats.name}"
+    if settings:
+        parts.append(Text("\n".join(settings_lines(settings)), style="dim"))
+    title = f"run {number}/3: {stats.name}"
     subtitle = None
     if mesh is not None and status_url:
         subtitle = f"service-mesh status --url {status_url}"
@@ -133,29 +167,49 @@ def _render(
     )
 
 
-def comparison_table(result: DemoResult) -> Table:
-    """Both runs side by side: what the mesh changed."""
-    plain, mesh = result.plain.summary(), result.mesh.summary()
-    table = Table(title="the same requests, twice", title_style="bold", header_style="bold")
-    table.add_column("")
-    table.add_column("plain client", justify="right")
-    table.add_column("through the mesh", justify="right")
+RUN_TITLES = {
+    "plain": "plain client",
+    "loop": "3-try retry loop",
+    "mesh": "through the mesh",
+}
+
+
+def comparison_rows(result: DemoResult) -> tuple[list[str], list[list[str]]]:
+    """The runs side by side: headers, then one row per measure (first cell the label)."""
+    runs = result.runs()
+    summaries = [stats.summary() for _, stats in runs]
+
+    def each(render: Callable[[dict[str, Any]], object]) -> list[str]:
+        return [str(render(summary)) for summary in summaries]
+
     rows = [
-        ("success rate", f"{plain['success_rate']:.2f}%", f"{mesh['success_rate']:.2f}%"),
-        ("failed requests", str(plain["failed"]), str(mesh["failed"])),
-        ("p50 latency", f"{plain['p50_ms']:.1f} ms", f"{mesh['p50_ms']:.1f} ms"),
-        ("p99 latency", f"{plain['p99_ms']:.1f} ms", f"{mesh['p99_ms']:.1f} ms"),
-        (
-            "sent to dead backends",
-            str(plain["dead_backend_requests"]),
-            str(mesh["dead_backend_requests"]),
-        ),
-        ("sent to an open breaker", "-", str(mesh["open_breaker_requests"])),
-        ("retries", str(plain["retries"]), str(mesh["retries"])),
-        ("duration", f"{plain['duration_s']:.1f} s", f"{mesh['duration_s']:.1f} s"),
+        ["success rate", *each(lambda s: f"{s['success_rate']:.2f}%")],
+        ["failed requests", *each(lambda s: s["failed"])],
+        ["p50 latency", *each(lambda s: f"{s['p50_ms']:.1f} ms")],
+        ["p99 latency", *each(lambda s: f"{s['p99_ms']:.1f} ms")],
+        ["sent to dead backends", *each(lambda s: s["dead_backend_requests"])],
+        ["sent to an open breaker", *each(lambda s: _or_dash(s["open_breaker_requests"]))],
+        ["retries", *each(lambda s: s["retries"])],
+        ["duration", *each(lambda s: f"{s['duration_s']:.1f} s")],
     ]
-    for label, left, right in rows:
-        table.add_row(label, left, Text(right, "bold"))
+    return [RUN_TITLES[key] for key, _ in runs], rows
+
+
+def _or_dash(value: object) -> object:
+    return "-" if value is None else value
+
+
+def comparison_table(result: DemoResult) -> Table:
+    """The runs side by side: what the mesh changed, next to a fair hand-written loop."""
+    heads, rows = comparison_rows(result)
+    table = Table(
+        title=f"the same requests, {len(heads)} times", title_style="bold", header_style="bold"
+    )
+    table.add_column("")
+    for head in heads:
+        table.add_column(head, justify="right")
+    for label, *values in rows:
+        table.add_row(label, *values[:-1], Text(values[-1], "bold"))
     return table
 
 
@@ -169,5 +223,13 @@ def print_summary(console: Console, result: DemoResult) -> None:
         f"{plain['dead_backend_requests']}; p99 went from {plain['p99_ms']:.0f} ms to "
         f"{mesh['p99_ms']:.0f} ms."
     )
+    if result.loop is not None:
+        loop = result.loop.summary()
+        console.print(
+            f"The hand-written 3-try loop failed {loop['failed']} requests, p99 "
+            f"{loop['p99_ms']:.0f} ms."
+        )
+    for line in settings_lines(result.settings):
+        console.print(f"[dim]{line}[/dim]")
     stopped = "every backend stopped" if result.servers_stopped else "SOME PORTS STILL OPEN"
     console.print(f"[dim]{len(result.ports)} backends on 127.0.0.1, {stopped}.[/dim]")

@@ -17,7 +17,9 @@ from .runner import DemoResult, RunStats, percentile
 __all__ = ["render_report", "write_report"]
 
 PLAIN_COLOUR = "#d1495b"
+LOOP_COLOUR = "#edae49"
 MESH_COLOUR = "#00798c"
+COLOURS = {"plain": PLAIN_COLOUR, "loop": LOOP_COLOUR, "mesh": MESH_COLOUR}
 WIDTH, HEIGHT = 760, 280
 LEFT, RIGHT, TOP, BOTTOM = 64, 16, 16, 40
 
@@ -143,22 +145,17 @@ def _svg(chart_id: str, title: str, body: str) -> str:
 
 def _success_chart(result: DemoResult, width: float, x_max: float) -> str:
     frame = _Frame(x_max, 0, 100)
-    plain, _, _ = _series(result.plain, width)
-    mesh, _, _ = _series(result.mesh, width)
     ticks = [(v, f"{v:g}%") for v in (0, 25, 50, 75, 100)]
-    body = (
-        _axes(frame, ticks, "requests that succeeded")
-        + _events(frame, result.plain.events)
-        + _polyline(frame, plain, PLAIN_COLOUR)
-        + _polyline(frame, mesh, MESH_COLOUR)
-    )
+    body = _axes(frame, ticks, "requests that succeeded") + _events(frame, result.plain.events)
+    for key, stats in result.runs():
+        success, _, _ = _series(stats, width)
+        body += _polyline(frame, success, COLOURS[key])
     return _svg("chart-success", "success rate over time", body)
 
 
 def _latency_chart(result: DemoResult, width: float, x_max: float) -> str:
-    _, plain50, plain99 = _series(result.plain, width)
-    _, mesh50, mesh99 = _series(result.mesh, width)
-    highest = max([y for _, y in plain99 + mesh99] + [10.0])
+    series = [(key, *_series(stats, width)[1:]) for key, stats in result.runs()]
+    highest = max([y for _, _, p99 in series for _, y in p99] + [10.0])
     top = 10 ** math.ceil(math.log10(highest))
     frame = _Frame(x_max, 1.0, top, log=True)
     ticks = []
@@ -166,23 +163,21 @@ def _latency_chart(result: DemoResult, width: float, x_max: float) -> str:
     while value <= top:
         ticks.append((value, f"{value:g} ms"))
         value *= 10
-    body = (
-        _axes(frame, ticks, "latency (log scale)")
-        + _events(frame, result.plain.events)
-        + _polyline(frame, plain50, PLAIN_COLOUR)
-        + _polyline(frame, plain99, PLAIN_COLOUR, dashed=True)
-        + _polyline(frame, mesh50, MESH_COLOUR)
-        + _polyline(frame, mesh99, MESH_COLOUR, dashed=True)
-    )
+    body = _axes(frame, ticks, "latency (log scale)") + _events(frame, result.plain.events)
+    for key, p50, p99 in series:
+        body += _polyline(frame, p50, COLOURS[key]) + _polyline(
+            frame, p99, COLOURS[key], dashed=True
+        )
     return _svg("chart-latency", "p50 and p99 latency over time", body)
 
 
 def _traffic_chart(result: DemoResult) -> str:
     """Per backend, per run: attempts sent, the failed ones darker."""
     names = result.plain.backends
-    runs = [(result.plain, PLAIN_COLOUR), (result.mesh, MESH_COLOUR)]
+    runs = [(stats, COLOURS[key]) for key, stats in result.runs()]
     most = max([max(r.attempts.values(), default=0) for r, _ in runs] + [1])
-    row, bar = 44, 14
+    bar = 14
+    row = 16 + (bar + 2) * len(runs)
     height = TOP + row * len(names) + BOTTOM
     left = 110
     scale = (WIDTH - left - RIGHT - 130) / most  # room for the labels after the bars
@@ -223,6 +218,8 @@ h1 { font-size: 1.5rem; margin-bottom: .2rem; } h2 { font-size: 1.1rem; margin-t
 td, th { padding: .3rem .8rem; border-bottom: 1px solid #ddd; text-align: right; }
 td:first-child, th:first-child { text-align: left; }
 .plain { color: #d1495b; font-weight: 600; } .mesh { color: #00798c; font-weight: 600; }
+.loop { color: #b07d1a; font-weight: 600; }
+pre.settings { background: #f6f6f6; padding: .6rem .8rem; font-size: .85rem; overflow-x: auto; }
 svg.chart { display: block; margin: .5rem 0 1.5rem; background: #fcfcfc; border: 1px solid #eee; }
 svg text { font-size: 11px; fill: #444; } svg text.small { font-size: 10px; }
 svg .grid { stroke: #e6e6e6; } svg .axis { stroke: #888; }
@@ -234,25 +231,25 @@ svg .event-label { font-size: 10px; fill: #777; }
 
 def render_report(result: DemoResult) -> str:
     """The whole page as a string."""
-    last_start = max(
-        t for run in (result.plain, result.mesh) for t, _, _ in [*run.samples, (0, 0, 0)]
-    )
+    from .live import RUN_TITLES, comparison_rows, settings_lines
+
+    last_start = max(t for _, run in result.runs() for t, _, _ in [*run.samples, (0, 0, 0)])
     width = max(0.25, last_start / 60)
     x_max = max(last_start + width, 0.5)
-    plain, mesh = result.plain.summary(), result.mesh.summary()
-    rows = [
-        ("success rate", f"{plain['success_rate']:.2f}%", f"{mesh['success_rate']:.2f}%"),
-        ("failed requests", plain["failed"], mesh["failed"]),
-        ("p50 latency", f"{plain['p50_ms']:.1f} ms", f"{mesh['p50_ms']:.1f} ms"),
-        ("p99 latency", f"{plain['p99_ms']:.1f} ms", f"{mesh['p99_ms']:.1f} ms"),
-        ("sent to dead backends", plain["dead_backend_requests"], mesh["dead_backend_requests"]),
-        ("sent to an open breaker", "-", mesh["open_breaker_requests"]),
-        ("retries", plain["retries"], mesh["retries"]),
-    ]
+    heads, rows = comparison_rows(result)
+    keys = [key for key, _ in result.runs()]
     table = "".join(
-        f"<tr><td>{html.escape(label)}</td><td>{left}</td><td>{right}</td></tr>"
-        for label, left, right in rows
+        "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows
     )
+    header = (
+        "<tr><th></th>"
+        + "".join(
+            f'<th class="{key}">{html.escape(head)}</th>'
+            for key, head in zip(keys, heads, strict=True)
+        )
+        + "</tr>"
+    )
+    settings = html.escape("\n".join(settings_lines(result.settings)))
     backends = "".join(
         f"<li><b>{html.escape(spec.name)}</b>: {html.escape(spec.role)}</li>"
         for spec in result.specs
@@ -260,9 +257,9 @@ def render_report(result: DemoResult) -> str:
     options = result.options
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     legend = (
-        '<p class="legend"><span class="plain">&#9632; plain client</span>'
-        '<span class="mesh">&#9632; through the mesh</span>'
-        '<span class="muted">{}dotted lines: faults</span></p>'
+        '<p class="legend">'
+        + "".join(f'<span class="{key}">&#9632; {RUN_TITLES[key]}</span>' for key in keys)
+        + '<span class="muted">{}dotted lines: faults</span></p>'
     )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -272,13 +269,15 @@ def render_report(result: DemoResult) -> str:
 <h1>service-mesh demo</h1>
 <p class="muted">{options.requests} requests, {options.concurrency} at a time, {options.rate:g} per
 second, seed {options.seed}; {stamp}.</p>
-<p>The same request stream went to five real HTTP backends on 127.0.0.1 twice: once from a plain
-httpx client that picks a backend at random, once through the mesh (<code>AsyncMeshTransport</code>:
-least-connections balancing, a circuit breaker per backend that takes it out of the pool while
-open, retries with short backoff).</p>
+<p>The same request stream went to five real HTTP backends on 127.0.0.1 {len(keys)} times: from a
+plain httpx client that picks a backend at random, from the same client with a hand-written retry
+loop (up to {3} tries, each on another backend, 0.5 s each), and through the mesh
+(<code>AsyncMeshTransport</code>) with the settings below.</p>
 <ul>{backends}</ul>
-<table><tr><th></th><th class="plain">plain client</th><th class="mesh">through the mesh</th></tr>
+<table>{header}
 {table}</table>
+<h2>The mesh's settings</h2>
+<pre class="settings">{settings}</pre>
 <h2>Success rate over time</h2>{legend.format("")}
 {_success_chart(result, width, x_max)}
 <h2>Latency over time</h2>{legend.format("solid: p50, dashed: p99; ")}

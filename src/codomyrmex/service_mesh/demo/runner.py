@@ -1,4 +1,9 @@
-"""The demo's two runs: the same request stream, once from a plain client, once through the mesh.
+"""The demo's three runs: the same request stream from a plain client, from a plain client
+with a hand-written 3-try retry loop, and through the mesh.
+
+The mesh's settings come from a configuration file: ``demo/mesh.toml`` in the
+package by default (the same file as ``examples/mesh.toml`` in the repository),
+or the one given with ``--config``; its ``catalog`` service is the demo's.
 
 The stream is fixed by the seed: each request's path, the backend the plain
 client picks for it at random, and the moments (as positions in the stream) at
@@ -23,16 +28,16 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
 
-from ..circuit_breaker import CircuitBreaker, CircuitBreakerConfig, CircuitState
-from ..integrations.httpx import AsyncMeshTransport, InstanceCircuitOpen
-from ..load_balancer import LoadBalancer, LoadBalancerStrategy, ServiceInstance
+from ..circuit_breaker import CircuitBreaker, CircuitState
+from ..config import ConfigError, MeshConfig, build_proxy, load_config
+from ..integrations.httpx import AsyncMeshTransport
+from ..load_balancer import ServiceInstance
 from ..mesh import Mesh
-from ..proxy import ServiceProxy
-from ..retry import RetryPolicy
 from .backends import BACKENDS, BackendFarm, BackendSpec, RemoteBackend
 from .options import DemoOptions
 
@@ -43,34 +48,34 @@ __all__ = [
     "RunStats",
     "RunView",
     "build_mesh",
+    "demo_settings",
+    "load_demo_config",
     "run_demo",
 ]
 
 SERVICE = "catalog"
 """The service name the mesh run sends its requests to (``http://catalog/...``)."""
 
-# The mesh's settings for the demo, written once. An instance's breaker opens after three
-# failures in a row and lets a probe through after 0.8 s; the service's own breaker only
-# trips when the whole service fails. Retries are quick and go to another instance.
-INSTANCE_BREAKER = CircuitBreakerConfig(
-    failure_threshold=3, success_threshold=2, timeout_seconds=0.8, half_open_max_calls=2
-)
-SERVICE_BREAKER = CircuitBreakerConfig(
-    failure_threshold=30, timeout_seconds=1.0, ignore_exceptions=(InstanceCircuitOpen,)
-)
+DEFAULT_CONFIG = str(Path(__file__).with_name("mesh.toml"))
+"""The demo's own settings (a copy of the repository's ``examples/mesh.toml``)."""
 CLIENT_TIMEOUT = 5.0
+LOOP_TRIES = 3
+LOOP_TIMEOUT = 0.5
+"""The hand-written loop: up to three tries, each on another backend, 0.5 s each."""
 
 
-def retry_policy(seed: int) -> RetryPolicy:
-    """Up to four retries after 5 ms-100 ms of jittered backoff; 0.4 s per attempt, 2.5 s in all."""
-    return RetryPolicy(
-        max_retries=4,
-        initial_delay=0.005,
-        max_delay=0.1,
-        attempt_timeout=0.4,
-        max_elapsed=2.5,
-        rng=random.Random(seed),
-    )
+def load_demo_config(path: str | None = None) -> MeshConfig:
+    """The demo's configuration (``path`` or the default); ConfigError when it is unusable."""
+    config = load_config(path or DEFAULT_CONFIG)
+    if SERVICE not in config.services:
+        where = config.source or "the configuration"
+        raise ConfigError([f"{where}: services.{SERVICE}: missing; the demo sends to it"])
+    return config
+
+
+def demo_settings(config: MeshConfig) -> dict[str, Any]:
+    """The settings the demo's mesh runs with, for the live view and the report."""
+    return {"source": config.source, "sections": config.describe(SERVICE)}
 
 
 @dataclass
@@ -172,7 +177,7 @@ class RunView(Protocol):
 
 @dataclass
 class DemoResult:
-    """Both runs' measurements and the machine-readable summary."""
+    """The three runs' measurements, the mesh's settings, and the machine-readable summary."""
 
     options: DemoOptions
     specs: list[BackendSpec]
@@ -181,17 +186,29 @@ class DemoResult:
     mesh: RunStats
     status_url: str | None
     servers_stopped: bool = False
+    loop: RunStats | None = None
+    """The plain client with a hand-written 3-try retry loop (0.5 s per try)."""
+    settings: dict[str, Any] = field(default_factory=dict)
+    """The mesh's settings: ``source`` (the file) and ``sections`` (what it sets)."""
+
+    def runs(self) -> list[tuple[str, RunStats]]:
+        """(key, stats) of each run, in the order they ran."""
+        runs = [("plain", self.plain)]
+        if self.loop is not None:
+            runs.append(("loop", self.loop))
+        return [*runs, ("mesh", self.mesh)]
 
     def summary(self) -> dict[str, Any]:
         return {
             "options": asdict(self.options),
             "service": SERVICE,
             "status_url": self.status_url,
+            "settings": self.settings,
             "backends": [
                 {"name": spec.name, "role": spec.role, "port": port}
                 for spec, port in zip(self.specs, self.ports, strict=True)
             ],
-            "runs": {"plain": self.plain.summary(), "mesh": self.mesh.summary()},
+            "runs": {key: stats.summary() for key, stats in self.runs()},
             "servers_stopped": self.servers_stopped,
         }
 
@@ -262,17 +279,18 @@ class _Counting(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
-def build_mesh(farm: BackendFarm, seed: int) -> Mesh:
-    """The mesh of the demo: one service, one instance per backend, a breaker per instance."""
+def build_mesh(farm: BackendFarm, config: MeshConfig | None = None) -> Mesh:
+    """The mesh of the demo: the configuration's ``catalog`` service, one instance per
+    backend, and (when configured) a breaker per instance, created up front so that the
+    live view can show it."""
+    config = config or load_demo_config()
+    instances = [ServiceInstance(b.spec.name, "127.0.0.1", b.port) for b in farm.backends]
     mesh = Mesh()
-    balancer = LoadBalancer(LoadBalancerStrategy.LEAST_CONNECTIONS, name=SERVICE)
-    for backend in farm.backends:
-        balancer.register(ServiceInstance(backend.spec.name, "127.0.0.1", backend.port))
-        mesh.circuit_breaker(f"{SERVICE}/{backend.spec.name}", INSTANCE_BREAKER)
-    policy = retry_policy(seed)
-    mesh.register_service(
-        ServiceProxy(SERVICE, balancer, CircuitBreaker(SERVICE, SERVICE_BREAKER), policy)
-    )
+    mesh.register_service(build_proxy(config.service(SERVICE), instances=instances))
+    instance_breaker = config.transport_options().get("instance_breaker")
+    if instance_breaker is not None:
+        for backend in farm.backends:
+            mesh.circuit_breaker(f"{SERVICE}/{backend.spec.name}", instance_breaker)
     return mesh
 
 
@@ -360,6 +378,35 @@ async def _plain_run(
         await _drive(stats, farm, options, send, refresh)
 
 
+async def _loop_run(
+    stats: RunStats,
+    farm: BackendFarm,
+    options: DemoOptions,
+    paths: list[str],
+    orders: list[list[int]],
+    refresh: Refresh | None = None,
+) -> None:
+    """The fair baseline: up to three tries, each on another backend, 0.5 s each."""
+    limits = httpx.Limits(max_connections=options.concurrency)
+    transport = _Counting(stats, farm, limits)
+    backends = farm.backends
+
+    async with httpx.AsyncClient(transport=transport, timeout=CLIENT_TIMEOUT) as client:
+
+        async def send(i: int) -> bool:
+            for pick in orders[i][:LOOP_TRIES]:
+                url = f"http://127.0.0.1:{backends[pick].port}{paths[i]}"
+                try:
+                    response = await client.get(url, timeout=LOOP_TIMEOUT)
+                except httpx.HTTPError:
+                    continue
+                if response.status_code < 500:
+                    return True
+            return False
+
+        await _drive(stats, farm, options, send, refresh)
+
+
 async def _mesh_run(
     stats: RunStats,
     farm: BackendFarm,
@@ -367,6 +414,7 @@ async def _mesh_run(
     mesh: Mesh,
     paths: list[str],
     refresh: Refresh | None = None,
+    transport_options: dict[str, Any] | None = None,
 ) -> None:
     limits = httpx.Limits(max_connections=options.concurrency)
 
@@ -376,7 +424,7 @@ async def _mesh_run(
     transport = AsyncMeshTransport(
         mesh,
         transport=_Counting(stats, farm, limits, breaker_of),
-        instance_breaker=INSTANCE_BREAKER,
+        **(transport_options or {}),
     )
     async with httpx.AsyncClient(transport=transport, timeout=CLIENT_TIMEOUT) as client:
 
@@ -423,26 +471,38 @@ def _skip_missing_sniffio() -> None:
         sys.modules["sniffio"] = None  # type: ignore[assignment]
 
 
-def run_demo(options: DemoOptions | None = None, view: RunView | None = None) -> DemoResult:
-    """Start the backends, run the stream without and with the mesh, stop everything.
+def run_demo(
+    options: DemoOptions | None = None,
+    view: RunView | None = None,
+    config: MeshConfig | None = None,
+) -> DemoResult:
+    """Start the backends, run the stream three times (plain, loop, mesh), stop everything.
 
+    ``config`` is the mesh's configuration (by default :func:`load_demo_config`).
     Every server the demo started is stopped before this returns or raises
     (``KeyboardInterrupt`` included).
     """
     from ..integrations.status_http import serve_status
 
     options = options or DemoOptions()
+    config = config or load_demo_config()
     _skip_missing_sniffio()
     rng = random.Random(options.seed)
     paths = [f"/items/{rng.randrange(100_000)}" for _ in range(options.requests)]
     picks = [rng.randrange(len(BACKENDS)) for _ in range(options.requests)]
+    orders = []
+    for pick in picks:  # the loop's first try goes where the plain client's one goes
+        rest = [n for n in range(len(BACKENDS)) if n != pick]
+        rng.shuffle(rest)
+        orders.append([pick, *rest])
     names = [spec.name for spec in BACKENDS]
     plain = RunStats("plain client", options.requests, names)
+    loop = RunStats("plain client, 3-try retry loop", options.requests, names)
     meshed = RunStats("through the mesh", options.requests, names, with_breakers=True)
     status = None
     farm = BackendFarm(seed=options.seed)
     try:
-        mesh = build_mesh(farm, options.seed)
+        mesh = build_mesh(farm, config)
         _watch_breakers(mesh, meshed)
         if options.status_port is not None:
             try:
@@ -450,7 +510,14 @@ def run_demo(options: DemoOptions | None = None, view: RunView | None = None) ->
             except OSError:  # the port is taken: any free one will do
                 status = serve_status(mesh, "127.0.0.1", 0)
         result = DemoResult(
-            options, list(BACKENDS), farm.ports, plain, meshed, status.url if status else None
+            options,
+            list(BACKENDS),
+            farm.ports,
+            plain,
+            meshed,
+            status.url if status else None,
+            loop=loop,
+            settings=demo_settings(config),
         )
 
         def watching(
@@ -464,8 +531,12 @@ def run_demo(options: DemoOptions | None = None, view: RunView | None = None) ->
         with watching(plain, None) as refresh:
             asyncio.run(_plain_run(plain, farm, options, paths, picks, refresh))
         farm.reset()
+        with watching(loop, None) as refresh:
+            asyncio.run(_loop_run(loop, farm, options, paths, orders, refresh))
+        farm.reset()
+        transport_options = config.transport_options()
         with watching(meshed, mesh) as refresh:
-            asyncio.run(_mesh_run(meshed, farm, options, mesh, paths, refresh))
+            asyncio.run(_mesh_run(meshed, farm, options, mesh, paths, refresh, transport_options))
     finally:
         if status is not None:
             status.close()

@@ -9,14 +9,104 @@ from typing import NamedTuple
 
 from ..circuit_breaker import CircuitState
 from ..errors import CircuitOpenError
-from ..events import CallFailed, CallRejected
+from ..events import (
+    CallFailed,
+    CallRejected,
+    CallSucceeded,
+    Event,
+    FaultInjected,
+    InstanceEjected,
+    InstanceHealthChanged,
+    InstancePicked,
+    RetryGaveUp,
+    RetryScheduled,
+    StateTransition,
+)
 from ..mesh import Mesh
 
 BREAKER_STATES: tuple[str, ...] = tuple(state.value for state in CircuitState)
 """Every breaker state, so a state gauge reports 0 for the states a breaker is not in."""
 
-BREAKER_REJECTIONS = frozenset({"circuit_open", "half_open_full", "forced_open"})
-""":class:`CallRejected` reasons a breaker publishes (the others come from a proxy)."""
+COUNTERS: dict[str, tuple[tuple[str, ...], str]] = {
+    "calls": (("service", "outcome"), "Calls through a service proxy, by final outcome."),
+    "attempts": (("service", "outcome"), "Attempts of proxy calls, by outcome."),
+    "rejections": (("service", "reason"), "Calls a service proxy refused, by reason."),
+    "circuit_breaker_rejections": (("breaker", "reason"), "Calls a circuit breaker refused."),
+    "retries": (("service",), "Retries scheduled."),
+    "retry_give_ups": (("service",), "Calls that were retried and still failed."),
+    "circuit_breaker_transitions": (
+        ("breaker", "from_state", "to_state"),
+        "Circuit breaker state transitions.",
+    ),
+    "instance_picks": (("service", "instance"), "Instances picked by a service's load balancer."),
+    "instance_health_changes": (
+        ("service", "instance", "healthy"),
+        "Instances marked healthy or unhealthy.",
+    ),
+    "instance_ejections": (
+        ("service", "instance", "reason"),
+        "Instances ejected by outlier detection.",
+    ),
+    "faults_injected": (("source", "kind"), "Faults injected by chaos strategies, by kind."),
+}  # fmt: skip
+"""Every counter the event stream feeds: its labels (one kind of thing each) and help text."""
+
+
+class Measure(NamedTuple):
+    """One increment of counter ``metric`` (a key of :data:`COUNTERS`) at ``labels``."""
+
+    metric: str
+    labels: tuple[str, ...]
+
+
+def measures(event: Event) -> tuple[list[Measure], float | None, tuple[str, ...]]:
+    """What one event counts: its counter increments, and an attempt duration to observe
+    (with its ``(service, outcome)`` labels), or None.
+
+    Calls are counted once, by how they end: ``success`` (:class:`CallSucceeded`),
+    ``failure`` (:class:`RetryGaveUp`: every attempt allowed failed) or ``rejected``
+    (refused by the proxy: its breaker open, no instance, bulkhead full, a limit).
+    Attempts are counted each: ``success``, ``failure`` or ``rejected`` (an attempt
+    refused by one instance's breaker).
+    """
+    labels: tuple[str, ...]
+    if isinstance(event, CallSucceeded):
+        labels = (event.source, "success")
+        return [Measure("calls", labels), Measure("attempts", labels)], event.duration, labels
+    if isinstance(event, CallFailed):
+        labels = (event.source, failed_outcome(event))
+        duration = event.duration if labels[1] == "failure" else None
+        return [Measure("attempts", labels)], duration, labels
+    if isinstance(event, RetryGaveUp):
+        counted = [Measure("calls", (event.source, "failure"))]
+        if event.attempts > 1:
+            counted.append(Measure("retry_give_ups", (event.source,)))
+        return counted, None, ()
+    if isinstance(event, CallRejected):
+        if event.by_breaker:
+            return [Measure("circuit_breaker_rejections", (event.source, event.reason))], None, ()
+        counted = [Measure("rejections", (event.source, event.reason))]
+        if event.reason != "retry_budget":  # a refused retry: the call ends as a failure
+            counted.append(Measure("calls", (event.source, "rejected")))
+        return counted, None, ()
+    if isinstance(event, RetryScheduled):
+        return [Measure("retries", (event.source,))], None, ()
+    if isinstance(event, InstancePicked):
+        return [Measure("instance_picks", (event.source, event.instance_id))], None, ()
+    if isinstance(event, StateTransition):
+        labels = (event.source, event.old.value, event.new.value)
+        return [Measure("circuit_breaker_transitions", labels)], None, ()
+    if isinstance(event, InstanceHealthChanged):
+        healthy = "true" if event.healthy else "false"
+        labels = (event.source, event.instance_id, healthy)
+        return [Measure("instance_health_changes", labels)], None, ()
+    if isinstance(event, InstanceEjected):
+        labels = (event.source, event.instance_id, event.reason)
+        return [Measure("instance_ejections", labels)], None, ()
+    if isinstance(event, FaultInjected):
+        return [Measure("faults_injected", (event.source, event.kind))], None, ()
+    return [], None, ()
+
 
 DURATION_BUCKETS: tuple[float, ...] = (
     0.005,
@@ -40,11 +130,6 @@ DURATION_BUCKETS: tuple[float, ...] = (
 def failed_outcome(event: CallFailed) -> str:
     """``"rejected"``: the attempt's breaker refused it; ``"failure"``: it ran and failed."""
     return "rejected" if isinstance(event.error, CircuitOpenError) else "failure"
-
-
-def is_proxy_rejection(event: CallRejected) -> bool:
-    """Whether a rejection refused a whole call at the proxy (no instance, bulkhead, budget)."""
-    return event.reason not in BREAKER_REJECTIONS
 
 
 class BreakerReading(NamedTuple):

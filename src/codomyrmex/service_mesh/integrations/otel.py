@@ -11,10 +11,12 @@ the SDK collects::
 Instruments (name, kind, unit: attributes, each key prefixed ``service_mesh.``):
 
 - ``service_mesh.calls`` counter ``{call}``: service, outcome
+- ``service_mesh.attempts`` counter ``{attempt}``: service, outcome
 - ``service_mesh.call.duration`` histogram ``s``: service, outcome
-- ``service_mesh.rejections`` counter ``{call}``: source, reason
+- ``service_mesh.rejections`` counter ``{call}``: service, reason
 - ``service_mesh.retries`` counter ``{retry}``: service
 - ``service_mesh.retry.give_ups`` counter ``{call}``: service
+- ``service_mesh.circuit_breaker.rejections`` counter ``{call}``: breaker, reason
 - ``service_mesh.circuit_breaker.transitions`` counter ``{transition}``:
   breaker, from_state, to_state
 - ``service_mesh.circuit_breaker.state`` observable gauge ``1``: breaker, state
@@ -26,7 +28,7 @@ Instruments (name, kind, unit: attributes, each key prefixed ``service_mesh.``):
 - ``service_mesh.instance.ejected`` observable gauge ``1``: service, instance
 - ``service_mesh.instance.connections`` observable up-down counter ``{connection}``:
   service, instance
-- ``service_mesh.chaos.faults`` counter ``{fault}``: source, fault
+- ``service_mesh.chaos.faults`` counter ``{fault}``: source, kind
 
 Outcomes and the duration histogram's contents are as in the Prometheus collector.
 """
@@ -44,26 +46,13 @@ except ImportError as exc:
     raise missing_extra(__name__, "otel", exc) from exc
 
 from .. import __version__
-from ..events import (
-    CallFailed,
-    CallRejected,
-    CallSucceeded,
-    Event,
-    EventListener,
-    FaultInjected,
-    InstanceEjected,
-    InstanceHealthChanged,
-    InstancePicked,
-    RetryGaveUp,
-    RetryScheduled,
-    StateTransition,
-)
+from ..events import Event, EventListener
 from ..mesh import Mesh, default_mesh
 from ._metrics import (
     BREAKER_STATES,
+    COUNTERS,
     DURATION_BUCKETS,
-    failed_outcome,
-    is_proxy_rejection,
+    measures,
     read_breakers,
     read_instances,
 )
@@ -77,8 +66,21 @@ _SERVICE = "service_mesh.service"
 _INSTANCE = "service_mesh.instance"
 _BREAKER = "service_mesh.breaker"
 _OUTCOME = "service_mesh.outcome"
-_SOURCE = "service_mesh.source"
-_REASON = "service_mesh.reason"
+
+_NAMES = {
+    "calls": ("service_mesh.calls", "{call}"),
+    "attempts": ("service_mesh.attempts", "{attempt}"),
+    "rejections": ("service_mesh.rejections", "{call}"),
+    "circuit_breaker_rejections": ("service_mesh.circuit_breaker.rejections", "{call}"),
+    "retries": ("service_mesh.retries", "{retry}"),
+    "retry_give_ups": ("service_mesh.retry.give_ups", "{call}"),
+    "circuit_breaker_transitions": ("service_mesh.circuit_breaker.transitions", "{transition}"),
+    "instance_picks": ("service_mesh.instance.picks", "{pick}"),
+    "instance_health_changes": ("service_mesh.instance.health_changes", "{change}"),
+    "instance_ejections": ("service_mesh.instance.ejections", "{ejection}"),
+    "faults_injected": ("service_mesh.chaos.faults", "{fault}"),
+}
+"""The OpenTelemetry name and unit of each counter of the shared table."""
 
 
 class MeshInstruments:
@@ -94,42 +96,17 @@ class MeshInstruments:
         self.mesh = mesh if mesh is not None else default_mesh()
         self._closed = threading.Event()
         meter = get_meter(METER_NAME, __version__, meter_provider)
-        self._calls = meter.create_counter(
-            "service_mesh.calls", "{call}", "Call attempts through a service proxy, by outcome."
-        )
+        self._counters = {}
+        self._keys: dict[str, tuple[str, ...]] = {}
+        for metric, (labels, documentation) in COUNTERS.items():
+            name, unit = _NAMES[metric]
+            self._counters[metric] = meter.create_counter(name, unit, documentation)
+            self._keys[metric] = tuple(f"service_mesh.{label}" for label in labels)
         self._duration = meter.create_histogram(
             "service_mesh.call.duration",
             "s",
             "Duration of call attempts that ran, by outcome.",
             explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
-        )
-        self._rejections = meter.create_counter(
-            "service_mesh.rejections", "{call}", "Calls refused without running, by who and why."
-        )
-        self._retries = meter.create_counter(
-            "service_mesh.retries", "{retry}", "Retries scheduled."
-        )
-        self._give_ups = meter.create_counter(
-            "service_mesh.retry.give_ups", "{call}", "Calls that failed for good after retrying."
-        )
-        self._transitions = meter.create_counter(
-            "service_mesh.circuit_breaker.transitions",
-            "{transition}",
-            "Circuit breaker state transitions.",
-        )
-        self._picks = meter.create_counter(
-            "service_mesh.instance.picks", "{pick}", "Instances picked by a load balancer."
-        )
-        self._health_changes = meter.create_counter(
-            "service_mesh.instance.health_changes",
-            "{change}",
-            "Instances marked healthy or unhealthy.",
-        )
-        self._ejections = meter.create_counter(
-            "service_mesh.instance.ejections", "{ejection}", "Instances ejected as outliers."
-        )
-        self._faults = meter.create_counter(
-            "service_mesh.chaos.faults", "{fault}", "Faults injected by chaos strategies."
         )
         meter.create_observable_gauge(
             "service_mesh.circuit_breaker.state",
@@ -176,50 +153,12 @@ class MeshInstruments:
 
     def observe(self, event: Event) -> None:
         """Record one event (the mesh-wide listener; subscribe it to other components too)."""
-        if isinstance(event, CallSucceeded):
-            attributes = {_SERVICE: event.source, _OUTCOME: "success"}
-            self._calls.add(1, attributes)
-            self._duration.record(event.duration, attributes)
-        elif isinstance(event, CallFailed):
-            outcome = failed_outcome(event)
-            attributes = {_SERVICE: event.source, _OUTCOME: outcome}
-            self._calls.add(1, attributes)
-            if outcome == "failure":
-                self._duration.record(event.duration, attributes)
-        elif isinstance(event, CallRejected):
-            self._rejections.add(1, {_SOURCE: event.source, _REASON: event.reason})
-            if is_proxy_rejection(event):
-                self._calls.add(1, {_SERVICE: event.source, _OUTCOME: "rejected"})
-        elif isinstance(event, InstancePicked):
-            self._picks.add(1, {_SERVICE: event.source, _INSTANCE: event.instance_id})
-        elif isinstance(event, RetryScheduled):
-            self._retries.add(1, {_SERVICE: event.source})
-        elif isinstance(event, RetryGaveUp):
-            self._give_ups.add(1, {_SERVICE: event.source})
-        elif isinstance(event, StateTransition):
-            self._transitions.add(
-                1,
-                {
-                    _BREAKER: event.source,
-                    "service_mesh.from_state": event.old.value,
-                    "service_mesh.to_state": event.new.value,
-                },
-            )
-        elif isinstance(event, InstanceHealthChanged):
-            self._health_changes.add(
-                1,
-                {
-                    _SERVICE: event.source,
-                    _INSTANCE: event.instance_id,
-                    "service_mesh.healthy": event.healthy,
-                },
-            )
-        elif isinstance(event, InstanceEjected):
-            self._ejections.add(
-                1, {_SERVICE: event.source, _INSTANCE: event.instance_id, _REASON: event.reason}
-            )
-        elif isinstance(event, FaultInjected):
-            self._faults.add(1, {_SOURCE: event.source, "service_mesh.fault": event.kind})
+        counted, duration, labels = measures(event)
+        for measure in counted:
+            keys = self._keys[measure.metric]
+            self._counters[measure.metric].add(1, dict(zip(keys, measure.labels, strict=True)))
+        if duration is not None:
+            self._duration.record(duration, {_SERVICE: labels[0], _OUTCOME: labels[1]})
 
     # -- observed state -------------------------------------------------------------
 

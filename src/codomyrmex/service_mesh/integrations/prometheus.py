@@ -13,10 +13,12 @@ Metric names (with the default ``namespace="service_mesh"``):
 name                                                     type       labels
 =======================================================  =========  ==============================
 ``service_mesh_calls_total``                             counter    service, outcome
+``service_mesh_attempts_total``                          counter    service, outcome
 ``service_mesh_call_duration_seconds``                   histogram  service, outcome
-``service_mesh_rejections_total``                        counter    source, reason
+``service_mesh_rejections_total``                        counter    service, reason
 ``service_mesh_retries_total``                           counter    service
 ``service_mesh_retry_give_ups_total``                    counter    service
+``service_mesh_circuit_breaker_rejections_total``        counter    breaker, reason
 ``service_mesh_circuit_breaker_transitions_total``       counter    breaker, from_state, to_state
 ``service_mesh_circuit_breaker_state``                   gauge      breaker, state
 ``service_mesh_circuit_breaker_failures``                gauge      breaker
@@ -27,12 +29,20 @@ name                                                     type       labels
 ``service_mesh_instance_ejected``                        gauge      service, instance
 ``service_mesh_instance_connections``                    gauge      service, instance
 ``service_mesh_faults_injected_total``                   counter    source, kind
+``service_mesh_concurrency_limit``                       gauge      service
+``service_mesh_concurrency_in_flight``                   gauge      service
 =======================================================  =========  ==============================
 
-``calls_total`` counts attempts by outcome: ``success``, ``failure`` (ran and
-failed) and ``rejected`` (refused by the breaker, or a call refused at the proxy
-for want of an instance or bulkhead room). The duration histogram holds the
-attempts that ran (``success`` and ``failure``).
+``calls_total`` counts each call once, by how it ended: ``success``, ``failure``
+(every attempt it was allowed failed) or ``rejected`` (refused by the proxy: its
+breaker open, no instance, bulkhead full, a rate or a concurrency limit).
+``attempts_total`` counts each attempt (``success``, ``failure``, or ``rejected`` by
+one instance's breaker), so ten calls with four retries read 10 calls and 14
+attempts. ``retry_give_ups_total`` counts calls that were retried and still failed.
+The duration histogram holds the attempts that ran (``success`` and ``failure``).
+Series labelled by instance disappear once the instance leaves its service, so pod
+churn does not grow them. The concurrency gauges report each service proxy's
+``concurrency_limit``: its current (adaptive) limit and the calls holding a place in it.
 """
 
 from __future__ import annotations
@@ -57,26 +67,13 @@ try:
 except ImportError as exc:
     raise missing_extra(__name__, "prometheus", exc) from exc
 
-from ..events import (
-    CallFailed,
-    CallRejected,
-    CallSucceeded,
-    Event,
-    EventListener,
-    FaultInjected,
-    InstanceEjected,
-    InstanceHealthChanged,
-    InstancePicked,
-    RetryGaveUp,
-    RetryScheduled,
-    StateTransition,
-)
+from ..events import Event, EventListener
 from ..mesh import Mesh, default_mesh
 from ._metrics import (
     BREAKER_STATES,
+    COUNTERS,
     DURATION_BUCKETS,
-    failed_outcome,
-    is_proxy_rejection,
+    measures,
     read_breakers,
     read_instances,
 )
@@ -119,16 +116,8 @@ class MeshCollector:
         self._prefix = f"{namespace}_" if namespace else ""
         self._bounds = bounds
         self._lock = threading.Lock()
-        self._calls: Counter[_Labels] = Counter()
+        self._counts: dict[str, Counter[_Labels]] = {name: Counter() for name in COUNTERS}
         self._durations: dict[_Labels, _Histogram] = {}
-        self._rejections: Counter[_Labels] = Counter()
-        self._retries: Counter[_Labels] = Counter()
-        self._give_ups: Counter[_Labels] = Counter()
-        self._transitions: Counter[_Labels] = Counter()
-        self._picks: Counter[_Labels] = Counter()
-        self._health_changes: Counter[_Labels] = Counter()
-        self._ejections: Counter[_Labels] = Counter()
-        self._faults: Counter[_Labels] = Counter()
         self._listener: EventListener = self.observe
         self.mesh.subscribe(self._listener)
 
@@ -143,39 +132,19 @@ class MeshCollector:
 
     def observe(self, event: Event) -> None:
         """Count one event (the mesh-wide listener; subscribe it to other components too)."""
+        counted, duration, labels = measures(event)
+        if not counted:
+            return
         with self._lock:
-            if isinstance(event, CallSucceeded):
-                self._calls[event.source, "success"] += 1
-                self._time(event.source, "success", event.duration)
-            elif isinstance(event, CallFailed):
-                outcome = failed_outcome(event)
-                self._calls[event.source, outcome] += 1
-                if outcome == "failure":
-                    self._time(event.source, outcome, event.duration)
-            elif isinstance(event, CallRejected):
-                self._rejections[event.source, event.reason] += 1
-                if is_proxy_rejection(event):
-                    self._calls[event.source, "rejected"] += 1
-            elif isinstance(event, InstancePicked):
-                self._picks[event.source, event.instance_id] += 1
-            elif isinstance(event, RetryScheduled):
-                self._retries[(event.source,)] += 1
-            elif isinstance(event, RetryGaveUp):
-                self._give_ups[(event.source,)] += 1
-            elif isinstance(event, StateTransition):
-                self._transitions[event.source, event.old.value, event.new.value] += 1
-            elif isinstance(event, InstanceHealthChanged):
-                healthy = "true" if event.healthy else "false"
-                self._health_changes[event.source, event.instance_id, healthy] += 1
-            elif isinstance(event, InstanceEjected):
-                self._ejections[event.source, event.instance_id, event.reason] += 1
-            elif isinstance(event, FaultInjected):
-                self._faults[event.source, event.kind] += 1
+            for measure in counted:
+                self._counts[measure.metric][measure.labels] += 1
+            if duration is not None:
+                self._time(labels, duration)
 
-    def _time(self, service: str, outcome: str, seconds: float) -> None:
-        histogram = self._durations.get((service, outcome))
+    def _time(self, labels: _Labels, seconds: float) -> None:
+        histogram = self._durations.get(labels)
         if histogram is None:
-            histogram = self._durations[service, outcome] = _Histogram(len(self._bounds) + 1)
+            histogram = self._durations[labels] = _Histogram(len(self._bounds) + 1)
         histogram.counts[bisect.bisect_left(self._bounds, seconds)] += 1
         histogram.sum += seconds
 
@@ -191,30 +160,18 @@ class MeshCollector:
 
     def _families(self, *, with_samples: bool) -> list[Metric]:
         p = self._prefix
-        counters = [
-            (f"{p}calls", "Call attempts through a service proxy, by outcome.",
-             ("service", "outcome"), self._calls),
-            (f"{p}rejections", "Calls refused without running, by who refused and why.",
-             ("source", "reason"), self._rejections),
-            (f"{p}retries", "Retries scheduled.", ("service",), self._retries),
-            (f"{p}retry_give_ups", "Calls that failed for good after retrying.",
-             ("service",), self._give_ups),
-            (f"{p}circuit_breaker_transitions", "Circuit breaker state transitions.",
-             ("breaker", "from_state", "to_state"), self._transitions),
-            (f"{p}instance_picks", "Instances picked by a service's load balancer.",
-             ("service", "instance"), self._picks),
-            (f"{p}instance_health_changes", "Instances marked healthy or unhealthy.",
-             ("service", "instance", "healthy"), self._health_changes),
-            (f"{p}instance_ejections", "Instances ejected by outlier detection.",
-             ("service", "instance", "reason"), self._ejections),
-            (f"{p}faults_injected", "Faults injected by chaos strategies, by kind.",
-             ("source", "kind"), self._faults),
-        ]  # fmt: skip
         families: list[Metric] = []
+        live = (
+            {(i.service, i.instance) for i in read_instances(self.mesh)} if with_samples else set()
+        )
         with self._lock:
-            for name, documentation, labels, counts in counters:
-                counter = CounterMetricFamily(name, documentation, labels=labels)
+            for metric, (labels, documentation) in COUNTERS.items():
+                counter = CounterMetricFamily(f"{p}{metric}", documentation, labels=labels)
                 if with_samples:
+                    counts = self._counts[metric]
+                    if "instance" in labels:  # forget instances that have left
+                        for key in [k for k in counts if (k[0], k[1]) not in live]:
+                            del counts[key]
                     for values, count in sorted(counts.items()):
                         counter.add_metric(values, count)
                 families.append(counter)
@@ -266,7 +223,22 @@ class MeshCollector:
             "Calls in flight on an instance.",
             labels=("service", "instance"),
         )
+        limit = GaugeMetricFamily(
+            f"{p}concurrency_limit",
+            "The current concurrency limit of a service proxy's (adaptive) limiter.",
+            labels=("service",),
+        )
+        in_flight = GaugeMetricFamily(
+            f"{p}concurrency_in_flight",
+            "Calls holding a place in a service proxy's concurrency limiter.",
+            labels=("service",),
+        )
         if with_samples:
+            for service, proxy in sorted(self.mesh.services().items()):
+                limiter = proxy.concurrency_limit
+                if limiter is not None:
+                    limit.add_metric((service,), limiter.limit)
+                    in_flight.add_metric((service,), limiter.in_flight)
             for breaker in read_breakers(self.mesh):
                 for value in BREAKER_STATES:
                     state.add_metric((breaker.name, value), float(value == breaker.state))
@@ -276,7 +248,7 @@ class MeshCollector:
                 healthy.add_metric(labels, float(instance.healthy))
                 ejected.add_metric(labels, float(instance.ejected))
                 connections.add_metric(labels, instance.connections)
-        return [state, failures, healthy, ejected, connections]
+        return [state, failures, healthy, ejected, connections, limit, in_flight]
 
 
 def instrument_mesh(

@@ -33,7 +33,8 @@ the next write repairs it. Values are plain hash fields and JSON, never pickle.
 Keys (``prefix`` defaults to ``"mesh:"``; a breaker's keys share one hash tag, so
 a Redis Cluster keeps them in one slot for the scripts)::
 
-    {prefix}cb:{<name>}          hash: state, version, failures, open_until (ms), reopens, probe_ok
+    {prefix}cb:{<name>}          hash: state, version, failures, open_until (ms), reopens, probe_ok,
+                                 last_failure (ms; absent if the fleet never failed)
     {prefix}cb:{<name>}:probes   sorted set: probe lease id -> expiry (ms)
     {prefix}cb:{<name>}:window   hash: window-mode counts
     {prefix}cb:events            pub/sub channel of transitions
@@ -404,7 +405,7 @@ local function load()
   for i = 1, #raw, 2 do h[raw[i]] = raw[i + 1] end
   local st = {state = h.state, version = tonumber(h.version), failures = tonumber(h.failures),
               open_until = tonumber(h.open_until), reopens = tonumber(h.reopens),
-              probe_ok = tonumber(h.probe_ok)}
+              probe_ok = tonumber(h.probe_ok), last_failure = tonumber(h.last_failure) or 0}
   if not STATES[st.state] or not st.version or not st.failures or not st.open_until
      or not st.reopens or not st.probe_ok then
     return nil, 'corrupt'
@@ -414,7 +415,8 @@ end
 
 local st, flag = load()
 if not st then
-  st = {state='closed', version=0, failures=0, open_until=0, reopens=0, probe_ok=0}
+  st = {state='closed', version=0, failures=0, open_until=0, reopens=0, probe_ok=0,
+        last_failure=0}
 end
 
 local function open_ms()
@@ -445,6 +447,11 @@ local function retry_after()
   return math.max(0, st.open_until - now) / 1000
 end
 
+local function failure_age()
+  if st.last_failure <= 0 then return -1 end
+  return math.max(0, now - st.last_failure) / 1000
+end
+
 local function finish(granted, announce)
   if dirty then
     if flag == 'corrupt' then redis.call('DEL', KEYS[1]) end
@@ -452,7 +459,8 @@ local function finish(granted, announce)
     if st.version == 0 then st.version = now end
     redis.call('HSET', KEYS[1], 'state', st.state, 'version', st.version,
                'failures', st.failures, 'open_until', st.open_until,
-               'reopens', st.reopens, 'probe_ok', st.probe_ok)
+               'reopens', st.reopens, 'probe_ok', st.probe_ok,
+               'last_failure', st.last_failure)
     if st.state == 'forced_open' or st.state == 'disabled' or st.state == 'metrics_only' then
       redis.call('PERSIST', KEYS[1])  -- an operator's decision lasts until the next one
     else
@@ -462,11 +470,11 @@ local function finish(granted, announce)
     end
     if changed or announce then
       redis.call('PUBLISH', CHANNEL, cjson.encode({b=NAME, s=st.state, v=st.version,
-                 f=st.failures, r=retry_after(), n=st.reopens, o=ORIGIN}))
+                 f=st.failures, r=retry_after(), n=st.reopens, o=ORIGIN, l=failure_age()}))
     end
   end
   return {st.state, st.version, st.failures, string.format('%.3f', retry_after()),
-          st.reopens, flag, granted}
+          st.reopens, flag, granted, string.format('%.3f', failure_age())}
 end
 """
 
@@ -521,6 +529,7 @@ if kind == 'closed' then
   local reset, nfail = tonumber(ARGV[18]), tonumber(ARGV[19])
   local ncalls, nslow = tonumber(ARGV[20]), tonumber(ARGV[21])
   if st.state == 'closed' then
+    if nfail > 0 then st.last_failure = now; dirty = true end
     if WINDOW == 'none' then
       local before = st.failures
       if reset == 1 then st.failures = 0 end
@@ -543,6 +552,7 @@ else
   local lease, lease_version, outcome = ARGV[18], tonumber(ARGV[19]), ARGV[20]
   if lease ~= '' then redis.pcall('ZREM', KEYS[2], lease) end
   if st.state == 'half_open' and st.version == lease_version then
+    if ARGV[21] == '1' then st.last_failure = now; dirty = true end
     if outcome == 'ok' then
       st.probe_ok = st.probe_ok + 1
       dirty = true
@@ -593,14 +603,21 @@ return finish(0, false)
 )
 
 
+def _failure_age(value: Any) -> float | None:
+    """A script's or message's failure age: seconds, or None (negative: never failed)."""
+    age = float(_text(value))
+    return None if age < 0 else age
+
+
 def _parse_shared(reply: Any) -> tuple[SharedState, str, bool]:
-    state, version, failures, retry_after, reopens, flag, granted = reply
+    state, version, failures, retry_after, reopens, flag, granted, age = reply
     shared = SharedState(
         state=_STATES[_text(state)],
         version=int(version),
         failures=int(failures),
         retry_after=float(_text(retry_after)),
         reopens=int(reopens),
+        last_failure_age=_failure_age(age),
     )
     return shared, _text(flag), bool(int(granted))
 
@@ -736,6 +753,7 @@ class RedisStore:
                 failures=int(message["f"]),
                 retry_after=float(message["r"]),
                 reopens=int(message["n"]),
+                last_failure_age=_failure_age(message.get("l", -1)),
             )
         except (ValueError, KeyError, TypeError):
             logger.warning("ignoring a malformed breaker message on %s: %r", self.prefix, data)
@@ -871,7 +889,8 @@ class _RedisLink:
             try:
                 reply = store._backend.call(
                     lambda: store._record(
-                        keys=self.keys, args=[*self._args, "probe", lease, version, outcome]
+                        keys=self.keys,
+                        args=[*self._args, "probe", lease, version, outcome, int(not success)],
                     )
                 )
             except _Unavailable:

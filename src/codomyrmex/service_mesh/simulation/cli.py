@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from .._options import count_list, number, whole, writable_file
 from ..load_balancer import LoadBalancerStrategy
 from ..outlier import OutlierDetectionConfig
 from .engine import Result, simulate
@@ -55,28 +56,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also run each strategy with passive outlier detection (Envoy defaults)",
     )
-    parser.add_argument("--seed", type=int, default=1, help="random seed (default: 1)")
+    parser.add_argument("--seed", type=whole(), default=1, help="random seed (default: 1)")
     parser.add_argument(
         "--duration",
-        type=float,
+        type=number(0.0, above=True),
         default=60.0,
         metavar="SECONDS",
         help="linkerd: virtual seconds to run (default: 60)",
     )
     parser.add_argument(
         "--servers",
+        type=count_list(1),
         default="10,100",
         metavar="N[,N...]",
         help="p2c: pool sizes to run (default: 10,100)",
     )
     parser.add_argument(
         "--requests",
-        type=int,
+        type=whole(1),
         default=200_000,
         metavar="N",
         help="p2c: requests per run (default: 200000)",
     )
-    parser.add_argument("--out", metavar="PNG", help="write a plot of the results to this file")
+    parser.add_argument(
+        "--out",
+        metavar="PNG",
+        type=writable_file,
+        help="write a plot of the results to this file",
+    )
 
 
 def _policies(scenario: Scenario, args: argparse.Namespace) -> list[Policy]:
@@ -96,7 +103,7 @@ def _scenarios(args: argparse.Namespace) -> list[Scenario]:
     if "linkerd" in chosen:
         out.append(linkerd_stuck_backend(duration=args.duration))
     if "p2c" in chosen:
-        for servers in (int(n) for n in args.servers.split(",") if n.strip()):
+        for servers in args.servers:
             out.append(power_of_two_choices(servers=servers, requests=args.requests))
     return out
 

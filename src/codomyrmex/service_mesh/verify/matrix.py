@@ -26,6 +26,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from .._validate import check_int, check_number
 from ..load_balancer import ServiceInstance
@@ -262,6 +263,11 @@ async def _drive_async(
     await asyncio.gather(*tasks)
 
 
+def _transport_options(setup: MeshSetup) -> dict[str, Any]:
+    """Transport keyword arguments a set-up asks for (``setup.transport_options``, e.g. a
+    user's configured failure statuses and breaker per instance); none by default."""
+    return dict(getattr(setup, "transport_options", None) or {})
+
 
 def run_cell(
     mode: str,
@@ -290,7 +296,9 @@ def run_cell(
             client = httpx.Client(transport=_Counting(counter), limits=limits)
             call = _plain_sync if contender == "plain" else _loop_sync
         else:
-            mesh_transport = MeshTransport(setup(_instances(ports)), transport=_Counting(counter))
+            mesh_transport = MeshTransport(
+                setup(_instances(ports)), transport=_Counting(counter), **_transport_options(setup)
+            )
             client = httpx.Client(transport=mesh_transport, limits=limits)
             call = _mesh_sync
         with client:
@@ -303,7 +311,9 @@ def run_cell(
                 acall = _plain_async if contender == "plain" else _loop_async
             else:
                 transport = AsyncMeshTransport(
-                    setup(_instances(ports)), transport=_AsyncCounting(counter)
+                    setup(_instances(ports)),
+                    transport=_AsyncCounting(counter),
+                    **_transport_options(setup),
                 )
                 aclient = httpx.AsyncClient(transport=transport, limits=limits)
                 acall = _mesh_async
@@ -358,7 +368,8 @@ def table(cells: Sequence[Cell]) -> str:
         for name in contenders:
             got = by.get(name)
             parts.append(
-                "-" if got is None
+                "-"
+                if got is None
                 else f"{100 * got.success_rate:.1f}% · {1000 * got.p99:.0f} ms · {got.bad_attempts}"
             )
         rows.append(f"| {mode} | {flavour} {pacing} | " + " | ".join(parts) + " |")
