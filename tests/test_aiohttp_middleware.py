@@ -114,7 +114,7 @@ def test_a_503_moves_on_after_retry_after_and_a_post_gets_one_attempt() -> None:
         async with session(proxy) as s:
             async with s.get("http://orders/") as response:
                 assert await response.text() == "ok"
-            assert recorder.sleeps == [2.0]
+            assert recorder.sleeps == []  # failing over to another instance: no wait
             assert (bad.hits, good.hits) == (1, 1)
             async with s.post("http://orders/", data=b"x") as response:
                 assert response.status == 503  # round robin: bad again; not retried

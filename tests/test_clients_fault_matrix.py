@@ -7,12 +7,9 @@ mesh at its defaults (instances registered, a default ``ServiceProxy``) and the
 client's own timeout set to 0.2 s, which the protocol layer turns into the attempt
 timeout (and three times that into the call's deadline). Each cell must reach 99%.
 
-Bounded: 40 requests per cell, one in flight; and for httpx (sync and async) a burst
-of 8 in flight. At today's
-core defaults a burst can still trip the service-wide breaker (concurrent failures of
-the bad instance count as consecutive failures of the service): those cells are
-expected to fail until the safe-defaults work of issue 14 (a whole-call service breaker)
-lands, and are marked so, not strictly.
+Bounded: 40 requests per cell, one in flight, then a burst of 8 in flight (the
+service breaker judges whole calls, so concurrent failures of the bad instance do
+not open it).
 """
 
 from __future__ import annotations
@@ -182,22 +179,14 @@ CLIENTS = {
 }
 
 
-WAITING_FOR_CORE = (
-    "concurrent failures of the bad instance open the default service breaker for 30 s; "
-    "the whole-call service breaker of the safe-defaults work (issue 14) fixes it"
-)
-
-
-CELLS = [(client, 1) for client in CLIENTS] + [("httpx-sync", BURST), ("httpx-async", BURST)]
+CELLS = [(client, n) for n in (1, BURST) for client in CLIENTS]
 
 
 @pytest.mark.parametrize(("client", "in_flight"), CELLS, ids=[f"{c}-{n}" for c, n in CELLS])
 def test_one_bad_instance_of_three_at_the_defaults(
-    pool, client: str, in_flight: int, request, monkeypatch
+    pool, client: str, in_flight: int, monkeypatch
 ) -> None:
     mode, ports = pool
     monkeypatch.setattr(sys.modules[__name__], "IN_FLIGHT", in_flight)
-    if in_flight > 1:
-        request.applymarker(pytest.mark.xfail(reason=WAITING_FOR_CORE, strict=False))
     successes = CLIENTS[client](default_mesh(ports))
     assert successes >= 0.99 * REQUESTS, (mode, client, successes)

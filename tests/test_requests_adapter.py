@@ -63,14 +63,23 @@ def test_host_header_can_name_the_instance(backends, session) -> None:
     assert a.seen[0]["headers"]["Host"] == f"127.0.0.1:{a.port}"
 
 
-def test_a_503_moves_to_another_instance_after_retry_after(backends, session) -> None:
+def test_a_503_fails_over_at_once_and_retry_after_paces_the_same_instance(
+    backends, session
+) -> None:
     bad = backends(lambda i: (503, {"Retry-After": "2"}, b"busy"))
     good = backends()
     recorder = Recorder()
     s = session(make_proxy(bad.instance("bad"), good.instance("good"), recorder=recorder))
     assert s.get("http://orders/").text == "ok"
     assert (bad.hits, good.hits) == (1, 1)
-    assert recorder.sleeps == [2.0]
+    assert recorder.sleeps == []  # another instance: no wait
+
+    answers = iter([(503, {"Retry-After": "2"}, b"busy"), (200, {}, b"done")])
+    alone = backends(lambda i: next(answers))
+    recorder = Recorder()
+    s = session(make_proxy(alone.instance("a"), recorder=recorder))
+    assert s.get("http://orders/").text == "done"
+    assert recorder.sleeps == [2.0]  # the same instance again: after its Retry-After
 
 
 def test_a_dropped_connection_is_retried_elsewhere(backends, session) -> None:
