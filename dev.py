@@ -77,9 +77,11 @@ SYSTEM_TOOLS = {
     "chromium": "chromium",
     "dnsmasq": "dnsmasq-base",
     "etcd": "etcd-server",
+    "nginx": "nginx-light",
+    "haproxy": "haproxy",
 }
-"""Programs some tests need (a private Redis server, headless Chromium, a DNS server and
-etcd for discovery), by Debian package."""
+"""Programs some tests and benchmarks need (a private Redis server, headless Chromium, a DNS
+server and etcd for discovery, nginx and HAProxy for the client benchmarks), by Debian package."""
 
 
 def ensure_system_tools() -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import clients
 from meshbench import breakers, discovery, limits, mesh, retries
 from meshbench.harness import Settings, Workload, WorkloadResult, run_workload
 from meshbench.report import load_average, machine_info, text_report, write_all
@@ -40,6 +41,7 @@ WORKLOADS: dict[str, Callable[[], Workload]] = {
     "async_proxy_call": mesh.async_proxy_call,
     "limiter_success": limits.limiter_success,
     "async_limiter_success": limits.async_limiter_success,
+    **clients.WORKLOADS,  # the client integrations on the real path (loopback servers)
 }
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"

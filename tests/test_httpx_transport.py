@@ -8,18 +8,16 @@ returns at once, so no test waits for a backoff.
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
 httpx = pytest.importorskip("httpx")
 
+import http_backends  # noqa: E402
 from codomyrmex.service_mesh import (  # noqa: E402
     CircuitBreaker,
     CircuitBreakerConfig,
@@ -27,7 +25,6 @@ from codomyrmex.service_mesh import (  # noqa: E402
     CircuitState,
     LoadBalancer,
     Mesh,
-    NoHealthyInstanceError,
     RetryPolicy,
     ServiceInstance,
     ServiceProxy,
@@ -39,141 +36,9 @@ from codomyrmex.service_mesh.integrations.httpx import (  # noqa: E402
     UnknownServiceError,
     parse_retry_after,
 )
+from http_backends import DROP, Answer, Backend, Recorder, make_proxy  # noqa: E402, F401
 
-DROP = object()
-"""A behaviour's answer meaning: close the connection without a response."""
-
-Answer = Any  # (status, headers, body) or DROP
-
-
-class Backend:
-    """A real HTTP server on 127.0.0.1 in a thread; ``behave(request_info)`` picks each answer."""
-
-    def __init__(self, behave: Callable[[dict[str, Any]], Answer] | None = None) -> None:
-        self.behave = behave or (lambda info: (200, {}, b"ok"))
-        self.seen: list[dict[str, Any]] = []
-        self.release = threading.Event()  # lets handlers that wait on it finish at once
-        backend = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                if self.headers.get("Transfer-Encoding") == "chunked":
-                    body = _read_chunked(self.rfile)
-                info = {
-                    "method": self.command,
-                    "path": self.path,
-                    "headers": dict(self.headers),
-                    "body": body,
-                }
-                backend.seen.append(info)
-                answer = backend.behave(info)
-                if answer is DROP:
-                    self.close_connection = True
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                    return
-                status, headers, payload = answer
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_OPTIONS = do_PATCH = _handle
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port: int = self.server.server_address[1]
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-        self.thread.start()
-        self.alive = True
-
-    @property
-    def hits(self) -> int:
-        return len(self.seen)
-
-    def instance(self, instance_id: str) -> ServiceInstance:
-        return ServiceInstance(instance_id, "127.0.0.1", self.port)
-
-    def kill(self) -> None:
-        """Stop serving and close the listening socket: new connections are refused."""
-        if self.alive:
-            self.alive = False
-            self.release.set()
-            self.server.shutdown()
-            self.server.server_close()
-            self.thread.join(5)
-
-
-def _read_chunked(rfile: Any) -> bytes:
-    chunks = []
-    while True:
-        size = int(rfile.readline().strip(), 16)
-        if size == 0:
-            rfile.readline()
-            return b"".join(chunks)
-        chunks.append(rfile.read(size))
-        rfile.readline()
-
-
-def _refused(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except ConnectionRefusedError:
-        return True
-    return False
-
-
-@pytest.fixture
-def backends() -> Iterator[Callable[..., Backend]]:
-    started: list[Backend] = []
-
-    def start(behave: Callable[[dict[str, Any]], Answer] | None = None) -> Backend:
-        backend = Backend(behave)
-        started.append(backend)
-        return backend
-
-    yield start
-    for backend in started:
-        backend.kill()
-    assert all(_refused(b.port) for b in started)
-
-
-class Recorder:
-    """Records every retry wait instead of sleeping."""
-
-    def __init__(self) -> None:
-        self.sleeps: list[float] = []
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-
-    async def async_sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-
-
-def make_proxy(
-    *instances: ServiceInstance,
-    name: str = "orders",
-    recorder: Recorder | None = None,
-    breaker: CircuitBreakerConfig | None = None,
-    **policy: Any,
-) -> ServiceProxy:
-    balancer = LoadBalancer()
-    for instance in instances:
-        balancer.register(instance)
-    recorder = recorder or Recorder()
-    policy.setdefault("max_retries", 2)
-    policy.setdefault("initial_delay", 0.01)
-    retry = RetryPolicy(sleep=recorder.sleep, async_sleep=recorder.async_sleep, **policy)
-    return ServiceProxy(name, balancer, CircuitBreaker(name, breaker), retry)
+backends = http_backends.backends  # the fixture
 
 
 class CountingTransport(httpx.HTTPTransport):
@@ -370,16 +235,25 @@ def test_giving_up_on_a_failure_status_returns_the_last_response(backends, drive
 
 
 def test_a_status_outside_the_failure_set_is_returned_at_once(backends, drive) -> None:
-    backend = backends(lambda i: (500, {}, b"bug"))
+    backend = backends(lambda i: (501, {}, b"not implemented"))
     proxy = make_proxy(backend.instance("a"))
     driver = drive(proxy)
-    assert driver.request("GET", "http://orders/").status_code == 500
+    assert driver.request("GET", "http://orders/").status_code == 501
     assert backend.hits == 1
     assert proxy.circuit_breaker.failure_count == 0
 
-    strict = drive(make_proxy(backend.instance("a")), failure_statuses={500})
-    assert strict.request("GET", "http://orders/").status_code == 500
+    strict = drive(make_proxy(backend.instance("a")), failure_statuses={501})
+    assert strict.request("GET", "http://orders/").status_code == 501
     assert backend.hits == 1 + 3
+
+
+def test_a_500_is_a_failure_by_default_retried_only_for_idempotent_methods(backends, drive) -> None:
+    backend = backends(lambda i: (500, {}, b"bug"))
+    driver = drive(make_proxy(backend.instance("a")))
+    assert driver.request("GET", "http://orders/").status_code == 500
+    assert backend.hits == 3  # one attempt and two retries
+    assert driver.request("POST", "http://orders/", content=b"x").status_code == 500
+    assert backend.hits == 4  # a POST is sent once
 
 
 def test_open_service_breaker_after_a_503_still_returns_the_response(backends, drive) -> None:
@@ -487,7 +361,8 @@ def test_killed_instance_is_ejected_and_never_tried_while_its_breaker_is_open(
         assert driver.request("GET", "http://orders/").status_code == 200
     breaker = mesh.get_circuit_breaker("orders/doomed")
     assert breaker is not None and breaker.state is CircuitState.OPEN
-    assert proxy.load_balancer.get("doomed").healthy is False  # ejected
+    assert proxy.load_balancer.is_ejected("doomed")  # ejected, not marked unhealthy
+    assert proxy.load_balancer.get("doomed").healthy is True
     assert driver.inner.ports.count(doomed.port) == 2 + 2  # two refused, then never again
     assert mesh.get_circuit_breaker("orders/survivor").state is CircuitState.CLOSED
     names = {b["name"] for b in mesh.status()["breakers"]}
@@ -508,7 +383,7 @@ def test_ejected_instance_returns_when_its_breaker_half_opens(backends, drive, c
     driver = drive(mesh, instance_breaker=config)
     assert driver.request("GET", "http://orders/").status_code == 200
     assert breaker.state is CircuitState.OPEN
-    assert proxy.load_balancer.get("flaky").healthy is False
+    assert proxy.load_balancer.is_ejected("flaky")
     for _ in range(3):
         assert driver.request("GET", "http://orders/").status_code == 200
     assert flaky.hits == 1  # ejected: not even picked
@@ -518,7 +393,7 @@ def test_ejected_instance_returns_when_its_breaker_half_opens(backends, drive, c
     bodies = [driver.request("GET", "http://orders/").text for _ in range(4)]
     assert "back" in bodies
     assert breaker.state is CircuitState.CLOSED
-    assert proxy.load_balancer.get("flaky").healthy is True
+    assert not proxy.load_balancer.is_ejected("flaky")
 
 
 def test_hung_instance_timeouts_open_its_breaker(backends, drive) -> None:
@@ -541,10 +416,7 @@ def test_single_attempt_refused_by_the_instance_breaker(backends, drive) -> None
     proxy = make_proxy(backend.instance("a"))
     driver = drive(proxy, instance_breaker=CircuitBreakerConfig(failure_threshold=1))
     assert driver.request("POST", "http://orders/").status_code == 503
-    assert proxy.load_balancer.get("a").healthy is False
-    with pytest.raises(NoHealthyInstanceError):
-        driver.request("POST", "http://orders/")
-    proxy.load_balancer.mark_healthy("a", True)  # an operator puts it back, breaker still open
+    assert not proxy.load_balancer.is_ejected("a")  # the last available instance stays in
     with pytest.raises(CircuitOpenError, match="orders/a"):
         driver.request("POST", "http://orders/")
     assert backend.hits == 1
@@ -555,9 +427,33 @@ def test_closing_the_transport_puts_ejected_instances_back(backends, drive) -> N
     proxy = make_proxy(bad.instance("bad"), good.instance("good"))
     driver = drive(proxy, instance_breaker=CircuitBreakerConfig(failure_threshold=1))
     assert driver.request("GET", "http://orders/").status_code == 200
-    assert proxy.load_balancer.get("bad").healthy is False
+    assert proxy.load_balancer.is_ejected("bad")
     driver.close()
-    assert proxy.load_balancer.get("bad").healthy is True
+    assert not proxy.load_balancer.is_ejected("bad")
+
+
+def test_an_operators_unhealthy_mark_survives_the_instance_breaker_closing(
+    backends, drive, clock
+) -> None:
+    """Issue 15 item 17: the breakers eject; they never overwrite the operator's health flag."""
+    flaky, steady = backends(), backends()
+    failing = [True]
+    flaky.behave = lambda i: (503, {}, b"") if failing[0] else (200, {}, b"back")
+    mesh = Mesh()
+    proxy = mesh.register_service(make_proxy(flaky.instance("flaky"), steady.instance("steady")))
+    config = CircuitBreakerConfig(failure_threshold=1, timeout_seconds=5, success_threshold=1)
+    breaker = mesh.circuit_breaker("orders/flaky", config, clock=clock)
+    driver = drive(mesh, instance_breaker=config)
+    assert driver.request("GET", "http://orders/").status_code == 200
+    assert breaker.state is CircuitState.OPEN and proxy.load_balancer.is_ejected("flaky")
+    proxy.load_balancer.mark_healthy("flaky", False)  # the operator drains it meanwhile
+    clock.advance(6)
+    failing[0] = False
+    for _ in range(4):
+        assert driver.request("GET", "http://orders/").status_code == 200
+    assert not proxy.load_balancer.is_ejected("flaky")  # the breaker let it back ...
+    assert proxy.load_balancer.get("flaky").healthy is False  # ... the operator's word stands
+    assert flaky.hits == 1
 
 
 # -- plumbing --------------------------------------------------------------------

@@ -79,8 +79,11 @@ INTEGRATION_EXTRAS = {
     "dns": ("dns", "dns"),
     "etcd": ("httpx", "etcd"),
     "dashboard": ("starlette", "dashboard"),
+    "requests": ("requests", "requests"),
+    "aiohttp": ("aiohttp", "aiohttp"),
+    "grpc": ("grpc", "grpc"),
 }
-STDLIB_INTEGRATIONS = {"status_http", "control"}
+STDLIB_INTEGRATIONS = {"status_http", "control", "protocol"}
 """Integration modules that need nothing beyond the standard library."""
 
 _BLOCKER = """

@@ -918,3 +918,12 @@ def test_a_verdict_whose_truth_raises_ends_the_call_with_the_callers_error(
 def test_retry_after_validates_its_seconds(seconds: Any) -> None:
     with pytest.raises((TypeError, ValueError), match="seconds"):
         RetryAfter(seconds)
+
+
+def test_a_subnormal_initial_delay_with_a_huge_power_gives_the_cap() -> None:
+    # Found by hypothesis: base ** attempt overflows although initial * base ** attempt
+    # would be below the cap's attempt threshold only by rounding.
+    policy = RetryPolicy(
+        initial_delay=2.225073858507203e-309, max_delay=2.0, exponential_base=90.0, jitter=False
+    )
+    assert policy.get_delay(158) == 2.0

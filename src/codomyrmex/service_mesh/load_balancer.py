@@ -1630,6 +1630,48 @@ class LoadBalancer:
         if new < self._min_count or (emptied and old == self._min_count):
             self._min_count = new
 
+    # -- ejection by a caller (an instance's own circuit breaker) ---------------------
+
+    def eject(self, instance_id: str, reason: str = "instance_breaker") -> bool:
+        """Take an instance out of the pool until :meth:`return_instance`; True if it was taken.
+
+        For a caller that judges instances itself (the client integrations' per-instance
+        breakers). Unlike :meth:`mark_healthy`, which is the operator's and the health
+        checker's word, this never touches ``healthy``: an instance comes back as healthy
+        as it is then. False (nothing changes) for an unknown id or an instance already
+        ejected, by outlier detection or an earlier call. Publishes :class:`InstanceEjected`
+        with ``reason`` and an infinite duration. Panic mode (``panic_threshold``) applies.
+        """
+        check_str("reason", reason)
+        with self._lock:
+            entry = self._entries.get(instance_id)
+            if entry is None or entry.ejected:
+                return False
+            entry.ejected = True
+            self._refresh(entry, ramp=False)
+            self._emit(InstanceEjected(self.name, instance_id, reason, math.inf))
+        self._flush()
+        return True
+
+    def return_instance(self, instance_id: str, reason: str = "instance_breaker") -> bool:
+        """Put back an instance taken out by :meth:`eject`; True if it returned.
+
+        An instance that outlier detection has ejected stays out until its ejection ends
+        (False). Publishes :class:`InstanceReturned` with ``reason``.
+        """
+        check_str("reason", reason)
+        with self._lock:
+            entry = self._entries.get(instance_id)
+            if entry is None or not entry.ejected:
+                return False
+            if entry.outlier is not None and entry.outlier.ejected:
+                return False  # the detector's ejection: it ends on the detector's timer
+            entry.ejected = False
+            self._refresh(entry, ramp=True)
+            self._emit(InstanceReturned(self.name, instance_id, reason))
+        self._flush()
+        return True
+
 
 class Connection:
     """One counted connection, as a context manager; see :meth:`LoadBalancer.connection`."""

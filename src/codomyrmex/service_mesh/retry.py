@@ -314,7 +314,10 @@ class RetryPolicy:
             return self.max_delay
         if self.initial_delay <= 0.0 or self.exponential_base <= 1.0:
             return min(self.max_delay, self.initial_delay)
-        return min(self.max_delay, self.initial_delay * self.exponential_base**attempt)
+        try:
+            return min(self.max_delay, self.initial_delay * self.exponential_base**attempt)
+        except OverflowError:  # a subnormal initial delay: the power alone overflows
+            return self.max_delay
 
     def _past_deadline(self, calls: _Attempts) -> bool:
         """Whether the overall deadline has passed (checked after each wait)."""

@@ -10,23 +10,30 @@ through the service's circuit breaker with the connection counted, and is
 retried by its retry policy (``ServiceProxy.call``). The ``Host`` header keeps
 the service name, as a reverse proxy would, unless ``host_header="instance"``.
 
-What fails an attempt: any error of the inner transport (connection refused or
-dropped, timeouts) and a response whose status is in ``failure_statuses``
-(502, 503, 504 by default). Such a response is read in full (error pages are
-small) and raised inside the stack as :class:`FailureStatus`, so the breaker
-counts it and the policy retries it, after ``Retry-After`` (seconds or an HTTP
-date; the policy caps it at ``max_delay``) when the server sent one. When the
+The protocol semantics (what fails an attempt, what is retried, Retry-After,
+timeouts, per-instance ejection) are those of :mod:`.protocol`, shared by every
+client integration. What fails an attempt: any error of the inner transport
+(connection refused or dropped, timeouts) and a response whose status is in
+``failure_statuses`` (500, 502, 503, 504 by default: ``DEFAULT_FAILURE_STATUSES``).
+Such a response is read in full (error pages are small) and raised inside the
+stack as :class:`FailureStatus`, so the breaker counts it and the policy retries
+it, after ``Retry-After`` (seconds or an HTTP date; the policy caps it at
+``max_delay``) when the server sent one. When the
 stack gives up, the last such response is returned to the caller as a
 response, never turned into an exception; other failures are raised as they are.
 
-Only ``retry_methods`` (GET, HEAD, OPTIONS, PUT, DELETE by default) are retried.
+Only ``retry_methods`` (GET, HEAD, OPTIONS, TRACE, PUT, DELETE by default) are retried.
 Other methods, and any request whose body is a stream that cannot be sent twice,
 get exactly one attempt, still balanced, counted and behind the breaker.
 
-The policy's ``attempt_timeout`` and what is left of its ``max_elapsed`` cap the
-httpx timeouts (connect, read, write, pool) of every attempt; the async
-transport also bounds each attempt as a whole, and gives httpx 90% of that
-limit so that a timeout is normally raised inside the instance breaker.
+Every call has an attempt timeout and an overall deadline (:class:`.protocol.Timeouts`):
+by default the attempt gets the request's httpx timeout (the longest of connect,
+read, write and pool; httpx's default is 5 s) and the call three times that; the
+policy's ``attempt_timeout`` / ``max_elapsed`` or ``timeouts=Timeouts(...)`` set
+them instead. The attempt's limit caps the httpx timeouts of every attempt; the
+async transport also bounds each attempt as a whole, and gives httpx 90% of that
+limit so that a timeout is normally raised inside the instance breaker. No
+attempt starts once the deadline has passed.
 
 A host that names no service raises :class:`UnknownServiceError`, unless
 ``passthrough=True``, which sends such requests unchanged through the inner
@@ -38,26 +45,26 @@ the default because a mistyped service name would otherwise go out to DNS.
 given one). No attempt is ever sent to an instance whose breaker refuses it: the
 attempt moves on to another instance at once (as :class:`InstanceCircuitOpen`,
 retried without delay). While an instance's breaker is OPEN the instance is
-marked unhealthy in its balancer, and it is marked healthy again once the
-breaker admits probes. Give the service's own breaker
+ejected from its balancer (:meth:`LoadBalancer.eject`; its ``healthy`` flag,
+the operator's and the health checker's, is never touched), and it returns
+once the breaker admits probes. Give the service's own breaker
 ``ignore_exceptions=(InstanceCircuitOpen,)`` so such refusals do not count
 against the whole service.
 
 A transport owns its inner transport (``httpx.HTTPTransport()`` by default) and
 closes it when it is closed, as ``httpx.Client`` does with its transport; closing
 also puts back into their balancers the instances it had taken out.
+
+The success path is kept lean: the instance URL is made by replacing host and
+port in httpx's already parsed URL (cached per instance) instead of re-parsing
+the whole URL with ``URL.copy_with``; if httpx's URL internals ever differ from
+what this expects, it falls back to ``copy_with``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import email.utils
-import math
-import threading
-import time
-from collections.abc import Callable, Iterable, Mapping
-from datetime import timezone
-from typing import Literal, TypeAlias
+from collections.abc import Iterable
+from typing import Any, Literal
 
 from ._extras import missing_extra
 
@@ -66,11 +73,22 @@ try:
 except ImportError as exc:
     raise missing_extra(__name__, "httpx", exc) from exc
 
-from ..circuit_breaker import CircuitBreaker, CircuitBreakerConfig, CircuitState, StateListener
-from ..errors import CircuitOpenError, ServiceMeshError
-from ..load_balancer import LoadBalancer, ServiceInstance
-from ..mesh import Mesh
-from ..proxy import ServiceProxy
+from ..circuit_breaker import CircuitBreakerConfig
+from ..load_balancer import ServiceInstance
+from .protocol import (
+    DEFAULT_FAILURE_STATUSES,
+    IDEMPOTENT_METHODS,
+    CallState,
+    ClientCore,
+    FailureResponse,
+    HttpSemantics,
+    InstanceCircuitOpen,
+    Services,
+    Timeouts,
+    UnknownService,
+    parse_retry_after,
+    within,
+)
 
 __all__ = [
     "DEFAULT_FAILURE_STATUSES",
@@ -79,24 +97,16 @@ __all__ = [
     "FailureStatus",
     "InstanceCircuitOpen",
     "MeshTransport",
+    "Timeouts",
     "UnknownServiceError",
     "parse_retry_after",
 ]
-
-IDEMPOTENT_METHODS: frozenset[str] = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
-"""The methods retried by default: sending them twice has the effect of sending them once."""
-
-DEFAULT_FAILURE_STATUSES: frozenset[int] = frozenset({502, 503, 504})
-"""Response statuses that fail an attempt by default: the server side is unavailable."""
-
-Services: TypeAlias = "ServiceProxy | Mesh | Mapping[str, ServiceProxy]"
-"""What a transport routes to: one proxy, a mesh's services, or proxies by service name."""
 
 _TIMEOUT_KEYS = ("connect", "read", "write", "pool")
 _HTTPX_SHARE = 0.9  # of an async attempt's time limit, for its httpx timeouts
 
 
-class FailureStatus(httpx.HTTPStatusError):
+class FailureStatus(httpx.HTTPStatusError, FailureResponse):
     """A response whose status fails the attempt; raised inside the stack, never out of it.
 
     ``retry_after`` is the server's ``Retry-After`` in seconds (None without one):
@@ -109,24 +119,11 @@ class FailureStatus(httpx.HTTPStatusError):
         super().__init__(
             f"{response.status_code} from {request.url}", request=request, response=response
         )
+        self.status = response.status_code
         self.retry_after = retry_after
 
 
-class InstanceCircuitOpen(ServiceMeshError):
-    """An instance's own breaker refused an attempt; nothing was sent, try another instance."""
-
-    retryable = True  # on another instance: unlike the mesh's other rejections
-
-    def __init__(self, error: CircuitOpenError) -> None:
-        super().__init__(error)
-        self.error = error
-        self.retry_after = 0.0  # nothing was sent: the policy retries on another instance at once
-
-    def __str__(self) -> str:
-        return f"instance circuit {self.error.name!r} is {self.error.state.value}"
-
-
-class UnknownServiceError(ServiceMeshError, httpx.TransportError):
+class UnknownServiceError(UnknownService, httpx.TransportError):
     """The request's host names no service of the transport (and passthrough is off)."""
 
     def __init__(self, host: str, request: httpx.Request) -> None:
@@ -136,64 +133,52 @@ class UnknownServiceError(ServiceMeshError, httpx.TransportError):
         self.host = host
 
 
-def parse_retry_after(value: str | None, now: Callable[[], float] = time.time) -> float | None:
-    """Seconds to wait for a ``Retry-After`` value (delta seconds or HTTP date), or None."""
-    if value is None:
+def _client_timeout(request: httpx.Request) -> float | None:
+    """The request's httpx timeout as one number: the longest phase set, or None."""
+    timeout = request.extensions.get("timeout")
+    if not timeout:
         return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-        seconds = when.timestamp() - now()
-    if not math.isfinite(seconds):
-        return None
-    return max(0.0, seconds)
+    longest: float | None = None
+    for key in _TIMEOUT_KEYS:
+        value = timeout.get(key)
+        if value is not None and (longest is None or value > longest):
+            longest = value
+    return longest
 
 
-class _Call:
-    """One request's way through the stack: what every attempt needs, and the last bad answer."""
+class _Urls:
+    """Instance URLs made from a request's parsed URL without re-parsing it.
 
-    __slots__ = ("failed", "proxy", "request", "started")
+    httpx keeps a URL's parsed parts in a named tuple; replacing its host and port
+    (normalised once per instance by ``copy_with``) gives the same URL as
+    ``copy_with(host=..., port=...)`` at a fraction of the cost.
+    """
 
-    def __init__(self, request: httpx.Request, proxy: ServiceProxy) -> None:
-        self.request = request
-        self.proxy = proxy
-        policy = proxy.retry_policy
-        self.started = None if policy.max_elapsed is None else policy.clock()
-        # The last response with a failure status (fully read, so its connection is free).
-        self.failed: httpx.Response | None = None
+    __slots__ = ("_parts", "fast")
 
-    def attempt_limit(self) -> float | None:
-        """Seconds the next attempt may take: ``attempt_timeout`` within the overall deadline."""
-        policy = self.proxy.retry_policy
-        limit = policy.attempt_timeout
-        if self.started is not None and policy.max_elapsed is not None:
-            remaining = max(0.001, policy.max_elapsed - (policy.clock() - self.started))
-            limit = remaining if limit is None else min(limit, remaining)
-        return limit
+    def __init__(self) -> None:
+        self._parts: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        probe = httpx.URL("http://probe.invalid:1/")
+        self.fast = hasattr(getattr(probe, "_uri_reference", None), "_replace")
+
+    def to(self, url: httpx.URL, instance: ServiceInstance) -> httpx.URL:
+        key = (url.scheme, instance.host, instance.port)
+        parts = self._parts.get(key)
+        if parts is None or not self.fast:
+            made = url.copy_with(host=instance.host, port=instance.port)
+            if self.fast:
+                ref = made._uri_reference
+                self._parts[key] = (ref.host, ref.port)
+            return made
+        made = httpx.URL.__new__(httpx.URL)
+        made._uri_reference = url._uri_reference._replace(host=parts[0], port=parts[1])
+        return made
 
 
 class _Router:
-    """What the sync and async transports share: routing, rewriting, judging, ejecting."""
+    """What the sync and async transports share on top of :class:`ClientCore`."""
 
-    __slots__ = (
-        "_breakers",
-        "_ejected",
-        "_failure_statuses",
-        "_instance_breaker",
-        "_instance_host",
-        "_listeners",
-        "_lock",
-        "_mesh",
-        "_proxies",
-        "_retry_methods",
-    )
+    __slots__ = ("core", "instance_host", "semantics", "urls")
 
     def __init__(
         self,
@@ -202,61 +187,20 @@ class _Router:
         retry_methods: Iterable[str],
         instance_breaker: CircuitBreakerConfig | None,
         host_header: Literal["service", "instance"],
+        timeouts: Timeouts | None,
     ) -> None:
-        self._mesh: Mesh | None = None
-        self._proxies: dict[str, ServiceProxy] = {}
-        if isinstance(services, Mesh):
-            self._mesh = services
-        elif isinstance(services, ServiceProxy):
-            self._proxies[services.service_name.lower()] = services
-        elif isinstance(services, Mapping):
-            for name, proxy in services.items():
-                if not isinstance(name, str) or not isinstance(proxy, ServiceProxy):
-                    raise TypeError(
-                        f"services must map names to ServiceProxy, got {name!r}: {proxy!r}"
-                    )
-                self._proxies[name.lower()] = proxy
-        else:
-            raise TypeError(
-                f"services must be a ServiceProxy, a Mesh or a mapping, got {services!r}"
-            )
-        statuses = frozenset(failure_statuses)
-        if not all(isinstance(s, int) and 100 <= s <= 599 for s in statuses):
-            raise ValueError(f"failure_statuses must be HTTP statuses, got {failure_statuses!r}")
-        self._failure_statuses = statuses
-        methods = frozenset(m.upper() for m in retry_methods)
-        self._retry_methods = methods
-        if instance_breaker is not None and not isinstance(instance_breaker, CircuitBreakerConfig):
-            raise TypeError(
-                f"instance_breaker must be a CircuitBreakerConfig, got {instance_breaker!r}"
-            )
-        self._instance_breaker = instance_breaker
+        self.core: ClientCore[httpx.Response] = ClientCore(
+            services, instance_breaker=instance_breaker, timeouts=timeouts
+        )
+        self.semantics = HttpSemantics.of(failure_statuses, retry_methods)
         if host_header not in ("service", "instance"):
             raise ValueError(f"host_header must be 'service' or 'instance', got {host_header!r}")
-        self._instance_host = host_header == "instance"
-        self._lock = threading.Lock()
-        self._breakers: dict[tuple[str, str], CircuitBreaker] = {}
-        # Instances this transport marked unhealthy, with the breaker that will let them back.
-        self._ejected: dict[tuple[str, str], tuple[LoadBalancer, CircuitBreaker]] = {}
-        self._listeners: list[tuple[CircuitBreaker, StateListener]] = []
-
-    # -- routing ------------------------------------------------------------------
-
-    def lookup(self, host: str) -> ServiceProxy | None:
-        """The proxy of the service named ``host`` (case-insensitive), or None."""
-        mesh = self._mesh
-        if mesh is None:
-            return self._proxies.get(host.lower())
-        proxy = mesh.get_service(host)
-        if proxy is None:
-            for name, candidate in mesh.services().items():
-                if name.lower() == host.lower():
-                    return candidate
-        return proxy
+        self.instance_host = host_header == "instance"
+        self.urls = _Urls()
 
     def may_retry(self, request: httpx.Request) -> bool:
         """Whether the request may be sent more than once (method allowed, body replayable)."""
-        if request.method not in self._retry_methods:
+        if request.method not in self.semantics.retry_methods:
             return False
         if isinstance(request.stream, httpx.ByteStream):
             return True
@@ -267,124 +211,38 @@ class _Router:
         return True
 
     def attempt_request(
-        self, call: _Call, instance: ServiceInstance, share: float = 1.0
+        self, call: CallState, instance: ServiceInstance, share: float = 1.0
     ) -> httpx.Request:
         """The original request aimed at ``instance``, with ``share`` of this attempt's time."""
-        request = call.request
-        url = request.url.copy_with(host=instance.host, port=instance.port)
-        extensions = dict(request.extensions)
-        limit = call.attempt_limit()
-        if limit is not None:
-            limit *= share
-            current = extensions.get("timeout") or {}
+        request: httpx.Request = call.request
+        url = self.urls.to(request.url, instance)
+        extensions = request.extensions
+        limit = call.limit() * share
+        current = extensions.get("timeout")
+        if current is None or any(
+            current.get(key) is None or current[key] > limit for key in _TIMEOUT_KEYS
+        ):
+            extensions = dict(extensions)
+            timeout = current or {}
             extensions["timeout"] = {
-                key: limit if current.get(key) is None else min(current[key], limit)
+                key: limit if timeout.get(key) is None else min(timeout[key], limit)
                 for key in _TIMEOUT_KEYS
             }
-        if url.scheme == "https":
-            extensions.setdefault("sni_hostname", request.url.host)
+        if url.scheme == "https" and "sni_hostname" not in extensions:
+            extensions = dict(extensions)
+            extensions["sni_hostname"] = request.url.host
         headers = request.headers
-        if self._instance_host:
+        if self.instance_host:
             headers = headers.copy()
             headers["Host"] = instance.address
         return httpx.Request(
             request.method, url, headers=headers, stream=request.stream, extensions=extensions
         )
 
-    def failure(self, request: httpx.Request, response: httpx.Response) -> FailureStatus | None:
-        """The failure a response stands for, or None when its status is not a failure."""
-        if response.status_code not in self._failure_statuses:
-            return None
-        retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        # "Retry now" is left to the policy's backoff: a zero delay reads as "give up" to it.
-        return FailureStatus(request, response, retry_after or None)
-
-    @staticmethod
-    def settle(exc: Exception, call: _Call) -> httpx.Response:
-        """End a call the stack gave up on: the last failing response if any, else raise."""
-        failed = call.failed
-        if failed is not None and isinstance(exc, (FailureStatus, ServiceMeshError)):
-            return failed
-        if isinstance(exc, InstanceCircuitOpen):
-            raise exc.error from exc.__cause__
-        raise exc
-
-    # -- per-instance breakers ----------------------------------------------------
-
-    def instance_breaker(
-        self, proxy: ServiceProxy, instance: ServiceInstance
-    ) -> CircuitBreaker | None:
-        """The breaker of ``instance`` (created on first use), or None when not configured."""
-        config = self._instance_breaker
-        if config is None:
-            return None
-        key = (proxy.service_name, instance.id)
-        breaker = self._breakers.get(key)
-        if breaker is not None:
-            return breaker
-        with self._lock:
-            breaker = self._breakers.get(key)
-            if breaker is None:
-                name = f"{proxy.service_name}/{instance.id}"
-                if self._mesh is None:
-                    breaker = CircuitBreaker(name, config)
-                else:
-                    breaker = self._mesh.circuit_breaker(name, config)
-                balancer = proxy.load_balancer
-
-                def eject_while_open(
-                    cb: CircuitBreaker, old: CircuitState, new: CircuitState
-                ) -> None:
-                    self._on_transition(key, balancer, cb, new)
-
-                breaker.add_listener(eject_while_open)
-                self._breakers[key] = breaker
-                self._listeners.append((breaker, eject_while_open))
-        return breaker
-
-    def _on_transition(
-        self,
-        key: tuple[str, str],
-        balancer: LoadBalancer,
-        breaker: CircuitBreaker,
-        new: CircuitState,
-    ) -> None:
-        instance_id = key[1]
-        if new is CircuitState.OPEN or new is CircuitState.FORCED_OPEN:
-            instance = balancer.get(instance_id)
-            if instance is not None and instance.healthy:
-                with self._lock:
-                    self._ejected[key] = (balancer, breaker)
-                balancer.mark_healthy(instance_id, False)
-        elif key in self._ejected:
-            with self._lock:
-                ejected = self._ejected.pop(key, None)
-            if ejected is not None:
-                balancer.mark_healthy(instance_id, True)
-
-    def detach(self) -> None:
-        """Stop watching the instance breakers and put back every instance this ejected."""
-        with self._lock:
-            listeners, self._listeners = self._listeners, []
-            ejected, self._ejected = self._ejected, {}
-        for breaker, listener in listeners:
-            breaker.remove_listener(listener)
-        for (_, instance_id), (balancer, _) in ejected.items():
-            balancer.mark_healthy(instance_id, True)
-
-    def reinstate_due(self) -> None:
-        """Mark healthy again the ejected instances whose breaker now admits probes."""
-        if not self._ejected:
-            return
-        with self._lock:
-            ejected = list(self._ejected.items())
-        for key, (balancer, breaker) in ejected:
-            state = breaker.state  # reading it makes a due OPEN -> HALF_OPEN move
-            if state is not CircuitState.OPEN and state is not CircuitState.FORCED_OPEN:
-                with self._lock:
-                    still = self._ejected.pop(key, None)
-                if still is not None:
-                    balancer.mark_healthy(key[1], True)
+    def failure(self, request: httpx.Request, response: httpx.Response) -> FailureStatus:
+        """The failure a response with a failure status stands for."""
+        retry_after = self.semantics.retry_after(response.headers.get("Retry-After"))
+        return FailureStatus(request, response, retry_after)
 
 
 class MeshTransport(httpx.BaseTransport):
@@ -405,60 +263,47 @@ class MeshTransport(httpx.BaseTransport):
         instance_breaker: CircuitBreakerConfig | None = None,
         host_header: Literal["service", "instance"] = "service",
         passthrough: bool = False,
+        timeouts: Timeouts | None = None,
     ) -> None:
         if transport is not None and not isinstance(transport, httpx.BaseTransport):
             raise TypeError(f"transport must be an httpx.BaseTransport, got {transport!r}")
         self._router = _Router(
-            services, failure_statuses, retry_methods, instance_breaker, host_header
+            services, failure_statuses, retry_methods, instance_breaker, host_header, timeouts
         )
         self._inner = httpx.HTTPTransport() if transport is None else transport
         self._passthrough = bool(passthrough)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         router = self._router
-        proxy = router.lookup(request.url.host)
+        core = router.core
+        host = request.url.host
+        proxy = core.lookup(host)
         if proxy is None:
             if self._passthrough:
                 return self._inner.handle_request(request)
-            raise UnknownServiceError(request.url.host, request)
-        router.reinstate_due()
-        call = _Call(request, proxy)
-        try:
-            if router.may_retry(request):
-                return proxy.call(self._attempt, call)
-            return proxy.call_once(self._attempt, call)
-        except Exception as exc:
-            return router.settle(exc, call)
+            raise UnknownServiceError(host, request)
+        call = core.start(proxy, request, _client_timeout(request))
+        return core.run(self._attempt, call, router.may_retry(request))
 
-    def _attempt(self, instance: ServiceInstance, call: _Call) -> httpx.Response:
+    def _attempt(self, instance: ServiceInstance, call: CallState) -> httpx.Response:
         """One attempt on the picked instance, behind its own breaker when there is one."""
-        router = self._router
-        request = router.attempt_request(call, instance)
-        breaker = router.instance_breaker(call.proxy, instance)
-        if breaker is None:
-            return self._send(request, call)
-        try:
-            return breaker.execute(self._send, request, call)
-        except CircuitOpenError as exc:
-            if exc.name != breaker.name:
-                raise
-            raise InstanceCircuitOpen(exc) from None
+        request = self._router.attempt_request(call, instance)
+        return self._router.core.guard(instance, call, self._send, request, call)
 
-    def _send(self, request: httpx.Request, call: _Call) -> httpx.Response:
+    def _send(self, request: httpx.Request, call: CallState) -> httpx.Response:
         response = self._inner.handle_request(request)
-        failure = self._router.failure(request, response)
-        if failure is None:
+        if response.status_code not in self._router.semantics.failure_statuses:
             return response
+        failure = self._router.failure(request, response)
         try:
             response.read()
         except BaseException:
             response.close()
             raise
-        call.failed = response
-        raise failure
+        raise call.fail(response, failure)
 
     def close(self) -> None:
-        self._router.detach()
+        self._router.core.close()
         self._inner.close()
 
 
@@ -475,73 +320,60 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         instance_breaker: CircuitBreakerConfig | None = None,
         host_header: Literal["service", "instance"] = "service",
         passthrough: bool = False,
+        timeouts: Timeouts | None = None,
     ) -> None:
         if transport is not None and not isinstance(transport, httpx.AsyncBaseTransport):
             raise TypeError(f"transport must be an httpx.AsyncBaseTransport, got {transport!r}")
         self._router = _Router(
-            services, failure_statuses, retry_methods, instance_breaker, host_header
+            services, failure_statuses, retry_methods, instance_breaker, host_header, timeouts
         )
         self._inner = httpx.AsyncHTTPTransport() if transport is None else transport
         self._passthrough = bool(passthrough)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         router = self._router
-        proxy = router.lookup(request.url.host)
+        core = router.core
+        host = request.url.host
+        proxy = core.lookup(host)
         if proxy is None:
             if self._passthrough:
                 return await self._inner.handle_async_request(request)
-            raise UnknownServiceError(request.url.host, request)
-        router.reinstate_due()
-        call = _Call(request, proxy)
-        try:
-            if router.may_retry(request):
-                return await proxy.call_async(self._attempt, call)
-            return await proxy.call_once_async(self._attempt, call)
-        except Exception as exc:
-            return router.settle(exc, call)
+            raise UnknownServiceError(host, request)
+        call = core.start(proxy, request, _client_timeout(request))
+        return await core.run_async(self._attempt, call, router.may_retry(request))
 
-    async def _attempt(self, instance: ServiceInstance, call: _Call) -> httpx.Response:
-        """One attempt on the picked instance, behind its own breaker when there is one."""
-        router = self._router
-        limit = call.attempt_limit()
-        # The httpx timeouts get a little less than the attempt's limit, so that a timeout is
-        # raised here, inside the instance's breaker, before the limit cancels the attempt.
-        request = router.attempt_request(call, instance, _HTTPX_SHARE)
-        breaker = router.instance_breaker(call.proxy, instance)
-        if breaker is None:
-            return await self._send(request, call)
-        try:
-            if limit is None:
-                return await breaker.execute_async(self._send, request, call)
-            # The attempt's limit, a little early, inside the instance's breaker: running
-            # out of time is a TimeoutError there (a failure), while a cancellation from
-            # outside stays a cancellation (never a failure).
-            return await breaker.execute_async(
-                self._send_within, limit * _HTTPX_SHARE, request, call
-            )
-        except CircuitOpenError as exc:
-            if exc.name != breaker.name:
-                raise
-            raise InstanceCircuitOpen(exc) from None
+    async def _attempt(self, instance: ServiceInstance, call: CallState) -> httpx.Response:
+        """One attempt on the picked instance, behind its own breaker when there is one.
+
+        The attempt (and its httpx timeouts) gets a little less than its limit, so that
+        running out of time is raised here, inside the instance's breaker, before the
+        proxy's own ``attempt_timeout`` (if set) cancels the attempt from outside; running
+        out of time there is a TimeoutError (a failure), while a cancellation from outside
+        stays a cancellation (never a failure).
+        """
+        limit = call.limit() * _HTTPX_SHARE
+        request = self._router.attempt_request(call, instance, _HTTPX_SHARE)
+        return await self._router.core.guard_async(
+            instance, call, self._send_within, limit, request, call
+        )
 
     async def _send_within(
-        self, seconds: float, request: httpx.Request, call: _Call
+        self, seconds: float, request: httpx.Request, call: CallState
     ) -> httpx.Response:
-        return await asyncio.wait_for(self._send(request, call), seconds)
+        return await within(seconds, self._send(request, call))
 
-    async def _send(self, request: httpx.Request, call: _Call) -> httpx.Response:
+    async def _send(self, request: httpx.Request, call: CallState) -> httpx.Response:
         response = await self._inner.handle_async_request(request)
-        failure = self._router.failure(request, response)
-        if failure is None:
+        if response.status_code not in self._router.semantics.failure_statuses:
             return response
+        failure = self._router.failure(request, response)
         try:
             await response.aread()
         except BaseException:
             await response.aclose()
             raise
-        call.failed = response
-        raise failure
+        raise call.fail(response, failure)
 
     async def aclose(self) -> None:
-        self._router.detach()
+        self._router.core.close()
         await self._inner.aclose()

@@ -8,7 +8,8 @@ For each fault mode of :mod:`.faults`, three real backends run on 127.0.0.1
   backend in random order, each with a 0.5 s timeout;
 - every mesh set-up given (a name and a function that builds a :class:`Mesh`
   serving ``SERVICE`` from the three instances), through ``MeshTransport`` /
-  ``AsyncMeshTransport`` on a client with httpx's default settings.
+  ``AsyncMeshTransport`` on a client with httpx's default settings (its timeout,
+  like every contender's, is ``client_timeout``: 5 s, httpx's default, unless told).
 
 Load is ``requests`` GETs with at most ``concurrency`` in flight, paced at
 ``rate`` per second or sent as a burst, from threads (sync) or tasks (async).
@@ -52,7 +53,7 @@ MeshSetup = Callable[[Sequence[ServiceInstance]], Mesh]
 
 LOOP_TRIES = 3
 LOOP_TIMEOUT = 0.5
-PLAIN_TIMEOUT = 5.0  # httpx's default
+PLAIN_TIMEOUT = 5.0  # httpx's default: every contender's client timeout unless told otherwise
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,7 @@ def _instances(ports: Sequence[int]) -> list[ServiceInstance]:
 
 def _plain_sync(client: httpx.Client, ports: Sequence[int], rng: random.Random) -> bool:
     try:
-        response = client.get(f"http://127.0.0.1:{rng.choice(ports)}/", timeout=PLAIN_TIMEOUT)
+        response = client.get(f"http://127.0.0.1:{rng.choice(ports)}/")
     except httpx.HTTPError:
         return False
     return response.status_code == 200
@@ -182,7 +183,7 @@ def _mesh_sync(client: httpx.Client, ports: Sequence[int], rng: random.Random) -
 async def _plain_async(client: httpx.AsyncClient, ports: Sequence[int], rng: random.Random) -> bool:
     try:
         url = f"http://127.0.0.1:{rng.choice(ports)}/"
-        response = await client.get(url, timeout=PLAIN_TIMEOUT)
+        response = await client.get(url)
     except httpx.HTTPError:
         return False
     return response.status_code == 200
@@ -279,6 +280,7 @@ def run_cell(
     *,
     seed: int = 1,
     clock: Callable[[], float] = time.perf_counter,
+    client_timeout: float = PLAIN_TIMEOUT,
 ) -> Cell:
     """Send ``load`` through one contender (``"plain"``, ``"loop"`` or a mesh ``setup``)."""
     cell = Cell(mode, contender, load)
@@ -293,13 +295,15 @@ def run_cell(
     limits = httpx.Limits(max_connections=load.concurrency * 4)
     if load.flavour == "sync":
         if setup is None:
-            client = httpx.Client(transport=_Counting(counter), limits=limits)
+            client = httpx.Client(
+                transport=_Counting(counter), limits=limits, timeout=client_timeout
+            )
             call = _plain_sync if contender == "plain" else _loop_sync
         else:
             mesh_transport = MeshTransport(
                 setup(_instances(ports)), transport=_Counting(counter), **_transport_options(setup)
             )
-            client = httpx.Client(transport=mesh_transport, limits=limits)
+            client = httpx.Client(transport=mesh_transport, limits=limits, timeout=client_timeout)
             call = _mesh_sync
         with client:
             _drive_sync(load, lambda: call(client, ports, locked_rng()), cell, clock)
@@ -307,7 +311,9 @@ def run_cell(
 
         async def main() -> None:
             if setup is None:
-                aclient = httpx.AsyncClient(transport=_AsyncCounting(counter), limits=limits)
+                aclient = httpx.AsyncClient(
+                    transport=_AsyncCounting(counter), limits=limits, timeout=client_timeout
+                )
                 acall = _plain_async if contender == "plain" else _loop_async
             else:
                 transport = AsyncMeshTransport(
@@ -315,7 +321,9 @@ def run_cell(
                     transport=_AsyncCounting(counter),
                     **_transport_options(setup),
                 )
-                aclient = httpx.AsyncClient(transport=transport, limits=limits)
+                aclient = httpx.AsyncClient(
+                    transport=transport, limits=limits, timeout=client_timeout
+                )
                 acall = _mesh_async
             async with aclient:
                 await _drive_async(load, lambda: acall(aclient, ports, locked_rng()), cell, clock)
@@ -334,6 +342,7 @@ def run_matrix(
     slow_seconds: float = 0.3,
     flap_seconds: float = 2.0,
     seed: int = 1,
+    client_timeout: float = PLAIN_TIMEOUT,
 ) -> list[Cell]:
     """Every contender under every mode and load, one bad instance of three each time."""
     cells: list[Cell] = []
@@ -346,9 +355,30 @@ def run_matrix(
             ports = [b.port for b in backends]
             for load in loads:
                 for contender in baselines:
-                    cells.append(run_cell(mode, contender, load, ports, ports[0], seed=seed))
+                    cells.append(
+                        run_cell(
+                            mode,
+                            contender,
+                            load,
+                            ports,
+                            ports[0],
+                            seed=seed,
+                            client_timeout=client_timeout,
+                        )
+                    )
                 for name, setup in setups.items():
-                    cells.append(run_cell(mode, name, load, ports, ports[0], setup, seed=seed))
+                    cells.append(
+                        run_cell(
+                            mode,
+                            name,
+                            load,
+                            ports,
+                            ports[0],
+                            setup,
+                            seed=seed,
+                            client_timeout=client_timeout,
+                        )
+                    )
         finally:
             for backend in backends:
                 backend.close()

@@ -1,0 +1,168 @@
+"""aiohttp client middleware that sends ``http://<service>/...`` requests through the mesh.
+
+    async with aiohttp.ClientSession(middlewares=(MeshMiddleware(mesh),)) as session:
+        async with session.get("http://orders/items/1") as response:
+            ...
+
+Needs aiohttp >= 3.12 (client middleware). The seam is the middleware itself:
+for each attempt it points the request's public ``url`` attribute at the picked
+instance (scheme, path and query kept) and calls the next handler, which
+connects to ``req.url``; the ``Host`` header was already set from the service
+URL by aiohttp, so it keeps the service name. After the call ``req.url`` is the
+service URL again (the response's ``url`` names the instance that answered).
+
+The protocol semantics are those of :mod:`.protocol`, shared with the httpx,
+requests and gRPC integrations: statuses in ``failure_statuses`` (500, 502, 503,
+504 by default) fail the attempt (the last such response, read in full, is
+returned when the stack gives up); only ``retry_methods`` (idempotent methods by
+default) with an in-memory body are retried; ``Retry-After`` sets the wait.
+
+Timeouts: aiohttp's own ``ClientTimeout.total`` covers the whole request,
+middleware attempts included, so a session timeout with ``total`` set is the
+call's deadline and each attempt gets a third of it. aiohttp's default (5 min
+total) counts as unset: 10 s per attempt, 30 s per call (see
+:class:`.protocol.Timeouts`). Each attempt runs under its limit inside the
+instance's breaker, so running out of time is an instance failure.
+
+Hedging is not supported (attempts share one ``ClientRequest``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from ._extras import missing_extra
+
+try:
+    import aiohttp
+    from aiohttp import ClientRequest, ClientResponse
+    from aiohttp.client_middlewares import ClientHandlerType
+    from yarl import URL
+except ImportError as exc:
+    raise missing_extra(__name__, "aiohttp", exc) from exc
+
+from ..circuit_breaker import CircuitBreakerConfig
+from ..load_balancer import ServiceInstance
+from .protocol import (
+    DEADLINE_FACTOR,
+    DEFAULT_FAILURE_STATUSES,
+    IDEMPOTENT_METHODS,
+    CallState,
+    ClientCore,
+    FailureResponse,
+    HttpSemantics,
+    Services,
+    Timeouts,
+    UnknownService,
+    within,
+)
+
+__all__ = [
+    "DEFAULT_FAILURE_STATUSES",
+    "IDEMPOTENT_METHODS",
+    "MeshMiddleware",
+    "Timeouts",
+    "UnknownServiceError",
+]
+
+_DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=5 * 60, sock_connect=30)
+
+
+class UnknownServiceError(UnknownService, aiohttp.ClientConnectionError):
+    """The request's host names no service of the middleware (and passthrough is off)."""
+
+    def __init__(self, host: str, url: URL) -> None:
+        aiohttp.ClientConnectionError.__init__(self, f"no mesh service named {host!r} for {url}")
+        self.host = host
+
+
+def _client_timeout(timeout: aiohttp.ClientTimeout) -> float | None:
+    """The per-attempt share of a session's total timeout (None: aiohttp's default, unset)."""
+    if timeout == _DEFAULT_TIMEOUT or timeout.total is None:
+        return None
+    return timeout.total / DEADLINE_FACTOR
+
+
+def _replayable(req: ClientRequest) -> bool:
+    body = req.body
+    return body == b"" or isinstance(body, aiohttp.payload.BytesPayload)
+
+
+class MeshMiddleware:
+    """A client middleware routing each request through its service's proxy.
+
+    ``services``: a :class:`ServiceProxy`, a :class:`Mesh` or a mapping of service
+    name to proxy. See the module docstring for the rules.
+    """
+
+    __slots__ = ("_core", "_passthrough", "_semantics")
+
+    def __init__(
+        self,
+        services: Services,
+        *,
+        failure_statuses: Iterable[int] = DEFAULT_FAILURE_STATUSES,
+        retry_methods: Iterable[str] = IDEMPOTENT_METHODS,
+        instance_breaker: CircuitBreakerConfig | None = None,
+        passthrough: bool = False,
+        timeouts: Timeouts | None = None,
+    ) -> None:
+        self._core: ClientCore[ClientResponse] = ClientCore(
+            services, instance_breaker=instance_breaker, timeouts=timeouts
+        )
+        self._semantics = HttpSemantics.of(failure_statuses, retry_methods)
+        if not isinstance(passthrough, bool):
+            raise TypeError(f"passthrough must be a bool, got {passthrough!r}")
+        self._passthrough = passthrough
+
+    async def __call__(self, req: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+        url = req.url
+        host = url.host or ""
+        core = self._core
+        proxy = core.lookup(host)
+        if proxy is None:
+            if self._passthrough:
+                return await handler(req)
+            raise UnknownServiceError(host, url)
+        call = core.start(proxy, (req, handler, url), _client_timeout(req.session.timeout))
+        may_retry = self._semantics.may_retry(req.method, _replayable(req))
+        try:
+            return await core.run_async(self._attempt, call, may_retry)
+        finally:
+            req.url = url
+
+    async def _attempt(self, instance: ServiceInstance, call: CallState) -> ClientResponse:
+        limit = call.limit()
+        req, _, url = call.request
+        req.url = URL.build(
+            scheme=url.scheme,
+            host=instance.host,
+            port=instance.port,
+            path=url.raw_path,
+            query_string=url.raw_query_string,
+            encoded=True,
+        )
+        return await self._core.guard_async(instance, call, self._send_within, limit, call)
+
+    async def _send_within(self, seconds: float, call: CallState) -> ClientResponse:
+        return await within(seconds, self._send(call))
+
+    async def _send(self, call: CallState) -> ClientResponse:
+        req, handler, _ = call.request
+        response: ClientResponse = await handler(req)
+        status = response.status
+        semantics = self._semantics
+        if status not in semantics.failure_statuses:
+            return response
+        retry_after = semantics.retry_after(response.headers.get("Retry-After"))
+        try:
+            await response.read()
+        finally:
+            response.release()
+        failure: Any = FailureResponse.of(response, status, retry_after)
+        raise call.fail(response, failure)
+
+    def close(self) -> None:
+        """Return the instances the per-instance breakers ejected."""
+        self._core.close()

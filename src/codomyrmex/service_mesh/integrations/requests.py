@@ -1,0 +1,380 @@
+"""A requests ``HTTPAdapter`` that sends ``http://<service>/...`` requests through the mesh.
+
+    session = requests.Session()
+    session.mount("http://orders", MeshAdapter(mesh))
+    session.get("http://orders/items/1")
+
+The URL's host names a service; each attempt goes to an instance picked by its
+load balancer (scheme, path and query kept, host and port rewritten; the
+``Host`` header keeps the service name unless ``host_header="instance"``),
+through the service's breaker and retry policy. The protocol semantics are
+those of :mod:`.protocol`, shared with the httpx, aiohttp and gRPC integrations:
+
+- statuses in ``failure_statuses`` (500, 502, 503, 504 by default) fail the
+  attempt; when the stack gives up, the last such response is returned;
+- only ``retry_methods`` (idempotent methods by default) with a replayable body
+  (bytes, str, a seekable file; not a generator) are retried;
+- ``Retry-After`` sets the wait before the next attempt;
+- the attempt timeout is the ``timeout=`` given to requests (the longer of a
+  ``(connect, read)`` pair), the call's deadline three times that; without one
+  (requests' default is none), 10 s and 30 s (see :class:`.protocol.Timeouts`).
+  Each attempt's connect and read timeouts are capped by what the attempt may take.
+- errors of the caller's own making (an invalid URL or header) are raised as they
+  are, never retried nor counted against an instance.
+
+urllib3's ``Retry`` is accepted as ``max_retries`` (as ``HTTPAdapter`` takes it)
+and mapped onto the mesh's own retry policy; urllib3 itself then never retries:
+
+============================== ===============================================
+``Retry`` field                 becomes
+============================== ===============================================
+``total`` (an int)              ``RetryPolicy.max_retries``; ``total=None``: the
+                                largest of ``connect``/``read``/``status``;
+                                ``False`` or 0: no retry
+``status_forcelist``            ``failure_statuses`` (None: no status fails)
+``allowed_methods``             ``retry_methods`` (None: every method)
+``backoff_factor``              ``initial_delay`` (doubling: ``exponential_base=2``)
+``backoff_max``                 ``max_delay``
+``backoff_jitter``              full jitter when > 0, none when 0
+``respect_retry_after_header``  whether ``Retry-After`` sets the wait
+``raise_on_status``             not mapped: the last response is always returned
+============================== ===============================================
+
+The service's balancer, breaker, bulkhead and fallback are kept; only its retry
+policy is replaced by the mapped one (the proxy registered in the mesh is left as
+it is). urllib3 waits nothing before the first retry; the mesh waits up to
+``backoff_factor`` there, then doubles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
+
+from ._extras import missing_extra
+
+try:
+    import requests
+    from requests.adapters import HTTPAdapter
+    from urllib3.util.retry import Retry
+except ImportError as exc:
+    raise missing_extra(__name__, "requests", exc) from exc
+
+from ..circuit_breaker import CircuitBreakerConfig
+from ..load_balancer import ServiceInstance
+from ..proxy import ServiceProxy
+from ..retry import RetryPolicy
+from .protocol import (
+    DEFAULT_FAILURE_STATUSES,
+    IDEMPOTENT_METHODS,
+    CallState,
+    ClientCore,
+    FailureResponse,
+    HttpSemantics,
+    Services,
+    Timeouts,
+    UnknownService,
+    body_replayable,
+)
+
+__all__ = [
+    "DEFAULT_FAILURE_STATUSES",
+    "IDEMPOTENT_METHODS",
+    "MeshAdapter",
+    "Timeouts",
+    "UnknownServiceError",
+    "retry_policy_from_urllib3",
+]
+
+_ALL_METHODS = frozenset(
+    {"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE", "POST", "PATCH", "CONNECT"}
+)
+_CALLER_ERRORS: tuple[type[BaseException], ...] = (
+    requests.exceptions.InvalidURL,
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.MissingSchema,
+    requests.exceptions.InvalidHeader,
+)
+
+
+class UnknownServiceError(UnknownService, requests.exceptions.ConnectionError):
+    """The request's host names no service of the adapter (and passthrough is off)."""
+
+    def __init__(self, host: str, request: requests.PreparedRequest) -> None:
+        requests.exceptions.ConnectionError.__init__(
+            self, f"no mesh service named {host!r} for {request.url}", request=request
+        )
+        self.host = host
+
+
+def retry_policy_from_urllib3(retry: Retry, base: RetryPolicy | None = None) -> RetryPolicy:
+    """The mesh :class:`RetryPolicy` for a urllib3 ``Retry`` (see the module's table).
+
+    ``base`` gives what ``Retry`` has no word for (sleep, clock, rng, budget,
+    attempt timeout, deadline); by default a fresh policy's.
+    """
+    if not isinstance(retry, Retry):
+        raise TypeError(f"max_retries must be an int or a urllib3 Retry, got {retry!r}")
+    base = base or RetryPolicy()
+    total = retry.total
+    if total is False:
+        max_retries = 0
+    elif isinstance(total, int) and not isinstance(total, bool):
+        max_retries = max(0, total)
+    else:
+        parts = [n for n in (retry.connect, retry.read, retry.status) if isinstance(n, int)]
+        max_retries = max(parts, default=0)
+    jitter = float(getattr(retry, "backoff_jitter", 0.0) or 0.0)
+    return RetryPolicy(
+        max_retries=max_retries,
+        initial_delay=float(retry.backoff_factor),
+        max_delay=float(getattr(retry, "backoff_max", 120.0)),
+        exponential_base=2.0,
+        jitter=jitter > 0,
+        retry_on=base.retry_on,
+        retry_on_result=base.retry_on_result,
+        sleep=base.sleep,
+        async_sleep=base.async_sleep,
+        clock=base.clock,
+        attempt_timeout=base.attempt_timeout,
+        max_elapsed=base.max_elapsed,
+        budget=base.budget,
+        nested=base.nested,
+        name=base.name,
+    )
+
+
+def _semantics_from_urllib3(retry: Retry) -> HttpSemantics:
+    statuses = frozenset(retry.status_forcelist or ())
+    methods = retry.allowed_methods
+    return HttpSemantics(
+        failure_statuses=statuses,
+        retry_methods=_ALL_METHODS if methods is None else frozenset(methods),
+        respect_retry_after=bool(retry.respect_retry_after_header),
+    )
+
+
+def _split(url: str) -> tuple[str, str, str]:
+    """(scheme, authority, the rest: path, query and fragment) of an absolute URL."""
+    scheme, sep, after = url.partition("://")
+    if not sep:
+        raise requests.exceptions.InvalidURL(f"not an absolute URL: {url!r}")
+    end = len(after)
+    for mark in "/?#":
+        found = after.find(mark)
+        if found != -1 and found < end:
+            end = found
+    return scheme, after[:end], after[end:]
+
+
+def _hostname(authority: str) -> str:
+    host = authority.rpartition("@")[2]
+    if host.startswith("["):
+        return host[1 : host.find("]")]
+    return host.partition(":")[0]
+
+
+def _client_timeout(timeout: Any) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, tuple):
+        parts = [t for t in timeout if isinstance(t, (int, float))]
+        return max(parts) if parts else None
+    if isinstance(timeout, (int, float)):
+        return float(timeout)
+    total = getattr(timeout, "total", None)  # a urllib3 Timeout
+    if isinstance(total, (int, float)):
+        return float(total)
+    found = [getattr(timeout, name, None) for name in ("connect_timeout", "read_timeout")]
+    numbers = [float(p) for p in found if isinstance(p, (int, float))]
+    return max(numbers) if numbers else None
+
+
+class _Request:
+    """One call's request and what every attempt reuses."""
+
+    __slots__ = ("authority", "kwargs", "prepared", "rest", "scheme", "timeout")
+
+    def __init__(
+        self, prepared: requests.PreparedRequest, scheme: str, authority: str, rest: str,
+        timeout: Any, kwargs: dict[str, Any],
+    ) -> None:  # fmt: skip
+        self.prepared = prepared
+        self.scheme = scheme
+        self.authority = authority
+        self.rest = rest
+        self.timeout = timeout
+        self.kwargs = kwargs
+
+
+class MeshAdapter(HTTPAdapter):
+    """An ``HTTPAdapter`` routing each request through its service's proxy.
+
+    ``services``: a :class:`ServiceProxy`, a :class:`Mesh` or a mapping of service
+    name to proxy. ``max_retries``: None (the service's own policy), an int (that
+    many retries with the service's policy otherwise) or a urllib3 ``Retry`` (mapped,
+    see the module docstring). Pool options are ``HTTPAdapter``'s.
+    """
+
+    def __init__(
+        self,
+        services: Services,
+        *,
+        max_retries: Retry | int | None = None,
+        failure_statuses: Iterable[int] | None = None,
+        retry_methods: Iterable[str] | None = None,
+        instance_breaker: CircuitBreakerConfig | None = None,
+        host_header: Literal["service", "instance"] = "service",
+        passthrough: bool = False,
+        timeouts: Timeouts | None = None,
+        pool_connections: int = 10,
+        pool_maxsize: int = 10,
+        pool_block: bool = False,
+    ) -> None:
+        super().__init__(pool_connections, pool_maxsize, 0, pool_block)
+        self._core: ClientCore[requests.Response] = ClientCore(
+            services, instance_breaker=instance_breaker, timeouts=timeouts
+        )
+        if isinstance(max_retries, Retry):
+            semantics = _semantics_from_urllib3(max_retries)
+        elif max_retries is None or (
+            isinstance(max_retries, int) and not isinstance(max_retries, bool) and max_retries >= 0
+        ):
+            semantics = HttpSemantics()
+        else:
+            raise TypeError(
+                f"max_retries must be None, an int >= 0 or a urllib3 Retry, got {max_retries!r}"
+            )
+        self._urllib3_retry = max_retries
+        self._semantics = HttpSemantics.of(
+            semantics.failure_statuses if failure_statuses is None else failure_statuses,
+            semantics.retry_methods if retry_methods is None else retry_methods,
+            semantics.respect_retry_after,
+        )
+        if host_header not in ("service", "instance"):
+            raise ValueError(f"host_header must be 'service' or 'instance', got {host_header!r}")
+        self._instance_host = host_header == "instance"
+        if not isinstance(passthrough, bool):
+            raise TypeError(f"passthrough must be a bool, got {passthrough!r}")
+        self._passthrough = passthrough
+        self._mapped: dict[int, tuple[ServiceProxy, ServiceProxy]] = {}
+
+    def _proxy_for(self, proxy: ServiceProxy) -> ServiceProxy:
+        """The service's proxy, with its retry policy replaced when ``max_retries`` says so."""
+        retry = self._urllib3_retry
+        if retry is None:
+            return proxy
+        known = self._mapped.get(id(proxy))
+        if known is not None and known[0] is proxy:
+            return known[1]
+        base = proxy.retry_policy
+        if isinstance(retry, Retry):
+            policy = retry_policy_from_urllib3(retry, base)
+        else:
+            policy = RetryPolicy(
+                max_retries=retry,
+                initial_delay=base.initial_delay,
+                max_delay=base.max_delay,
+                exponential_base=base.exponential_base,
+                jitter=base.jitter,
+                retry_on=base.retry_on,
+                retry_on_result=base.retry_on_result,
+                sleep=base.sleep,
+                async_sleep=base.async_sleep,
+                clock=base.clock,
+                attempt_timeout=base.attempt_timeout,
+                max_elapsed=base.max_elapsed,
+                budget=base.budget,
+                nested=base.nested,
+                name=base.name,
+            )
+        mapped = ServiceProxy(
+            proxy.service_name,
+            proxy.load_balancer,
+            proxy.circuit_breaker,
+            policy,
+            bulkhead=proxy.bulkhead,
+            hedging_delay=proxy.hedging_delay,
+            max_hedged_attempts=proxy.max_hedged_attempts,
+            fallback=proxy.fallback,
+            clock=proxy.clock,
+        )
+        self._mapped[id(proxy)] = (proxy, mapped)
+        return mapped
+
+    def send(
+        self,
+        request: requests.PreparedRequest,
+        stream: bool = False,
+        timeout: float | tuple[float, float] | tuple[float, None] | None = None,
+        verify: bool | str = True,
+        cert: bytes | str | tuple[bytes | str, bytes | str] | None = None,
+        proxies: Mapping[str, str] | None = None,
+    ) -> requests.Response:
+        url = request.url
+        if not isinstance(url, str):
+            raise requests.exceptions.InvalidURL(f"request has no URL: {request!r}")
+        scheme, authority, rest = _split(url)
+        host = _hostname(authority)
+        core = self._core
+        proxy = core.lookup(host)
+        if proxy is None:
+            if self._passthrough:
+                return super().send(request, stream, timeout, verify, cert, proxies)
+            raise UnknownServiceError(host, request)
+        proxy = self._proxy_for(proxy)
+        kwargs = {"stream": stream, "verify": verify, "cert": cert, "proxies": proxies}
+        one = _Request(request, scheme, authority, rest, timeout, kwargs)
+        call = core.start(proxy, one, _client_timeout(timeout))
+        may_retry = self._semantics.may_retry(
+            request.method or "GET", body_replayable(request.body)
+        )
+        result = core.run(self._attempt, call, may_retry)
+        return core.unwrap(result)  # type: ignore[no-any-return]
+
+    def _attempt(self, instance: ServiceInstance, call: CallState) -> requests.Response:
+        one: _Request = call.request
+        limit = call.limit()
+        prepared = one.prepared.copy()
+        host = instance.host
+        address = f"[{host}]:{instance.port}" if ":" in host else f"{host}:{instance.port}"
+        prepared.url = f"{one.scheme}://{address}{one.rest}"
+        if self._instance_host:
+            prepared.headers["Host"] = address
+        elif "Host" not in prepared.headers:
+            prepared.headers["Host"] = one.authority.rpartition("@")[2]
+        timeout = one.timeout
+        if isinstance(timeout, tuple) and len(timeout) == 2:
+            connect, read = timeout
+            attempt_timeout: Any = (
+                limit if connect is None else min(connect, limit),
+                limit if read is None else min(read, limit),
+            )
+        elif isinstance(timeout, (int, float)):
+            attempt_timeout = min(float(timeout), limit)
+        else:
+            attempt_timeout = limit
+        if prepared.body is not None and hasattr(prepared.body, "seek"):
+            prepared.body.seek(0)
+        return self._core.guard(instance, call, self._send, prepared, attempt_timeout, call)
+
+    def _send(self, prepared: requests.PreparedRequest, timeout: Any, call: CallState) -> Any:
+        one: _Request = call.request
+        try:
+            response = super().send(prepared, timeout=timeout, **one.kwargs)
+        except _CALLER_ERRORS as exc:
+            return self._core.passed(exc)
+        status = response.status_code
+        semantics = self._semantics
+        if status not in semantics.failure_statuses:
+            return response
+        retry_after = semantics.retry_after(response.headers.get("Retry-After"))
+        try:
+            response.content  # noqa: B018 - read it all: frees the connection
+        finally:
+            response.close()
+        raise call.fail(response, FailureResponse.of(response, status, retry_after))
+
+    def close(self) -> None:
+        self._core.close()
+        super().close()
