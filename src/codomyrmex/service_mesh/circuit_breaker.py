@@ -35,7 +35,14 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn, ParamSpec, TypeVar, ca
 
 from ._validate import check_callable, check_int, check_number, check_str
 from .errors import CircuitOpenError
-from .events import CallRejected, EventListener, StateTransition, ThresholdCrossed, publish
+from .events import (
+    CallRejected,
+    EventListener,
+    Publisher,
+    StateTransition,
+    ThresholdCrossed,
+    publish,
+)
 from .windows import CountWindow, OutcomeWindow, TimeWindow
 
 if TYPE_CHECKING:
@@ -283,7 +290,7 @@ class CircuitBreakerConfig:
         )
 
 
-class CircuitBreaker:
+class CircuitBreaker(Publisher):
     """A thread-safe and async-safe circuit breaker.
 
     CLOSED counts consecutive failures; ``failure_threshold`` of them open the
@@ -293,6 +300,8 @@ class CircuitBreaker:
     concurrent probes: ``success_threshold`` successes close it, any failure
     opens it again. Only :class:`Exception` counts as a failure; other
     ``BaseException``\\ s pass through, count as nothing and free their slot.
+
+    Events (:meth:`subscribe`): :class:`StateTransition` and :class:`CallRejected`.
     """
 
     __slots__ = (
@@ -659,17 +668,6 @@ class CircuitBreaker:
         """Stop calling ``listener``; unknown listeners are ignored."""
         with self._lock:
             self._listeners = tuple(x for x in self._listeners if x != listener)
-
-    def subscribe(self, listener: EventListener) -> None:
-        """Deliver this breaker's events (:class:`StateTransition`, :class:`CallRejected`)."""
-        check_callable("listener", listener)
-        with self._lock:
-            self._subscribers = (*self._subscribers, listener)
-
-    def unsubscribe(self, listener: EventListener) -> None:
-        """Stop delivering events to ``listener``; unknown listeners are ignored."""
-        with self._lock:
-            self._subscribers = tuple(x for x in self._subscribers if x != listener)
 
     # -- the state machine -----------------------------------------------------
 

@@ -51,6 +51,7 @@ from .events import (
     InstanceHealthChanged,
     InstancePicked,
     InstanceReturned,
+    Publisher,
     publish,
 )
 from .outlier import (
@@ -302,7 +303,7 @@ def _return_callback(ref: weakref.ref[LoadBalancer]) -> Callable[[], None]:
     return fire
 
 
-class LoadBalancer:
+class LoadBalancer(Publisher):
     """Thread-safe registry of one service's instances with a picking strategy.
 
     ``get_instance()`` returns a healthy registered instance (the object itself)
@@ -336,6 +337,10 @@ class LoadBalancer:
     rebuilds the table outside the lock, in the picking thread, or in a
     background thread when the pick runs on an event loop; see
     :meth:`build_tables`.
+
+    Events (:meth:`subscribe`): :class:`InstancePicked` for each pick,
+    :class:`InstanceHealthChanged`, and :class:`InstanceEjected` / :class:`InstanceReturned`
+    (with their reason) from outlier detection; listeners run outside the lock.
     """
 
     __slots__ = (
@@ -626,27 +631,10 @@ class LoadBalancer:
 
     # -- events -----------------------------------------------------------------
 
-    def subscribe(self, listener: EventListener) -> None:
-        """Deliver this balancer's events to ``listener``.
-
-        :class:`InstancePicked` for each pick, :class:`InstanceHealthChanged`,
-        and :class:`InstanceEjected` / :class:`InstanceReturned` (with their
-        reason) from outlier detection. Listeners run outside the lock; one that
-        raises is logged and never breaks the call that caused the event.
-        """
-        check_callable("listener", listener)
-        with self._lock:
-            self._subscribers = (*self._subscribers, listener)
-            self._update_tracking()
-
-    def unsubscribe(self, listener: EventListener) -> None:
-        """Stop delivering events to ``listener`` (compared by equality, so a bound method
-        passed anew matches); unknown listeners are ignored."""
-        with self._lock:
-            self._subscribers = tuple(x for x in self._subscribers if x != listener)
-            if not self._subscribers:
-                self._outbox = []
-            self._update_tracking()
+    def _subscribers_changed(self) -> None:
+        if not self._subscribers:
+            self._outbox = []
+        self._update_tracking()
 
     # -- membership -------------------------------------------------------------
 

@@ -29,7 +29,15 @@ from .budget import PercentageRetryBudget
 from .bulkhead import Bulkhead
 from .circuit_breaker import CircuitBreaker, CircuitState
 from .errors import CircuitOpenError, NoHealthyInstanceError
-from .events import CallFailed, CallRejected, CallSucceeded, EventListener, RetryGaveUp, publish
+from .events import (
+    CallFailed,
+    CallRejected,
+    CallSucceeded,
+    EventListener,
+    Publisher,
+    RetryGaveUp,
+    publish,
+)
 from .hedging import RejectedResult, hedged, hedged_async
 from .limits import ConcurrencyLimiter, RateLimit, admission
 from .load_balancer import ABORTED, LoadBalancer, ServiceInstance
@@ -54,7 +62,7 @@ _STAGE_FIELDS = frozenset(
 )
 
 
-class ServiceProxy:
+class ServiceProxy(Publisher):
     """Calls to one service through load balancer -> circuit breaker -> retry.
 
     ``call(handler, *args, **kwargs)`` runs ``handler(instance, *args, **kwargs)``
@@ -77,6 +85,8 @@ class ServiceProxy:
     attempt timeout (by default the retry policy's timer). ``rate_limit`` and
     ``concurrency_limit`` (see :mod:`codomyrmex.service_mesh.limits`) refuse calls beyond
     a rate or an adaptive concurrency limit with :class:`LimitExceededError`.
+
+    Events (:meth:`subscribe`): calls succeeded / failed / rejected, retries.
     """
 
     __slots__ = (
@@ -213,19 +223,8 @@ class ServiceProxy:
         stages.append("handler")
         return " -> ".join(stages)
 
-    def subscribe(self, listener: EventListener) -> None:
-        """Deliver this proxy's events: calls succeeded / failed / rejected, retries."""
-        check_callable("listener", listener)
-        with self._lock:
-            self._subscribers = (*self._subscribers, listener)
-            self._event_clock = self.clock
-
-    def unsubscribe(self, listener: EventListener) -> None:
-        """Stop delivering events to ``listener``."""
-        with self._lock:
-            self._subscribers = tuple(x for x in self._subscribers if x != listener)
-            if not self._subscribers:
-                self._event_clock = None
+    def _subscribers_changed(self) -> None:
+        self._event_clock = self.clock if self._subscribers else None
 
     def close(self) -> None:
         """Release what the proxy holds (nothing today: hedges run on their own threads)."""
