@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
-from types import TracebackType
 
 from ._validate import check_int, check_optional_number
 from .errors import BulkheadFullError
@@ -195,22 +194,12 @@ class Bulkhead:
         self.acquire()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.release()
 
     async def __aenter__(self) -> Bulkhead:
         await self.acquire_async()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         self.release()

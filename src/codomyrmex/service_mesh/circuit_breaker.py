@@ -30,7 +30,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, ParamSpec, TypeVar, cast
 
 from ._validate import check_callable, check_int, check_number, check_str
@@ -1127,12 +1126,7 @@ class Permit:
             self._start = breaker._clock()
         return breaker
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         breaker, epoch, start = self._breaker, self._epoch, self._start
         if exc is not None:
             breaker._record_error(epoch, exc, start)
@@ -1144,10 +1138,5 @@ class Permit:
     async def __aenter__(self) -> CircuitBreaker:
         return self.__enter__()
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         self.__exit__(exc_type, exc, tb)

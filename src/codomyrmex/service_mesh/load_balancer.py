@@ -25,7 +25,6 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import Enum
-from types import TracebackType
 from typing import Any
 
 from . import _strategies, _timers
@@ -1639,12 +1638,7 @@ class Connection:
         self._start = 0.0 if timer is None else timer()
         return instance
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         if self._instance is not None:
             if exc is None or isinstance(exc, Exception):
                 self._balancer._release(self._instance, self._start, exc)
@@ -1655,10 +1649,5 @@ class Connection:
     async def __aenter__(self) -> ServiceInstance:
         return self.__enter__()
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         self.__exit__(exc_type, exc, tb)

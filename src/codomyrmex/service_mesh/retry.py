@@ -15,7 +15,6 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable
-from types import TracebackType
 from typing import Any, Literal, ParamSpec, TypeVar
 
 from ._validate import check_callable, check_int, check_number, check_optional_number
@@ -106,12 +105,7 @@ class _Switch:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         _Testing.active, _Testing.attempts = self._previous
 
 

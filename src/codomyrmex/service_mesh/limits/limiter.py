@@ -14,7 +14,6 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
-from types import TracebackType
 
 from .._validate import check_callable
 from ..errors import LimitExceededError, ServiceMeshError
@@ -62,24 +61,14 @@ class Permit:
     def __enter__(self) -> Permit:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         limiter = self._limiter
         limiter._finish(self, 1 if exc is None else limiter._classify(exc))
 
     async def __aenter__(self) -> Permit:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         self.finish(exc)
 
 
