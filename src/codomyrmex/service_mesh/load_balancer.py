@@ -302,6 +302,22 @@ def _return_callback(ref: weakref.ref[LoadBalancer]) -> Callable[[], None]:
     return fire
 
 
+def _check_settings(slow_start: object, outlier_detection: object, panic_threshold: float) -> float:
+    """Validate the settings ``reconfigure`` can change; returns the panic threshold."""
+    if slow_start is not None and not isinstance(slow_start, SlowStartConfig):
+        raise TypeError(f"slow_start must be a SlowStartConfig, got {slow_start!r}")
+    if outlier_detection is not None and not isinstance(outlier_detection, OutlierDetectionConfig):
+        raise TypeError(
+            f"outlier_detection must be an OutlierDetectionConfig, got {outlier_detection!r}"
+        )
+    panic = check_number("panic_threshold", panic_threshold, 0.0)
+    if panic > 100.0:
+        raise ValueError(
+            f"panic_threshold must be a percentage (0 to 100), got {panic_threshold!r}"
+        )
+    return panic
+
+
 class LoadBalancer(Publisher):
     """Thread-safe registry of one service's instances with a picking strategy.
 
@@ -412,19 +428,7 @@ class LoadBalancer(Publisher):
         if rng is not None and not isinstance(rng, random.Random):
             raise TypeError(f"rng must be a random.Random, got {rng!r}")
         check_callable("clock", clock)
-        if slow_start is not None and not isinstance(slow_start, SlowStartConfig):
-            raise TypeError(f"slow_start must be a SlowStartConfig, got {slow_start!r}")
-        if outlier_detection is not None and not isinstance(
-            outlier_detection, OutlierDetectionConfig
-        ):
-            raise TypeError(
-                f"outlier_detection must be an OutlierDetectionConfig, got {outlier_detection!r}"
-            )
-        panic = check_number("panic_threshold", panic_threshold, 0.0)
-        if panic > 100.0:
-            raise ValueError(
-                f"panic_threshold must be a percentage (0 to 100), got {panic_threshold!r}"
-            )
+        panic = _check_settings(slow_start, outlier_detection, panic_threshold)
         decay = check_number("ewma_decay", ewma_decay, 0.0)
         if decay <= 0.0:
             raise ValueError(f"ewma_decay must be > 0, got {ewma_decay!r}")
@@ -589,19 +593,7 @@ class LoadBalancer(Publisher):
         out until their time is up); None switches detection off and returns every
         ejected instance. ``strategy`` None keeps the current one.
         """
-        if slow_start is not None and not isinstance(slow_start, SlowStartConfig):
-            raise TypeError(f"slow_start must be a SlowStartConfig, got {slow_start!r}")
-        if outlier_detection is not None and not isinstance(
-            outlier_detection, OutlierDetectionConfig
-        ):
-            raise TypeError(
-                f"outlier_detection must be an OutlierDetectionConfig, got {outlier_detection!r}"
-            )
-        panic = check_number("panic_threshold", panic_threshold, 0.0)
-        if panic > 100.0:
-            raise ValueError(
-                f"panic_threshold must be a percentage (0 to 100), got {panic_threshold!r}"
-            )
+        panic = _check_settings(slow_start, outlier_detection, panic_threshold)
         with self._lock:
             self._panic_threshold = panic
             self._slow_start = slow_start
