@@ -302,6 +302,16 @@ def _return_callback(ref: weakref.ref[LoadBalancer]) -> Callable[[], None]:
     return fire
 
 
+def _update_in_place(current: ServiceInstance, instance: ServiceInstance) -> None:
+    """Give the registered ``current`` the address, weight and metadata of ``instance``
+    (the same id), keeping its connection count."""
+    if current is not instance:
+        current.host = instance.host
+        current.port = instance.port
+        current.weight = instance.weight
+        current.metadata = instance.metadata
+
+
 def _check_settings(slow_start: object, outlier_detection: object, panic_threshold: float) -> float:
     """Validate the settings ``reconfigure`` can change; returns the panic threshold."""
     if slow_start is not None and not isinstance(slow_start, SlowStartConfig):
@@ -636,20 +646,11 @@ class LoadBalancer(Publisher):
         with self._lock:
             entry = self._entries.get(instance.id)
             if entry is None:
-                entry = _Entry(instance, self._seq)
-                self._seq += 1
-                self._entries[instance.id] = entry
-                if self._detector is not None:
-                    entry.outlier = self._detector.host(instance.id)
+                entry = self._add_entry(instance)
                 self._invalidate_members()
                 self._refresh(entry, ramp=True)
             else:
-                current = entry.inst
-                if current is not instance:
-                    current.host = instance.host
-                    current.port = instance.port
-                    current.weight = instance.weight
-                    current.metadata = instance.metadata
+                _update_in_place(entry.inst, instance)
                 self._invalidate_members()  # the weight may have changed (even on the same object)
                 self._set_health(entry, instance.healthy)
         self._flush()
@@ -657,20 +658,35 @@ class LoadBalancer(Publisher):
     def deregister(self, instance_id: str) -> bool:
         """Remove an instance; True if it was registered. In-flight calls finish normally."""
         with self._lock:
-            entry = self._entries.pop(instance_id, None)
-            if entry is None:
+            if not self._remove_entry(instance_id):
                 return False
-            if entry.available:
-                self._available -= 1
-                entry.available = False
-            if entry.outlier is not None and self._detector is not None:
-                self._detector.forget(entry.outlier)
-                self._failing.pop(instance_id, None)
-            if entry.listed:
-                self._unlist(entry)
             self._invalidate_members()
             self._sync_pool(None)
             return True
+
+    def _add_entry(self, instance: ServiceInstance) -> _Entry:
+        """Under the lock: a new entry for ``instance`` (the caller refreshes it)."""
+        entry = _Entry(instance, self._seq)
+        self._seq += 1
+        self._entries[instance.id] = entry
+        if self._detector is not None:
+            entry.outlier = self._detector.host(instance.id)
+        return entry
+
+    def _remove_entry(self, instance_id: str) -> bool:
+        """Under the lock: forget ``instance_id``; False if it was not registered."""
+        entry = self._entries.pop(instance_id, None)
+        if entry is None:
+            return False
+        if entry.available:
+            self._available -= 1
+            entry.available = False
+        if entry.outlier is not None and self._detector is not None:
+            self._detector.forget(entry.outlier)
+            self._failing.pop(instance_id, None)
+        if entry.listed:
+            self._unlist(entry)
+        return True
 
     def update_members(
         self,
@@ -697,35 +713,15 @@ class LoadBalancer(Publisher):
         removed: list[str] = []
         with self._lock:
             for instance_id in removals:
-                entry = self._entries.pop(instance_id, None)
-                if entry is None:
-                    continue
-                if entry.available:
-                    self._available -= 1
-                    entry.available = False
-                if entry.outlier is not None and self._detector is not None:
-                    self._detector.forget(entry.outlier)
-                    self._failing.pop(instance_id, None)
-                if entry.listed:
-                    self._unlist(entry)
-                removed.append(instance_id)
+                if self._remove_entry(instance_id):
+                    removed.append(instance_id)
             for instance in instances:
                 entry = self._entries.get(instance.id)
                 if entry is None:
-                    entry = _Entry(instance, self._seq)
-                    self._seq += 1
-                    self._entries[instance.id] = entry
-                    if self._detector is not None:
-                        entry.outlier = self._detector.host(instance.id)
-                    self._refresh(entry, ramp=True)
+                    self._refresh(self._add_entry(instance), ramp=True)
                     added.append(instance.id)
                     continue
-                current = entry.inst
-                if current is not instance:
-                    current.host = instance.host
-                    current.port = instance.port
-                    current.weight = instance.weight
-                    current.metadata = instance.metadata
+                _update_in_place(entry.inst, instance)
                 if update_health:
                     self._set_health(entry, instance.healthy)
                 updated.append(instance.id)
