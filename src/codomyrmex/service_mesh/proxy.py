@@ -393,20 +393,10 @@ class ServiceProxy(Publisher):
         start = 0.0 if timer is None else timer()
         try:
             result = handler_fn(instance, *args, **kwargs)
-        except Exception as exc:
-            balancer._release(instance, start, exc)
-            if self._subscribers:
-                self._failed(instance, start, exc)
+        except BaseException as exc:
+            self._hedge_failed(instance, start, exc)
             raise
-        except BaseException:
-            balancer._release(instance, start, ABORTED)
-            raise
-        balancer._release(instance, start, None)
-        policy = self.retry_policy
-        if policy.retry_on_result is not None and policy._rejects(result):
-            raise RejectedResult(result)  # loses the race, like a failure
-        self._succeeded(instance, start, None, refund=False)  # the hedging loop refunds once
-        return result
+        return self._hedge_done(instance, start, result)
 
     def _hedged(
         self, handler_fn: Callable[..., Any], args: Any, kwargs: Any, bulkhead: Bulkhead | None
@@ -569,18 +559,28 @@ class ServiceProxy(Publisher):
         start = 0.0 if timer is None else timer()
         try:
             result = await self._run_attempt_async(handler_fn, instance, args, kwargs, started)
-        except Exception as exc:
-            balancer._release(instance, start, exc)
+        except BaseException as exc:
+            self._hedge_failed(instance, start, exc)
+            raise
+        return self._hedge_done(instance, start, result)
+
+    def _hedge_failed(self, instance: ServiceInstance, start: float, exc: BaseException) -> None:
+        """A hedged attempt on ``instance`` raised: release its connection (and report a
+        failure; anything not an ``Exception`` aborts)."""
+        if isinstance(exc, Exception):
+            self.load_balancer._release(instance, start, exc)
             if self._subscribers:
                 self._failed(instance, start, exc)
-            raise
-        except BaseException:
-            balancer._release(instance, start, ABORTED)
-            raise
-        balancer._release(instance, start, None)
+        else:
+            self.load_balancer._release(instance, start, ABORTED)
+
+    def _hedge_done(self, instance: ServiceInstance, start: float, result: Any) -> Any:
+        """A hedged attempt on ``instance`` returned ``result``: release its connection; a
+        rejected result loses the race, like a failure (RejectedResult)."""
+        self.load_balancer._release(instance, start, None)
         policy = self.retry_policy
         if policy.retry_on_result is not None and policy._rejects(result):
-            raise RejectedResult(result)  # loses the race, like a failure
+            raise RejectedResult(result)
         self._succeeded(instance, start, None, refund=False)  # the hedging loop refunds once
         return result
 
