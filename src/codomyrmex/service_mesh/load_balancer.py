@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import Enum
+from operator import attrgetter
 from typing import Any
 
 from . import _strategies, _timers
@@ -761,18 +762,18 @@ class LoadBalancer(Publisher):
     @property
     def healthy_instances(self) -> list[ServiceInstance]:
         """The available instances (healthy and not ejected), in registration order."""
-        with self._lock:
-            self._return_due()
-            found = [entry.inst for entry in self._entries.values() if entry.available]
-        self._flush()
-        return found
+        return self._listing(attrgetter("available"))
 
     @property
     def ejected_instances(self) -> list[ServiceInstance]:
         """The instances outlier detection has ejected right now, in registration order."""
+        return self._listing(attrgetter("ejected"))
+
+    def _listing(self, flag: Callable[[_Entry], bool]) -> list[ServiceInstance]:
+        """The instances whose entry has ``flag``, once due ejections have ended."""
         with self._lock:
             self._return_due()
-            found = [entry.inst for entry in self._entries.values() if entry.ejected]
+            found = [entry.inst for entry in self._entries.values() if flag(entry)]
         self._flush()
         return found
 
