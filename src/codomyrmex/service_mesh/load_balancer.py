@@ -1439,12 +1439,7 @@ class LoadBalancer(Publisher):
                 return
             self._building = True
             snapshot = self._snapshot()
-        try:
-            table = self._build_table(snapshot)
-        except BaseException:
-            with self._lock:
-                self._building = False
-            raise
+        table = self._build_claimed(snapshot)
         with self._lock:
             self._building = False
             self._install(snapshot, table)
@@ -1483,14 +1478,21 @@ class LoadBalancer(Publisher):
                     self._building = False
                     return
                 snapshot = self._snapshot()
-            try:
-                table = self._build_table(snapshot)
-            except BaseException:
-                with self._lock:
-                    self._building = False
-                raise
+            table = self._build_claimed(snapshot)
             with self._lock:
                 self._install(snapshot, table)
+
+    def _build_claimed(
+        self, snapshot: tuple[LoadBalancerStrategy, int, list[_Entry], list[float]]
+    ) -> tuple[Any, ...]:
+        """Build ``snapshot``'s table while this thread holds ``_building``; a build that
+        raises gives the claim back."""
+        try:
+            return self._build_table(snapshot)
+        except BaseException:
+            with self._lock:
+                self._building = False
+            raise
 
     def _snapshot(self) -> tuple[LoadBalancerStrategy, int, list[_Entry], list[float]]:
         """What a table is built from (lock held): the members of positive weight."""
