@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
-from types import TracebackType
 
 from ._validate import check_int, check_optional_number
 from .errors import BulkheadFullError
@@ -134,18 +133,9 @@ class Bulkhead:
             if self.timer.wait(waiter.event, self.queue_timeout):
                 return
         except BaseException:  # interrupted while queued (KeyboardInterrupt, ...)
-            with self._lock:
-                granted = waiter.granted
-                if not granted:
-                    self._waiters.remove(waiter)
-            if granted:
-                self.release()  # the slot arrived as we gave up: pass it on
+            self._abandon(waiter)
             raise
-        with self._lock:
-            if waiter.granted:
-                return
-            self._waiters.remove(waiter)
-        raise self._full("queue_timeout")
+        self._expire(waiter)
 
     async def acquire_async(self) -> None:
         """The async twin of :meth:`acquire`: waits without blocking the event loop."""
@@ -162,17 +152,27 @@ class Bulkhead:
         try:
             done = await self.timer.first({future}, self.queue_timeout)
         except BaseException:  # cancelled while queued
-            with self._lock:
-                granted = waiter.granted
-                if not granted:
-                    self._waiters.remove(waiter)
-            if granted:
-                self.release()  # the slot arrived as we gave up: pass it on
+            self._abandon(waiter)
             raise
         if done:
             return
+        self._expire(waiter)
+
+    def _abandon(self, waiter: _Waiter) -> None:
+        """``waiter`` gives up (interrupted, cancelled): leave the queue, or pass on the
+        slot that arrived as it gave up."""
         with self._lock:
-            if waiter.granted:  # granted just as the time ran out: keep it
+            granted = waiter.granted
+            if not granted:
+                self._waiters.remove(waiter)
+        if granted:
+            self.release()
+
+    def _expire(self, waiter: _Waiter) -> None:
+        """``waiter``'s queue time ran out: keep a slot granted just then, else leave the
+        queue and raise BulkheadFullError (``queue_timeout``)."""
+        with self._lock:
+            if waiter.granted:
                 return
             self._waiters.remove(waiter)
         raise self._full("queue_timeout")
@@ -195,22 +195,12 @@ class Bulkhead:
         self.acquire()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.release()
 
     async def __aenter__(self) -> Bulkhead:
         await self.acquire_async()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         self.release()

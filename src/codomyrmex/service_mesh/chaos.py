@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final, ParamSpec, TypeVar, cast
 
 from ._validate import check_callable, check_number, check_str
-from .events import EventListener, FaultInjected, publish
+from .events import EventListener, FaultInjected, Publisher, publish
 
 __all__ = ["Chaos", "FaultInjected"]
 
@@ -42,7 +42,7 @@ ExceptionSpec = BaseException | Callable[[], BaseException]
 """An exception to raise (a copy is raised each time), or a class or factory making one."""
 
 
-class Chaos:
+class Chaos(Publisher):
     """Fault injection at ``rate`` (0.0 to 1.0) of the calls it wraps.
 
     Configure at least one fault: ``exception`` (raised instead of running the
@@ -55,6 +55,8 @@ class Chaos:
     Randomness is ``rng`` (or ``random.Random(seed)``); latency goes through
     ``sleep`` / ``async_sleep``, so tests never wait. ``enable()``/``disable()``
     and ``rate`` change it at runtime.
+
+    Events (:meth:`subscribe`): a :class:`FaultInjected` for every injected fault.
     """
 
     __slots__ = (
@@ -159,17 +161,6 @@ class Chaos:
         self._enabled = False
 
     # -- events -----------------------------------------------------------------
-
-    def subscribe(self, listener: EventListener) -> None:
-        """Deliver a :class:`FaultInjected` event to ``listener`` for every injected fault."""
-        check_callable("listener", listener)
-        with self._lock:
-            self._subscribers = (*self._subscribers, listener)
-
-    def unsubscribe(self, listener: EventListener) -> None:
-        """Stop delivering events to ``listener``; unknown listeners are ignored."""
-        with self._lock:
-            self._subscribers = tuple(x for x in self._subscribers if x != listener)
 
     # -- wrapping -----------------------------------------------------------------
 

@@ -30,12 +30,18 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, ParamSpec, TypeVar, cast
 
 from ._validate import check_callable, check_int, check_number, check_str
 from .errors import CircuitOpenError
-from .events import CallRejected, EventListener, StateTransition, ThresholdCrossed, publish
+from .events import (
+    CallRejected,
+    EventListener,
+    Publisher,
+    StateTransition,
+    ThresholdCrossed,
+    publish,
+)
 from .windows import CountWindow, OutcomeWindow, TimeWindow
 
 if TYPE_CHECKING:
@@ -283,7 +289,7 @@ class CircuitBreakerConfig:
         )
 
 
-class CircuitBreaker:
+class CircuitBreaker(Publisher):
     """A thread-safe and async-safe circuit breaker.
 
     CLOSED counts consecutive failures; ``failure_threshold`` of them open the
@@ -293,6 +299,8 @@ class CircuitBreaker:
     concurrent probes: ``success_threshold`` successes close it, any failure
     opens it again. Only :class:`Exception` counts as a failure; other
     ``BaseException``\\ s pass through, count as nothing and free their slot.
+
+    Events (:meth:`subscribe`): :class:`StateTransition` and :class:`CallRejected`.
     """
 
     __slots__ = (
@@ -659,17 +667,6 @@ class CircuitBreaker:
         """Stop calling ``listener``; unknown listeners are ignored."""
         with self._lock:
             self._listeners = tuple(x for x in self._listeners if x != listener)
-
-    def subscribe(self, listener: EventListener) -> None:
-        """Deliver this breaker's events (:class:`StateTransition`, :class:`CallRejected`)."""
-        check_callable("listener", listener)
-        with self._lock:
-            self._subscribers = (*self._subscribers, listener)
-
-    def unsubscribe(self, listener: EventListener) -> None:
-        """Stop delivering events to ``listener``; unknown listeners are ignored."""
-        with self._lock:
-            self._subscribers = tuple(x for x in self._subscribers if x != listener)
 
     # -- the state machine -----------------------------------------------------
 
@@ -1129,12 +1126,7 @@ class Permit:
             self._start = breaker._clock()
         return breaker
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         breaker, epoch, start = self._breaker, self._epoch, self._start
         if exc is not None:
             breaker._record_error(epoch, exc, start)
@@ -1146,10 +1138,5 @@ class Permit:
     async def __aenter__(self) -> CircuitBreaker:
         return self.__enter__()
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         self.__exit__(exc_type, exc, tb)

@@ -8,9 +8,12 @@ subscriber that raises is logged and never breaks the call that caused the event
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
+
+from ._validate import check_callable
 
 if TYPE_CHECKING:
     from .circuit_breaker import CircuitState
@@ -31,7 +34,9 @@ __all__ = [
     "RetryScheduled",
     "StateTransition",
     "ThresholdCrossed",
+    "add_listener",
     "publish",
+    "remove_listener",
 ]
 
 logger = logging.getLogger("codomyrmex.service_mesh")
@@ -188,3 +193,49 @@ def publish(listeners: tuple[EventListener, ...], event: Event) -> None:
             listener(event)
         except Exception:
             logger.exception("event listener %r raised on %r", listener, event)
+
+
+_L = TypeVar("_L")
+
+
+def add_listener(listeners: tuple[_L, ...], listener: _L) -> tuple[_L, ...]:
+    """``listeners`` with ``listener`` appended; TypeError naming it when it is not callable."""
+    check_callable("listener", listener)
+    return (*listeners, listener)
+
+
+def remove_listener(listeners: tuple[_L, ...], listener: object) -> tuple[_L, ...]:
+    """``listeners`` without ``listener``, compared with ``==`` (so a bound method passed
+    anew matches); an unknown listener is ignored."""
+    return tuple(x for x in listeners if x != listener)
+
+
+class Publisher:
+    """Mixin giving a component ``subscribe`` / ``unsubscribe`` over its plain tuple
+    ``_subscribers``, changed under its ``_lock``.
+
+    Hot paths keep testing ``self._subscribers`` with one truth test; a component that
+    keeps state derived from its subscribers overrides :meth:`_subscribers_changed`.
+    """
+
+    __slots__ = ()  # the component's own __slots__ holds ``_subscribers`` and ``_lock``
+
+    _subscribers: tuple[EventListener, ...]
+    _lock: threading.Lock
+
+    def subscribe(self, listener: EventListener) -> None:
+        """Deliver this component's events to ``listener`` (the class documents which);
+        a listener that raises is logged and never breaks the call that caused the event."""
+        with self._lock:
+            self._subscribers = add_listener(self._subscribers, listener)  # type: ignore[misc]
+            self._subscribers_changed()
+
+    def unsubscribe(self, listener: EventListener) -> None:
+        """Stop delivering events to ``listener`` (compared with ``==``, so a bound method
+        passed anew matches); unknown listeners are ignored."""
+        with self._lock:
+            self._subscribers = remove_listener(self._subscribers, listener)  # type: ignore[misc]
+            self._subscribers_changed()
+
+    def _subscribers_changed(self) -> None:
+        """Run under the lock after each (un)subscribe; nothing by default."""

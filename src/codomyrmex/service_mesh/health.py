@@ -33,7 +33,6 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Protocol
 
 from ._validate import check_callable, check_int, check_number, check_str
@@ -496,12 +495,7 @@ class HealthChecker:
     def __enter__(self) -> HealthChecker:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
     # -- asyncio task ---------------------------------------------------------------------
@@ -536,10 +530,5 @@ class HealthChecker:
     async def __aenter__(self) -> HealthChecker:
         return await self.start_async()
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.stop_async()

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import Enum
-from types import TracebackType
+from operator import attrgetter
 from typing import Any
 
 from . import _strategies, _timers
@@ -51,6 +51,7 @@ from .events import (
     InstanceHealthChanged,
     InstancePicked,
     InstanceReturned,
+    Publisher,
     publish,
 )
 from .outlier import (
@@ -302,7 +303,33 @@ def _return_callback(ref: weakref.ref[LoadBalancer]) -> Callable[[], None]:
     return fire
 
 
-class LoadBalancer:
+def _update_in_place(current: ServiceInstance, instance: ServiceInstance) -> None:
+    """Give the registered ``current`` the address, weight and metadata of ``instance``
+    (the same id), keeping its connection count."""
+    if current is not instance:
+        current.host = instance.host
+        current.port = instance.port
+        current.weight = instance.weight
+        current.metadata = instance.metadata
+
+
+def _check_settings(slow_start: object, outlier_detection: object, panic_threshold: float) -> float:
+    """Validate the settings ``reconfigure`` can change; returns the panic threshold."""
+    if slow_start is not None and not isinstance(slow_start, SlowStartConfig):
+        raise TypeError(f"slow_start must be a SlowStartConfig, got {slow_start!r}")
+    if outlier_detection is not None and not isinstance(outlier_detection, OutlierDetectionConfig):
+        raise TypeError(
+            f"outlier_detection must be an OutlierDetectionConfig, got {outlier_detection!r}"
+        )
+    panic = check_number("panic_threshold", panic_threshold, 0.0)
+    if panic > 100.0:
+        raise ValueError(
+            f"panic_threshold must be a percentage (0 to 100), got {panic_threshold!r}"
+        )
+    return panic
+
+
+class LoadBalancer(Publisher):
     """Thread-safe registry of one service's instances with a picking strategy.
 
     ``get_instance()`` returns a healthy registered instance (the object itself)
@@ -336,6 +363,10 @@ class LoadBalancer:
     rebuilds the table outside the lock, in the picking thread, or in a
     background thread when the pick runs on an event loop; see
     :meth:`build_tables`.
+
+    Events (:meth:`subscribe`): :class:`InstancePicked` for each pick,
+    :class:`InstanceHealthChanged`, and :class:`InstanceEjected` / :class:`InstanceReturned`
+    (with their reason) from outlier detection; listeners run outside the lock.
     """
 
     __slots__ = (
@@ -408,19 +439,7 @@ class LoadBalancer:
         if rng is not None and not isinstance(rng, random.Random):
             raise TypeError(f"rng must be a random.Random, got {rng!r}")
         check_callable("clock", clock)
-        if slow_start is not None and not isinstance(slow_start, SlowStartConfig):
-            raise TypeError(f"slow_start must be a SlowStartConfig, got {slow_start!r}")
-        if outlier_detection is not None and not isinstance(
-            outlier_detection, OutlierDetectionConfig
-        ):
-            raise TypeError(
-                f"outlier_detection must be an OutlierDetectionConfig, got {outlier_detection!r}"
-            )
-        panic = check_number("panic_threshold", panic_threshold, 0.0)
-        if panic > 100.0:
-            raise ValueError(
-                f"panic_threshold must be a percentage (0 to 100), got {panic_threshold!r}"
-            )
+        panic = _check_settings(slow_start, outlier_detection, panic_threshold)
         decay = check_number("ewma_decay", ewma_decay, 0.0)
         if decay <= 0.0:
             raise ValueError(f"ewma_decay must be > 0, got {ewma_decay!r}")
@@ -585,19 +604,7 @@ class LoadBalancer:
         out until their time is up); None switches detection off and returns every
         ejected instance. ``strategy`` None keeps the current one.
         """
-        if slow_start is not None and not isinstance(slow_start, SlowStartConfig):
-            raise TypeError(f"slow_start must be a SlowStartConfig, got {slow_start!r}")
-        if outlier_detection is not None and not isinstance(
-            outlier_detection, OutlierDetectionConfig
-        ):
-            raise TypeError(
-                f"outlier_detection must be an OutlierDetectionConfig, got {outlier_detection!r}"
-            )
-        panic = check_number("panic_threshold", panic_threshold, 0.0)
-        if panic > 100.0:
-            raise ValueError(
-                f"panic_threshold must be a percentage (0 to 100), got {panic_threshold!r}"
-            )
+        panic = _check_settings(slow_start, outlier_detection, panic_threshold)
         with self._lock:
             self._panic_threshold = panic
             self._slow_start = slow_start
@@ -626,27 +633,10 @@ class LoadBalancer:
 
     # -- events -----------------------------------------------------------------
 
-    def subscribe(self, listener: EventListener) -> None:
-        """Deliver this balancer's events to ``listener``.
-
-        :class:`InstancePicked` for each pick, :class:`InstanceHealthChanged`,
-        and :class:`InstanceEjected` / :class:`InstanceReturned` (with their
-        reason) from outlier detection. Listeners run outside the lock; one that
-        raises is logged and never breaks the call that caused the event.
-        """
-        check_callable("listener", listener)
-        with self._lock:
-            self._subscribers = (*self._subscribers, listener)
-            self._update_tracking()
-
-    def unsubscribe(self, listener: EventListener) -> None:
-        """Stop delivering events to ``listener`` (compared by equality, so a bound method
-        passed anew matches); unknown listeners are ignored."""
-        with self._lock:
-            self._subscribers = tuple(x for x in self._subscribers if x != listener)
-            if not self._subscribers:
-                self._outbox = []
-            self._update_tracking()
+    def _subscribers_changed(self) -> None:
+        if not self._subscribers:
+            self._outbox = []
+        self._update_tracking()
 
     # -- membership -------------------------------------------------------------
 
@@ -657,20 +647,11 @@ class LoadBalancer:
         with self._lock:
             entry = self._entries.get(instance.id)
             if entry is None:
-                entry = _Entry(instance, self._seq)
-                self._seq += 1
-                self._entries[instance.id] = entry
-                if self._detector is not None:
-                    entry.outlier = self._detector.host(instance.id)
+                entry = self._add_entry(instance)
                 self._invalidate_members()
                 self._refresh(entry, ramp=True)
             else:
-                current = entry.inst
-                if current is not instance:
-                    current.host = instance.host
-                    current.port = instance.port
-                    current.weight = instance.weight
-                    current.metadata = instance.metadata
+                _update_in_place(entry.inst, instance)
                 self._invalidate_members()  # the weight may have changed (even on the same object)
                 self._set_health(entry, instance.healthy)
         self._flush()
@@ -678,20 +659,35 @@ class LoadBalancer:
     def deregister(self, instance_id: str) -> bool:
         """Remove an instance; True if it was registered. In-flight calls finish normally."""
         with self._lock:
-            entry = self._entries.pop(instance_id, None)
-            if entry is None:
+            if not self._remove_entry(instance_id):
                 return False
-            if entry.available:
-                self._available -= 1
-                entry.available = False
-            if entry.outlier is not None and self._detector is not None:
-                self._detector.forget(entry.outlier)
-                self._failing.pop(instance_id, None)
-            if entry.listed:
-                self._unlist(entry)
             self._invalidate_members()
             self._sync_pool(None)
             return True
+
+    def _add_entry(self, instance: ServiceInstance) -> _Entry:
+        """Under the lock: a new entry for ``instance`` (the caller refreshes it)."""
+        entry = _Entry(instance, self._seq)
+        self._seq += 1
+        self._entries[instance.id] = entry
+        if self._detector is not None:
+            entry.outlier = self._detector.host(instance.id)
+        return entry
+
+    def _remove_entry(self, instance_id: str) -> bool:
+        """Under the lock: forget ``instance_id``; False if it was not registered."""
+        entry = self._entries.pop(instance_id, None)
+        if entry is None:
+            return False
+        if entry.available:
+            self._available -= 1
+            entry.available = False
+        if entry.outlier is not None and self._detector is not None:
+            self._detector.forget(entry.outlier)
+            self._failing.pop(instance_id, None)
+        if entry.listed:
+            self._unlist(entry)
+        return True
 
     def update_members(
         self,
@@ -718,35 +714,15 @@ class LoadBalancer:
         removed: list[str] = []
         with self._lock:
             for instance_id in removals:
-                entry = self._entries.pop(instance_id, None)
-                if entry is None:
-                    continue
-                if entry.available:
-                    self._available -= 1
-                    entry.available = False
-                if entry.outlier is not None and self._detector is not None:
-                    self._detector.forget(entry.outlier)
-                    self._failing.pop(instance_id, None)
-                if entry.listed:
-                    self._unlist(entry)
-                removed.append(instance_id)
+                if self._remove_entry(instance_id):
+                    removed.append(instance_id)
             for instance in instances:
                 entry = self._entries.get(instance.id)
                 if entry is None:
-                    entry = _Entry(instance, self._seq)
-                    self._seq += 1
-                    self._entries[instance.id] = entry
-                    if self._detector is not None:
-                        entry.outlier = self._detector.host(instance.id)
-                    self._refresh(entry, ramp=True)
+                    self._refresh(self._add_entry(instance), ramp=True)
                     added.append(instance.id)
                     continue
-                current = entry.inst
-                if current is not instance:
-                    current.host = instance.host
-                    current.port = instance.port
-                    current.weight = instance.weight
-                    current.metadata = instance.metadata
+                _update_in_place(entry.inst, instance)
                 if update_health:
                     self._set_health(entry, instance.healthy)
                 updated.append(instance.id)
@@ -786,18 +762,18 @@ class LoadBalancer:
     @property
     def healthy_instances(self) -> list[ServiceInstance]:
         """The available instances (healthy and not ejected), in registration order."""
-        with self._lock:
-            self._return_due()
-            found = [entry.inst for entry in self._entries.values() if entry.available]
-        self._flush()
-        return found
+        return self._listing(attrgetter("available"))
 
     @property
     def ejected_instances(self) -> list[ServiceInstance]:
         """The instances outlier detection has ejected right now, in registration order."""
+        return self._listing(attrgetter("ejected"))
+
+    def _listing(self, flag: Callable[[_Entry], bool]) -> list[ServiceInstance]:
+        """The instances whose entry has ``flag``, once due ejections have ended."""
         with self._lock:
             self._return_due()
-            found = [entry.inst for entry in self._entries.values() if entry.ejected]
+            found = [entry.inst for entry in self._entries.values() if flag(entry)]
         self._flush()
         return found
 
@@ -1463,12 +1439,7 @@ class LoadBalancer:
                 return
             self._building = True
             snapshot = self._snapshot()
-        try:
-            table = self._build_table(snapshot)
-        except BaseException:
-            with self._lock:
-                self._building = False
-            raise
+        table = self._build_claimed(snapshot)
         with self._lock:
             self._building = False
             self._install(snapshot, table)
@@ -1507,14 +1478,21 @@ class LoadBalancer:
                     self._building = False
                     return
                 snapshot = self._snapshot()
-            try:
-                table = self._build_table(snapshot)
-            except BaseException:
-                with self._lock:
-                    self._building = False
-                raise
+            table = self._build_claimed(snapshot)
             with self._lock:
                 self._install(snapshot, table)
+
+    def _build_claimed(
+        self, snapshot: tuple[LoadBalancerStrategy, int, list[_Entry], list[float]]
+    ) -> tuple[Any, ...]:
+        """Build ``snapshot``'s table while this thread holds ``_building``; a build that
+        raises gives the claim back."""
+        try:
+            return self._build_table(snapshot)
+        except BaseException:
+            with self._lock:
+                self._building = False
+            raise
 
     def _snapshot(self) -> tuple[LoadBalancerStrategy, int, list[_Entry], list[float]]:
         """What a table is built from (lock held): the members of positive weight."""
@@ -1693,12 +1671,7 @@ class Connection:
         self._start = 0.0 if timer is None else timer()
         return instance
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         if self._instance is not None:
             if exc is None or isinstance(exc, Exception):
                 self._balancer._release(self._instance, self._start, exc)
@@ -1709,10 +1682,5 @@ class Connection:
     async def __aenter__(self) -> ServiceInstance:
         return self.__enter__()
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         self.__exit__(exc_type, exc, tb)

@@ -15,10 +15,10 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from ._equivalence import equivalent
-from ._validate import check_callable, check_str
+from ._validate import check_str
 from .circuit_breaker import CircuitBreaker, CircuitBreakerConfig, Clock
 from .discovery import Resolver, Source
-from .events import Event, EventListener, publish
+from .events import Event, EventListener, add_listener, publish, remove_listener
 from .load_balancer import LoadBalancer, ServiceInstance
 from .proxy import ServiceProxy
 from .store import BreakerStore
@@ -316,9 +316,8 @@ class Mesh:
         and every component passed to :meth:`watch`. A listener that raises is
         logged and never breaks the call that caused the event.
         """
-        check_callable("listener", listener)
         with self._lock:
-            self._listeners = (*self._listeners, listener)
+            self._listeners = add_listener(self._listeners, listener)
             self._sync()
 
     def unsubscribe(self, listener: EventListener) -> None:
@@ -327,7 +326,7 @@ class Mesh:
         When the last listener leaves, the mesh detaches from every component.
         """
         with self._lock:
-            self._listeners = tuple(x for x in self._listeners if x != listener)
+            self._listeners = remove_listener(self._listeners, listener)
             self._sync()
 
     def watch(self, source: EventSource) -> None:

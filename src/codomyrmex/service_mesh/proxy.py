@@ -29,7 +29,15 @@ from .budget import PercentageRetryBudget
 from .bulkhead import Bulkhead
 from .circuit_breaker import CircuitBreaker, CircuitState
 from .errors import CircuitOpenError, NoHealthyInstanceError
-from .events import CallFailed, CallRejected, CallSucceeded, EventListener, RetryGaveUp, publish
+from .events import (
+    CallFailed,
+    CallRejected,
+    CallSucceeded,
+    EventListener,
+    Publisher,
+    RetryGaveUp,
+    publish,
+)
 from .hedging import RejectedResult, hedged, hedged_async
 from .limits import ConcurrencyLimiter, RateLimit, admission
 from .load_balancer import ABORTED, LoadBalancer, ServiceInstance
@@ -54,7 +62,7 @@ _STAGE_FIELDS = frozenset(
 )
 
 
-class ServiceProxy:
+class ServiceProxy(Publisher):
     """Calls to one service through load balancer -> circuit breaker -> retry.
 
     ``call(handler, *args, **kwargs)`` runs ``handler(instance, *args, **kwargs)``
@@ -77,6 +85,8 @@ class ServiceProxy:
     attempt timeout (by default the retry policy's timer). ``rate_limit`` and
     ``concurrency_limit`` (see :mod:`codomyrmex.service_mesh.limits`) refuse calls beyond
     a rate or an adaptive concurrency limit with :class:`LimitExceededError`.
+
+    Events (:meth:`subscribe`): calls succeeded / failed / rejected, retries.
     """
 
     __slots__ = (
@@ -213,19 +223,8 @@ class ServiceProxy:
         stages.append("handler")
         return " -> ".join(stages)
 
-    def subscribe(self, listener: EventListener) -> None:
-        """Deliver this proxy's events: calls succeeded / failed / rejected, retries."""
-        check_callable("listener", listener)
-        with self._lock:
-            self._subscribers = (*self._subscribers, listener)
-            self._event_clock = self.clock
-
-    def unsubscribe(self, listener: EventListener) -> None:
-        """Stop delivering events to ``listener``."""
-        with self._lock:
-            self._subscribers = tuple(x for x in self._subscribers if x != listener)
-            if not self._subscribers:
-                self._event_clock = None
+    def _subscribers_changed(self) -> None:
+        self._event_clock = self.clock if self._subscribers else None
 
     def close(self) -> None:
         """Release what the proxy holds (nothing today: hedges run on their own threads)."""
@@ -394,20 +393,10 @@ class ServiceProxy:
         start = 0.0 if timer is None else timer()
         try:
             result = handler_fn(instance, *args, **kwargs)
-        except Exception as exc:
-            balancer._release(instance, start, exc)
-            if self._subscribers:
-                self._failed(instance, start, exc)
+        except BaseException as exc:
+            self._hedge_failed(instance, start, exc)
             raise
-        except BaseException:
-            balancer._release(instance, start, ABORTED)
-            raise
-        balancer._release(instance, start, None)
-        policy = self.retry_policy
-        if policy.retry_on_result is not None and policy._rejects(result):
-            raise RejectedResult(result)  # loses the race, like a failure
-        self._succeeded(instance, start, None, refund=False)  # the hedging loop refunds once
-        return result
+        return self._hedge_done(instance, start, result)
 
     def _hedged(
         self, handler_fn: Callable[..., Any], args: Any, kwargs: Any, bulkhead: Bulkhead | None
@@ -570,18 +559,28 @@ class ServiceProxy:
         start = 0.0 if timer is None else timer()
         try:
             result = await self._run_attempt_async(handler_fn, instance, args, kwargs, started)
-        except Exception as exc:
-            balancer._release(instance, start, exc)
+        except BaseException as exc:
+            self._hedge_failed(instance, start, exc)
+            raise
+        return self._hedge_done(instance, start, result)
+
+    def _hedge_failed(self, instance: ServiceInstance, start: float, exc: BaseException) -> None:
+        """A hedged attempt on ``instance`` raised: release its connection (and report a
+        failure; anything not an ``Exception`` aborts)."""
+        if isinstance(exc, Exception):
+            self.load_balancer._release(instance, start, exc)
             if self._subscribers:
                 self._failed(instance, start, exc)
-            raise
-        except BaseException:
-            balancer._release(instance, start, ABORTED)
-            raise
-        balancer._release(instance, start, None)
+        else:
+            self.load_balancer._release(instance, start, ABORTED)
+
+    def _hedge_done(self, instance: ServiceInstance, start: float, result: Any) -> Any:
+        """A hedged attempt on ``instance`` returned ``result``: release its connection; a
+        rejected result loses the race, like a failure (RejectedResult)."""
+        self.load_balancer._release(instance, start, None)
         policy = self.retry_policy
         if policy.retry_on_result is not None and policy._rejects(result):
-            raise RejectedResult(result)  # loses the race, like a failure
+            raise RejectedResult(result)
         self._succeeded(instance, start, None, refund=False)  # the hedging loop refunds once
         return result
 

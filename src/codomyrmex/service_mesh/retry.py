@@ -15,13 +15,20 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable
-from types import TracebackType
 from typing import Any, Literal, ParamSpec, TypeVar
 
 from ._validate import check_callable, check_int, check_number, check_optional_number
 from .budget import RetryBudget
 from .errors import ServiceMeshError
-from .events import CallRejected, EventListener, RetryGaveUp, RetryScheduled, publish
+from .events import (
+    CallRejected,
+    EventListener,
+    RetryGaveUp,
+    RetryScheduled,
+    add_listener,
+    publish,
+    remove_listener,
+)
 from .timers import Timer
 
 __all__ = [
@@ -98,12 +105,7 @@ class _Switch:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         _Testing.active, _Testing.attempts = self._previous
 
 
@@ -275,13 +277,11 @@ class RetryPolicy:
 
     def subscribe(self, listener: EventListener) -> None:
         """Deliver this policy's :class:`RetryScheduled` and :class:`RetryGaveUp` events."""
-        check_callable("listener", listener)
-        object.__setattr__(self, "_subscribers", (*self._subscribers, listener))
+        object.__setattr__(self, "_subscribers", add_listener(self._subscribers, listener))
 
     def unsubscribe(self, listener: EventListener) -> None:
         """Stop delivering events to ``listener``."""
-        subscribers = tuple(x for x in self._subscribers if x != listener)
-        object.__setattr__(self, "_subscribers", subscribers)
+        object.__setattr__(self, "_subscribers", remove_listener(self._subscribers, listener))
 
     # -- delays -----------------------------------------------------------------
 

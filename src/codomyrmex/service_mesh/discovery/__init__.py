@@ -11,7 +11,7 @@ Standard library only.
 from .codec import instance_from_json, instance_to_json
 from .polling import PollingSource, Resolution
 from .resolver import Resolver, ResolverStatus, Source
-from .shutdown import on_sigterm, sigterm_hooks
+from .shutdown import close_at_shutdown, on_sigterm, sigterm_hooks
 
 __all__ = [
     "PollingSource",
@@ -19,6 +19,7 @@ __all__ = [
     "Resolver",
     "ResolverStatus",
     "Source",
+    "close_at_shutdown",
     "instance_from_json",
     "instance_to_json",
     "on_sigterm",

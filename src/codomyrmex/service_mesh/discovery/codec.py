@@ -29,8 +29,8 @@ def instance_to_json(instance: ServiceInstance) -> str:
     )
 
 
-def instance_from_json(data: Any) -> ServiceInstance | None:
-    """The instance ``data`` describes, or None (logged) when it is malformed."""
+def instance_from_json(data: Any, *, log: logging.Logger = logger) -> ServiceInstance | None:
+    """The instance ``data`` describes, or None (logged on ``log``) when it is malformed."""
     try:
         fields = json.loads(data)
         return ServiceInstance(
@@ -42,5 +42,5 @@ def instance_from_json(data: Any) -> ServiceInstance | None:
             metadata=dict(fields.get("metadata") or {}),
         )
     except (ValueError, KeyError, TypeError, AttributeError):
-        logger.warning("ignoring a malformed registry entry: %r", data)
+        log.warning("ignoring a malformed registry entry: %r", data)
         return None

@@ -17,15 +17,17 @@ another thread raises RuntimeError.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import signal
 import threading
+import weakref
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["on_sigterm", "sigterm_hooks"]
+__all__ = ["close_at_shutdown", "on_sigterm", "sigterm_hooks"]
 
 logger = logging.getLogger("codomyrmex.service_mesh.discovery")
 
@@ -62,6 +64,35 @@ def on_sigterm(hook: Callable[[], object], *, timeout: float = 5.0) -> Callable[
         with _lock:
             if hook in _hooks:
                 _hooks.remove(hook)
+
+    return undo
+
+
+class _Closable(Protocol):
+    def close(self) -> object: ...
+
+
+def close_at_shutdown(closable: _Closable, *, at_exit: bool, sigterm: bool) -> Callable[[], None]:
+    """Call ``closable.close()`` at interpreter exit (``at_exit``) and on SIGTERM
+    (``sigterm``, see :func:`on_sigterm`), holding only a weak reference to it, so an
+    object dropped before then is not kept alive; returns one undo for both."""
+    ref = weakref.ref(closable)
+
+    def close_later() -> None:
+        target = ref()
+        if target is not None:
+            target.close()
+
+    undos: list[Callable[[], None]] = []
+    if at_exit:
+        atexit.register(close_later)
+        undos.append(lambda: atexit.unregister(close_later))
+    if sigterm:
+        undos.append(on_sigterm(close_later))
+
+    def undo() -> None:
+        for each in undos:
+            each()
 
     return undo
 

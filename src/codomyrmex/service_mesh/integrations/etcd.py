@@ -32,13 +32,11 @@ works, but is asyncio-only and brings grpcio with it.)
 
 from __future__ import annotations
 
-import atexit
 import base64
 import json
 import logging
 import socket
 import threading
-import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -50,7 +48,7 @@ except ImportError as exc:
     raise missing_extra(__name__, "etcd", exc) from exc
 
 from .._validate import check_number, check_str
-from ..discovery import Resolver, on_sigterm
+from ..discovery import Resolver, close_at_shutdown
 from ..discovery.codec import instance_from_json, instance_to_json
 from ..errors import ServiceMeshError
 from ..load_balancer import LoadBalancer, ServiceInstance
@@ -371,19 +369,9 @@ class EtcdRegistry:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._resolvers: list[Resolver] = []
-        self._undo: list[Callable[[], None]] = []
-        ref = weakref.ref(self)
-
-        def close_later() -> None:
-            registry = ref()
-            if registry is not None:
-                registry.close()
-
-        if deregister_at_exit:
-            atexit.register(close_later)
-            self._undo.append(lambda: atexit.unregister(close_later))
-        if deregister_on_sigterm:
-            self._undo.append(on_sigterm(close_later))
+        self._undo = close_at_shutdown(
+            self, at_exit=deregister_at_exit, sigterm=deregister_on_sigterm
+        )
 
     def __repr__(self) -> str:
         return f"EtcdRegistry({self.gateway.endpoint!r}, ttl={self.ttl}, online={self._online})"
@@ -453,8 +441,7 @@ class EtcdRegistry:
             resolver.stop()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5.0)
-        for undo in self._undo:
-            undo()
+        self._undo()
         self.gateway.close()
 
     # -- everyone's instances ---------------------------------------------------------

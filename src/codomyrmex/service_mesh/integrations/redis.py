@@ -94,7 +94,6 @@ a probe, an operator action), under an identity of the child's own.
 
 from __future__ import annotations
 
-import atexit
 import itertools
 import json
 import logging
@@ -119,7 +118,8 @@ except ImportError as exc:
 
 from .._validate import check_number, check_str
 from ..circuit_breaker import CircuitBreaker, CircuitState
-from ..discovery import Resolver, on_sigterm
+from ..discovery import Resolver, close_at_shutdown
+from ..discovery.codec import instance_from_json, instance_to_json
 from ..errors import ServiceMeshError
 from ..load_balancer import LoadBalancer, ServiceInstance
 from ..store import SharedState
@@ -1142,35 +1142,8 @@ return out
 """
 
 
-def _instance_json(instance: ServiceInstance) -> str:
-    return json.dumps(
-        {
-            "id": instance.id,
-            "host": instance.host,
-            "port": instance.port,
-            "weight": instance.weight,
-            "healthy": instance.healthy,
-            "metadata": instance.metadata,
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-    )
-
-
 def _instance_from_json(data: Any) -> ServiceInstance | None:
-    try:
-        fields = json.loads(data)
-        return ServiceInstance(
-            id=fields["id"],
-            host=fields["host"],
-            port=fields["port"],
-            weight=fields.get("weight", 1),
-            healthy=fields.get("healthy", True),
-            metadata=dict(fields.get("metadata") or {}),
-        )
-    except (ValueError, KeyError, TypeError, AttributeError):
-        logger.warning("ignoring a malformed registry entry: %r", data)
-        return None
+    return instance_from_json(data, log=logger)
 
 
 class RedisRegistry:
@@ -1233,27 +1206,9 @@ class RedisRegistry:
             reconnect_interval=reconnect,
             on_fork=self._after_fork_in_child,
         )
-        self._at_exit: Callable[[], None] | None = None
-        if deregister_at_exit:
-            ref = weakref.ref(self)
-
-            def close_at_exit() -> None:
-                registry = ref()
-                if registry is not None:
-                    registry.close()
-
-            self._at_exit = close_at_exit
-            atexit.register(close_at_exit)
-        self._undo_sigterm: Callable[[], None] | None = None
-        if deregister_on_sigterm:
-            ref_ = weakref.ref(self)
-
-            def close_on_sigterm() -> None:
-                registry = ref_()
-                if registry is not None:
-                    registry.close()
-
-            self._undo_sigterm = on_sigterm(close_on_sigterm)
+        self._undo_shutdown = close_at_shutdown(
+            self, at_exit=deregister_at_exit, sigterm=deregister_on_sigterm
+        )
 
     def __repr__(self) -> str:
         return f"RedisRegistry(prefix={self.prefix!r}, ttl={self.ttl}, online={self.online})"
@@ -1285,7 +1240,7 @@ class RedisRegistry:
         check_str("service", service)
         if not isinstance(instance, ServiceInstance):
             raise TypeError(f"instance must be a ServiceInstance, got {instance!r}")
-        data = _instance_json(instance)
+        data = instance_to_json(instance)
         with self._lock:
             if self._closed:
                 raise RuntimeError("this registry is closed")
@@ -1327,10 +1282,7 @@ class RedisRegistry:
             if not self._remove(service, instance_id):
                 break
         self._backend.stop()
-        if self._at_exit is not None:
-            atexit.unregister(self._at_exit)
-        if self._undo_sigterm is not None:
-            self._undo_sigterm()
+        self._undo_shutdown()
 
     # -- everyone's instances ---------------------------------------------------------
 

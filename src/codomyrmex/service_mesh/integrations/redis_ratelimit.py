@@ -45,16 +45,15 @@ from ._extras import missing_extra
 try:
     import redis
     import redis.asyncio
-    from redis.backoff import NoBackoff
     from redis.cluster import RedisCluster
     from redis.exceptions import RedisError, ResponseError
-    from redis.retry import Retry
 except ImportError as exc:
     raise missing_extra(__name__, "redis", exc) from exc
 
 from .._validate import check_callable, check_number, check_str
 from ..errors import LimitExceededError
 from ..limits import RateLimiter
+from .redis import _make_client
 
 __all__ = ["OutageMode", "RedisRateLimiter"]
 
@@ -83,19 +82,6 @@ local ttl = math.max(1, math.ceil((new_tat - now) / 1000))
 redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', ttl)
 return {1, '0'}
 """
-
-
-def _make_client(client: Any, socket_timeout: float) -> Any:
-    if isinstance(client, str):
-        return redis.Redis.from_url(
-            client,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=socket_timeout,
-            retry=Retry(NoBackoff(), 0),
-        )
-    if not isinstance(client, (redis.Redis, RedisCluster)):
-        raise TypeError(f"client must be a redis URL, redis.Redis or RedisCluster, got {client!r}")
-    return client
 
 
 class RedisRateLimiter:

@@ -33,7 +33,8 @@ integrations call it per attempt, so the server's span is a child of the attempt
 from __future__ import annotations
 
 import itertools
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from contextlib import contextmanager
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from ._extras import missing_extra
@@ -148,23 +149,11 @@ class MeshTracer:
 
         def attempt(instance: ServiceInstance, /, *a: P.args, **kw: P.kwargs) -> R:
             number = tried[0] = next(attempts)
-            with self._attempt_span(service, instance, number) as span:
-                try:
-                    result = handler(instance, *a, **kw)
-                except BaseException as exc:
-                    _fail(span, exc, "failure" if isinstance(exc, Exception) else "cancelled")
-                    raise
-                span.set_attribute(_OUTCOME, "success")
-                return result
+            with self._attempting(service, instance, number):
+                return handler(instance, *a, **kw)
 
-        with self._call_span(service) as span:
-            try:
-                result = proxy.call(attempt, *args, **kwargs)
-            except BaseException as exc:
-                self._end_call(span, tried[0], exc)
-                raise
-            self._end_call(span, tried[0], None)
-            return result
+        with self._calling(service, tried):
+            return proxy.call(attempt, *args, **kwargs)
 
     async def call_async(
         self,
@@ -180,23 +169,33 @@ class MeshTracer:
 
         async def attempt(instance: ServiceInstance, /, *a: P.args, **kw: P.kwargs) -> R:
             number = tried[0] = next(attempts)
-            with self._attempt_span(service, instance, number) as span:
-                try:
-                    result = await handler(instance, *a, **kw)
-                except BaseException as exc:
-                    _fail(span, exc, "failure" if isinstance(exc, Exception) else "cancelled")
-                    raise
-                span.set_attribute(_OUTCOME, "success")
-                return result
+            with self._attempting(service, instance, number):
+                return await handler(instance, *a, **kw)
 
+        with self._calling(service, tried):
+            return await proxy.call_async(attempt, *args, **kwargs)
+
+    @contextmanager
+    def _calling(self, service: str, tried: list[int]) -> Iterator[None]:
+        """The call span; ends it with the attempts made (``tried[0]``) and the outcome."""
         with self._call_span(service) as span:
             try:
-                result = await proxy.call_async(attempt, *args, **kwargs)
+                yield
             except BaseException as exc:
                 self._end_call(span, tried[0], exc)
                 raise
             self._end_call(span, tried[0], None)
-            return result
+
+    @contextmanager
+    def _attempting(self, service: str, instance: ServiceInstance, number: int) -> Iterator[None]:
+        """Attempt ``number``'s span, ended with its outcome."""
+        with self._attempt_span(service, instance, number) as span:
+            try:
+                yield
+            except BaseException as exc:
+                _fail(span, exc, "failure" if isinstance(exc, Exception) else "cancelled")
+                raise
+            span.set_attribute(_OUTCOME, "success")
 
     def _call_span(self, service: str) -> Any:
         return self._tracer.start_as_current_span(

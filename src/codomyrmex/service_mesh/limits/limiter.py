@@ -14,11 +14,10 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
-from types import TracebackType
 
 from .._validate import check_callable
 from ..errors import LimitExceededError, ServiceMeshError
-from ..events import EventListener, LimitChanged, publish
+from ..events import EventListener, LimitChanged, Publisher, publish
 from .algorithms import Limit
 
 __all__ = ["ConcurrencyLimiter", "Permit"]
@@ -62,28 +61,18 @@ class Permit:
     def __enter__(self) -> Permit:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         limiter = self._limiter
         limiter._finish(self, 1 if exc is None else limiter._classify(exc))
 
     async def __aenter__(self) -> Permit:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         self.finish(exc)
 
 
-class ConcurrencyLimiter:
+class ConcurrencyLimiter(Publisher):
     """At most ``limit.limit`` calls in flight; ``limit`` adapts it from each call's RTT.
 
     ``dropped_on``: exceptions that count as drops (default: timeouts); ``ignored_on``:
@@ -91,6 +80,8 @@ class ConcurrencyLimiter:
     refusals, :class:`ServiceMeshError`); any other exception ends the call as a
     success sample, since the backend answered. Anything not an ``Exception``
     (cancellation, ``KeyboardInterrupt``) is ignored. ``clock`` times the calls.
+
+    Events (:meth:`subscribe`): :class:`LimitChanged`.
     """
 
     __slots__ = (
@@ -155,17 +146,6 @@ class ConcurrencyLimiter:
     def describe(self) -> str:
         """A label for ``ServiceProxy.describe()``."""
         return f"concurrency limit({self.algorithm.describe()}, limit={self._limit})"
-
-    def subscribe(self, listener: EventListener) -> None:
-        """Deliver :class:`LimitChanged` events to ``listener``."""
-        check_callable("listener", listener)
-        with self._lock:
-            self._subscribers = (*self._subscribers, listener)
-
-    def unsubscribe(self, listener: EventListener) -> None:
-        """Stop delivering events to ``listener``."""
-        with self._lock:
-            self._subscribers = tuple(x for x in self._subscribers if x != listener)
 
     def try_acquire(self) -> Permit | None:
         """A place for one call, or None when ``limit`` calls are already in flight."""

@@ -10,8 +10,6 @@ limiter is asked (an I/O-bound one, such as Redis, is awaited).
 
 from __future__ import annotations
 
-from types import TracebackType
-
 from ..errors import LimitExceededError
 from ..events import CallRejected, EventListener, publish
 from .limiter import ConcurrencyLimiter, Permit
@@ -90,12 +88,7 @@ class Admission:
         self._admit()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         self._leave(exc)
 
     async def __aenter__(self) -> Admission:
@@ -104,12 +97,7 @@ class Admission:
         self._admit()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         self._leave(exc)
 
 
