@@ -287,3 +287,65 @@ def test_w3c_trace_context_reaches_the_backend_per_attempt(
         assert parent_id == f"{attempt.context.span_id:016x}", "its attempt is the parent"
         assert int(flags, 16) & 1, "sampled"
     assert trace_context_headers() == {}, "outside a span there is nothing to propagate"
+
+
+@pytest.mark.parametrize("client", ["httpx", "httpx-async", "requests", "aiohttp"])
+def test_every_http_client_integration_sends_the_current_trace_context(
+    provider: TracerProvider, client: str
+) -> None:
+    """Importing the tracing integration makes every client integration propagate W3C
+    trace context: a real backend receives the traceparent of the span around the call."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    server.seen = []  # type: ignore[attr-defined]
+    server.fail_port = -1  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        mesh = Mesh()
+        balancer = LoadBalancer(name="web")
+        balancer.register(ServiceInstance("web-1", "127.0.0.1", server.server_address[1]))
+        mesh.register_service(ServiceProxy("web", balancer))
+        tracer = provider.get_tracer("test")
+        with tracer.start_as_current_span("handler") as span:
+            if client == "httpx":
+                import httpx
+
+                from codomyrmex.service_mesh.integrations.httpx import MeshTransport
+
+                with httpx.Client(transport=MeshTransport(mesh)) as c:
+                    assert c.get("http://web/").status_code == 200
+            elif client == "httpx-async":
+                import httpx
+
+                from codomyrmex.service_mesh.integrations.httpx import AsyncMeshTransport
+
+                async def main() -> int:
+                    async with httpx.AsyncClient(transport=AsyncMeshTransport(mesh)) as c:
+                        return (await c.get("http://web/")).status_code
+
+                assert asyncio.run(main()) == 200
+            elif client == "requests":
+                import requests
+
+                from codomyrmex.service_mesh.integrations.requests import MeshAdapter
+
+                with requests.Session() as session:
+                    session.mount("http://web", MeshAdapter(mesh))
+                    assert session.get("http://web/", timeout=5).status_code == 200
+            else:
+                import aiohttp
+
+                from codomyrmex.service_mesh.integrations.aiohttp import MeshMiddleware
+
+                async def fetch() -> int:
+                    async with aiohttp.ClientSession(middlewares=(MeshMiddleware(mesh),)) as s:
+                        async with s.get("http://web/") as response:
+                            return response.status
+
+                assert asyncio.run(fetch()) == 200
+            trace_id = format(span.get_span_context().trace_id, "032x")
+        (received,) = server.seen  # type: ignore[attr-defined]
+        assert received is not None, "no traceparent reached the backend"
+        assert received.split("-")[1] == trace_id
+    finally:
+        server.shutdown()
+        server.server_close()

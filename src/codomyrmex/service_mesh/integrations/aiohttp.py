@@ -55,6 +55,7 @@ from .protocol import (
     Services,
     Timeouts,
     UnknownService,
+    trace_headers,
     within,
 )
 
@@ -143,6 +144,9 @@ class MeshMiddleware:
             query_string=url.raw_query_string,
             encoded=True,
         )
+        traced = trace_headers()
+        if traced is not None:  # W3C trace context, once tracing is imported
+            req.headers.update(traced)
         return await self._core.guard_async(instance, call, self._send_within, limit, call)
 
     async def _send_within(self, seconds: float, call: CallState) -> ClientResponse:

@@ -86,6 +86,7 @@ from .protocol import (
     Verdict,
     grpc_code_name,
     parse_grpc_pushback,
+    trace_headers,
 )
 
 __all__ = [
@@ -673,7 +674,7 @@ class MeshInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientIn
             details = _CallDetails(
                 client_call_details.method,
                 limit,
-                client_call_details.metadata,
+                _traced(client_call_details.metadata),
                 client_call_details.credentials,
                 client_call_details.wait_for_ready,
                 client_call_details.compression,
@@ -711,7 +712,7 @@ class MeshInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientIn
             details = _CallDetails(
                 client_call_details.method,
                 remaining,  # the stream lives on after its first message: the call's deadline
-                client_call_details.metadata,
+                _traced(client_call_details.metadata),
                 client_call_details.credentials,
                 client_call_details.wait_for_ready,
                 client_call_details.compression,
@@ -898,7 +899,7 @@ class _AioUnaryUnary(_AioCallable):
         async def send(instance: ServiceInstance, state: CallState, limit: float) -> Any:
             rpc = self._real(instance, "unary_unary")
             try:
-                return await rpc(request, timeout=limit, metadata=metadata, **options)
+                return await rpc(request, timeout=limit, metadata=_traced(metadata), **options)
             except grpc.aio.AioRpcError as error:
                 return engine.judge(
                     state,
@@ -939,7 +940,7 @@ class _AioUnaryStream(_AioCallable):
         async def send(instance: ServiceInstance, state: CallState, limit: float) -> Any:
             remaining = state.deadline_at - state.clock()
             stream = self._real(instance, "unary_stream")(
-                request, timeout=remaining, metadata=metadata, **options
+                request, timeout=remaining, metadata=_traced(metadata), **options
             )
             iterator = stream.__aiter__()
             try:
@@ -970,3 +971,12 @@ class _AioUnaryStream(_AioCallable):
 def aio_mesh_channel(services: Services, service: str, **options: Any) -> AioMeshChannel:
     """A ``grpc.aio`` channel through the mesh; ``options`` are :class:`AioMeshChannel`'s."""
     return AioMeshChannel(services, service, **options)
+
+
+def _traced(metadata: Any) -> Any:
+    """The call's metadata plus the W3C trace context of this attempt, once tracing is
+    imported (see :func:`.protocol.set_trace_injector`); the metadata itself otherwise."""
+    traced = trace_headers()
+    if traced is None:
+        return metadata
+    return (*(metadata or ()), *traced.items())

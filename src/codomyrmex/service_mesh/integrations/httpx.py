@@ -87,6 +87,7 @@ from .protocol import (
     Timeouts,
     UnknownService,
     parse_retry_after,
+    trace_headers,
     within,
 )
 
@@ -235,6 +236,11 @@ class _Router:
         if self.instance_host:
             headers = headers.copy()
             headers["Host"] = instance.address
+        traced = trace_headers()
+        if traced is not None:  # W3C trace context, once tracing is imported
+            if headers is request.headers:
+                headers = headers.copy()
+            headers.update(traced)
         return httpx.Request(
             request.method, url, headers=headers, stream=request.stream, extensions=extensions
         )

@@ -38,7 +38,7 @@ import math
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import timezone
 from enum import Enum
@@ -178,6 +178,30 @@ async def within(seconds: float, awaitable: Awaitable[R]) -> R:
 
 
 # -- parsing -------------------------------------------------------------------------
+
+
+_trace_injector: Callable[[MutableMapping[str, str]], object] | None = None
+
+
+def set_trace_injector(inject: Callable[[MutableMapping[str, str]], object] | None) -> None:
+    """Install the function that writes the current trace context into a header mapping.
+
+    :mod:`.tracing` installs OpenTelemetry's W3C propagator when it is imported, and from
+    then on every client integration (httpx, requests, aiohttp, gRPC metadata) sends
+    ``traceparent`` with each attempt. None turns propagation off again.
+    """
+    global _trace_injector
+    _trace_injector = inject
+
+
+def trace_headers() -> dict[str, str] | None:
+    """The trace-context headers for one outgoing attempt, or None (nothing to send)."""
+    inject = _trace_injector
+    if inject is None:
+        return None
+    headers: dict[str, str] = {}
+    inject(headers)
+    return headers or None
 
 
 def parse_retry_after(value: str | None, now: Callable[[], float] = time.time) -> float | None:

@@ -75,6 +75,7 @@ from .protocol import (
     Timeouts,
     UnknownService,
     body_replayable,
+    trace_headers,
 )
 
 __all__ = [
@@ -343,6 +344,9 @@ class MeshAdapter(HTTPAdapter):
             prepared.headers["Host"] = address
         elif "Host" not in prepared.headers:
             prepared.headers["Host"] = one.authority.rpartition("@")[2]
+        traced = trace_headers()
+        if traced is not None:  # W3C trace context, once tracing is imported
+            prepared.headers.update(traced)
         timeout = one.timeout
         if isinstance(timeout, tuple) and len(timeout) == 2:
             connect, read = timeout

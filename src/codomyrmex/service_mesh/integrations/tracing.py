@@ -58,6 +58,7 @@ from ..events import (
 from ..load_balancer import ServiceInstance
 from ..mesh import Mesh, default_mesh
 from ..proxy import ServiceProxy
+from .protocol import set_trace_injector
 
 _PROXY_REFUSALS = frozenset({"no_healthy_instance", "bulkhead_full"})
 """Refusals a proxy makes itself (it also echoes its breaker's, which are not repeated)."""
@@ -86,6 +87,10 @@ def inject_trace_context(
     """
     propagate.inject(headers, context=context)
     return headers
+
+
+# From the import of this module on, every client integration propagates trace context.
+set_trace_injector(inject_trace_context)
 
 
 def trace_context_headers(context: Any = None) -> dict[str, str]:
