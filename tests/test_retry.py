@@ -927,3 +927,18 @@ def test_a_subnormal_initial_delay_with_a_huge_power_gives_the_cap() -> None:
         initial_delay=2.225073858507203e-309, max_delay=2.0, exponential_base=90.0, jitter=False
     )
     assert policy.get_delay(158) == 2.0
+
+
+def test_replace_keeps_every_setting_but_the_changes() -> None:
+    from codomyrmex.service_mesh import PercentageRetryBudget
+
+    budget = PercentageRetryBudget()
+    base = RetryPolicy(max_retries=2, initial_delay=0.3, jitter="equal", budget=budget, name="x")
+    copy = base.replace(max_retries=5)
+    assert (copy.max_retries, base.max_retries) == (5, 2)
+    assert (copy.initial_delay, copy.jitter_mode, copy.name) == (0.3, "equal", "x")
+    assert copy.budget is budget and copy.timer is base.timer and copy.clock is base.clock
+    with pytest.raises(ValueError, match="max_retries"):
+        base.replace(max_retries=-1)
+    with pytest.raises(TypeError, match="unknown"):
+        base.replace(retries=1)

@@ -263,6 +263,34 @@ class RetryPolicy:
         )
         self._frozen = True
 
+    def replace(self, **changes: Any) -> RetryPolicy:
+        """A new policy with this one's settings (its sleep, clock, rng, timer and budget
+        objects included) except ``changes``, validated as the constructor validates."""
+        settings: dict[str, Any] = {
+            "max_retries": self.max_retries,
+            "initial_delay": self.initial_delay,
+            "max_delay": self.max_delay,
+            "exponential_base": self.exponential_base,
+            "jitter": self.jitter,
+            "retry_on": self.retry_on,
+            "retry_on_result": self.retry_on_result,
+            "sleep": self.sleep,
+            "async_sleep": self.async_sleep,
+            "rng": self._rng,
+            "clock": self.clock,
+            "attempt_timeout": self.attempt_timeout,
+            "max_elapsed": self.max_elapsed,
+            "budget": self.budget,
+            "nested": self.nested,
+            "name": self.name,
+            "timer": self.timer,
+        }
+        unknown = set(changes) - set(settings)
+        if unknown:
+            raise TypeError(f"replace() got unknown settings: {sorted(unknown)}")
+        settings.update(changes)
+        return RetryPolicy(**settings)
+
     def __setattr__(self, name: str, value: object) -> None:
         if getattr(self, "_frozen", False):
             raise AttributeError(f"RetryPolicy is immutable; cannot set {name!r}")

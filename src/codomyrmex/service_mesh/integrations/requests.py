@@ -126,22 +126,12 @@ def retry_policy_from_urllib3(retry: Retry, base: RetryPolicy | None = None) -> 
         parts = [n for n in (retry.connect, retry.read, retry.status) if isinstance(n, int)]
         max_retries = max(parts, default=0)
     jitter = float(getattr(retry, "backoff_jitter", 0.0) or 0.0)
-    return RetryPolicy(
+    return base.replace(
         max_retries=max_retries,
         initial_delay=float(retry.backoff_factor),
         max_delay=float(getattr(retry, "backoff_max", 120.0)),
         exponential_base=2.0,
         jitter=jitter > 0,
-        retry_on=base.retry_on,
-        retry_on_result=base.retry_on_result,
-        sleep=base.sleep,
-        async_sleep=base.async_sleep,
-        clock=base.clock,
-        attempt_timeout=base.attempt_timeout,
-        max_elapsed=base.max_elapsed,
-        budget=base.budget,
-        nested=base.nested,
-        name=base.name,
     )
 
 
@@ -272,23 +262,7 @@ class MeshAdapter(HTTPAdapter):
         if isinstance(retry, Retry):
             policy = retry_policy_from_urllib3(retry, base)
         else:
-            policy = RetryPolicy(
-                max_retries=retry,
-                initial_delay=base.initial_delay,
-                max_delay=base.max_delay,
-                exponential_base=base.exponential_base,
-                jitter=base.jitter,
-                retry_on=base.retry_on,
-                retry_on_result=base.retry_on_result,
-                sleep=base.sleep,
-                async_sleep=base.async_sleep,
-                clock=base.clock,
-                attempt_timeout=base.attempt_timeout,
-                max_elapsed=base.max_elapsed,
-                budget=base.budget,
-                nested=base.nested,
-                name=base.name,
-            )
+            policy = base.replace(max_retries=retry)
         mapped = ServiceProxy(
             proxy.service_name,
             proxy.load_balancer,
