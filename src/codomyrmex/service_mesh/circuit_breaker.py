@@ -1032,6 +1032,26 @@ class CircuitBreaker(Publisher):
                     self._last_failure_at = at
         return changes
 
+    # -- the store seam (internal API for breaker stores, such as the Redis one) --------
+
+    def adopt(self, shared: SharedState) -> _Changes:
+        """Take the fleet's state from a store; return the transitions to :meth:`announce`.
+
+        Internal API for stores: call :meth:`announce` with the result outside any lock.
+        """
+        return self._adopt(shared)
+
+    def announce(self, changes: _Changes) -> None:
+        """Log and publish transitions returned by :meth:`adopt` (internal API for stores)."""
+        self._notify(changes)
+
+    @property
+    def stored_state(self) -> CircuitState:
+        """The state as last entered, without the lazy OPEN -> HALF_OPEN refresh that
+        :attr:`state` makes (internal API for stores, which must not cause transitions).
+        """
+        return self._state
+
     def _refresh(self, now: float, changes: _Changes) -> None:
         """Make the lazy OPEN -> HALF_OPEN transition if its time has come. Lock held."""
         if self._state is OPEN and now >= self._open_until:

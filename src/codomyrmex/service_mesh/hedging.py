@@ -104,7 +104,7 @@ class _Hedge:
         if not self.may_launch():
             return None
         balancer = self.proxy.load_balancer
-        instance = balancer._acquire(self.tried)
+        instance = balancer.acquire(self.tried)
         if instance is None:
             if not self.launched:
                 raise self.proxy._no_instance(None)
@@ -122,8 +122,8 @@ class _Hedge:
         """Give back an instance acquired for a hedge that does not start (a zero-length,
         aborted call: it teaches the balancer nothing)."""
         balancer = self.proxy.load_balancer
-        timer = balancer._observe_clock or self.proxy._event_clock
-        balancer._release(instance, 0.0 if timer is None else timer(), ABORTED)
+        timer = balancer.observe_clock or self.proxy._event_clock
+        balancer.release(instance, 0.0 if timer is None else timer(), ABORTED)
 
     def delay(self, launched_now: bool) -> float | None:
         """How long to wait for an answer before the next hedge (None: until one ends).
@@ -256,7 +256,7 @@ class _SyncCall:
         except BaseException:  # no thread (interpreter shutting down, no resources)
             self.pending.remove(attempt)
             self._let_go()
-            proxy.load_balancer._release(instance, 0.0, ABORTED)
+            proxy.load_balancer.release(instance, 0.0, ABORTED)
             raise
 
     def _end(self, attempt: _Attempt, error: Exception | None) -> None:

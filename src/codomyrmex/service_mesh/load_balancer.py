@@ -878,6 +878,16 @@ class LoadBalancer(Publisher):
         self._flush(inst)
         return inst
 
+    acquire = _acquire
+    """Public name of :meth:`_acquire`, for the proxy and the stages (internal API)."""
+
+    @property
+    def observe_clock(self) -> Callable[[], float] | None:
+        """The clock to read a call's start with when the balancer observes latency
+        (PEAK_EWMA, slow start, outlier detection), else None. Internal API for the proxy.
+        """
+        return self._observe_clock
+
     def _release(
         self, inst: ServiceInstance, start: float = 0.0, outcome: BaseException | None = None
     ) -> None:
@@ -915,6 +925,9 @@ class LoadBalancer(Publisher):
             lock.release()
         if self._subscribers:
             self._flush()
+
+    release = _release
+    """Public name of :meth:`_release`, for the proxy and the stages (internal API)."""
 
     # -- strategies (lock held) ---------------------------------------------------
 

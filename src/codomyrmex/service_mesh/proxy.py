@@ -305,21 +305,21 @@ class ServiceProxy(Publisher):
         result: Any = None
         try:
             while True:
-                instance = balancer._acquire(None if state is None else state.tried)
+                instance = balancer.acquire(None if state is None else state.tried)
                 if instance is None:
                     raise self._no_instance(None if state is None else state.last_real)
-                timer = balancer._observe_clock or self._event_clock
+                timer = balancer.observe_clock or self._event_clock
                 start = 0.0 if timer is None else timer()
                 try:
                     result = handler_fn(instance, *args, **kwargs)
                 except Exception as exc:
-                    balancer._release(instance, start, exc)
+                    balancer.release(instance, start, exc)
                     failure: Exception | None = exc
                 except BaseException:
-                    balancer._release(instance, start, ABORTED)
+                    balancer.release(instance, start, ABORTED)
                     raise
                 else:
-                    balancer._release(instance, start, None)
+                    balancer.release(instance, start, None)
                     if policy.retry_on_result is None or not policy._rejects(result):
                         if self._subscribers or policy._refund:
                             self._succeeded(instance, start, None if state is None else state.calls)
@@ -389,7 +389,7 @@ class ServiceProxy(Publisher):
     ) -> Any:
         """One hedged attempt on an already acquired instance; releases its connection."""
         balancer = self.load_balancer
-        timer = balancer._observe_clock or self._event_clock
+        timer = balancer.observe_clock or self._event_clock
         start = 0.0 if timer is None else timer()
         try:
             result = handler_fn(instance, *args, **kwargs)
@@ -492,23 +492,23 @@ class ServiceProxy(Publisher):
         result: Any = None
         try:
             while True:
-                instance = balancer._acquire(None if state is None else state.tried)
+                instance = balancer.acquire(None if state is None else state.tried)
                 if instance is None:
                     raise self._no_instance(None if state is None else state.last_real)
-                timer = balancer._observe_clock or self._event_clock
+                timer = balancer.observe_clock or self._event_clock
                 start = 0.0 if timer is None else timer()
                 try:
                     result = await self._run_attempt_async(
                         handler_fn, instance, args, kwargs, started
                     )
                 except Exception as exc:
-                    balancer._release(instance, start, exc)
+                    balancer.release(instance, start, exc)
                     failure: Exception | None = exc
                 except BaseException:
-                    balancer._release(instance, start, ABORTED)
+                    balancer.release(instance, start, ABORTED)
                     raise
                 else:
-                    balancer._release(instance, start, None)
+                    balancer.release(instance, start, None)
                     if policy.retry_on_result is None or not policy._rejects(result):
                         if self._subscribers or policy._refund:
                             self._succeeded(instance, start, None if state is None else state.calls)
@@ -555,7 +555,7 @@ class ServiceProxy(Publisher):
     ) -> Any:
         """One hedged attempt on an already acquired instance; releases its connection."""
         balancer = self.load_balancer
-        timer = balancer._observe_clock or self._event_clock
+        timer = balancer.observe_clock or self._event_clock
         start = 0.0 if timer is None else timer()
         try:
             result = await self._run_attempt_async(handler_fn, instance, args, kwargs, started)
@@ -568,16 +568,16 @@ class ServiceProxy(Publisher):
         """A hedged attempt on ``instance`` raised: release its connection (and report a
         failure; anything not an ``Exception`` aborts)."""
         if isinstance(exc, Exception):
-            self.load_balancer._release(instance, start, exc)
+            self.load_balancer.release(instance, start, exc)
             if self._subscribers:
                 self._failed(instance, start, exc)
         else:
-            self.load_balancer._release(instance, start, ABORTED)
+            self.load_balancer.release(instance, start, ABORTED)
 
     def _hedge_done(self, instance: ServiceInstance, start: float, result: Any) -> Any:
         """A hedged attempt on ``instance`` returned ``result``: release its connection; a
         rejected result loses the race, like a failure (RejectedResult)."""
-        self.load_balancer._release(instance, start, None)
+        self.load_balancer.release(instance, start, None)
         policy = self.retry_policy
         if policy.retry_on_result is not None and policy._rejects(result):
             raise RejectedResult(result)
@@ -649,7 +649,7 @@ class ServiceProxy(Publisher):
         if refund and budget is not None:
             budget.record_outcome(True)
         if self._subscribers:
-            clock = self.load_balancer._observe_clock or self._event_clock or self.clock
+            clock = self.load_balancer.observe_clock or self._event_clock or self.clock
             publish(
                 self._subscribers,
                 CallSucceeded(
@@ -662,7 +662,7 @@ class ServiceProxy(Publisher):
 
     def _failed(self, instance: ServiceInstance, start: float, failure: Exception) -> None:
         # The same clock that read ``start`` (the balancer's when it observes calls).
-        clock = self.load_balancer._observe_clock or self._event_clock or self.clock
+        clock = self.load_balancer.observe_clock or self._event_clock or self.clock
         publish(
             self._subscribers,
             CallFailed(self.service_name, instance.id, clock() - start, failure),

@@ -947,14 +947,14 @@ class _RedisLink:
             if (
                 shared.state is CircuitState.OPEN
                 and shared.version == self._version
-                and breaker._state is CircuitState.HALF_OPEN
+                and breaker.stored_state is CircuitState.HALF_OPEN
             ):
                 return  # the same OPEN period; this process's clock already let it expire
             self._version = shared.version
             self._fleet_state = shared.state
-            changes = breaker._adopt(shared)
+            changes = breaker.adopt(shared)
         if changes:
-            breaker._notify(changes)
+            breaker.announce(changes)
 
     def flush(self) -> None:
         """Send batched outcomes (raises :class:`_Unavailable`)."""
@@ -1005,9 +1005,9 @@ class _RedisLink:
         state = CircuitState.DISABLED if mode == "fail_open" else CircuitState.FORCED_OPEN
         breaker = self._breaker
         with self._adopt_lock:
-            changes = breaker._adopt(SharedState(state, self._version))
+            changes = breaker.adopt(SharedState(state, self._version))
         if changes:
-            breaker._notify(changes)
+            breaker.announce(changes)
 
     def reconcile(self) -> None:
         """Redis is back: push what the fleet must learn from this process, then adopt.
@@ -1021,7 +1021,7 @@ class _RedisLink:
             mode, value = "operate", operator.value
         elif (
             self._store.on_outage == "local"
-            and breaker._state is CircuitState.OPEN
+            and breaker.stored_state is CircuitState.OPEN
             and self._fleet_state is not CircuitState.OPEN
         ):
             mode, value = "open_if_closed", max(1, round(breaker.retry_after() * 1000))
