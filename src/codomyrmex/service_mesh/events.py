@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, TypeVar
 from ._validate import check_callable
 
 if TYPE_CHECKING:
-    from .circuit_breaker import CircuitState
+    from .breaker.state import CircuitState
 
 __all__ = [
     "CallFailed",

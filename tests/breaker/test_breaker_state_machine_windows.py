@@ -28,7 +28,7 @@ from codomyrmex.service_mesh import (
     CircuitOpenError,
     CircuitState,
 )
-from codomyrmex.service_mesh.circuit_breaker import TRANSITIONS
+from codomyrmex.service_mesh.breaker.state import TRANSITIONS
 from conftest import FakeClock
 
 CLOSED = CircuitState.CLOSED

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import codomyrmex.service_mesh.windows as windows_module
-from codomyrmex.service_mesh.windows import CountWindow, OutcomeWindow, TimeWindow
+import codomyrmex.service_mesh.breaker.windows as windows_module
+from codomyrmex.service_mesh.breaker.windows import CountWindow, OutcomeWindow, TimeWindow
 
 Call = tuple[float, bool, bool]  # (ended at, failed, slow)
 

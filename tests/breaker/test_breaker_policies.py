@@ -22,7 +22,7 @@ from codomyrmex.service_mesh import (
     CircuitOpenError,
     CircuitState,
 )
-from codomyrmex.service_mesh.circuit_breaker import TRANSITIONS
+from codomyrmex.service_mesh.breaker.state import TRANSITIONS
 from codomyrmex.service_mesh.events import CallRejected, Event, StateTransition
 
 CLOSED = CircuitState.CLOSED
