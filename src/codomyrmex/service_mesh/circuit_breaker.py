@@ -4,16 +4,9 @@ from __future__ import annotations
 
 from .breaker.breaker import CircuitBreaker, Clock, Permit, StateListener
 from .breaker.config import DEFAULT_FAILURE_RATE, CircuitBreakerConfig
-from .breaker.state import (
-    CLOSED,
-    DISABLED,
-    FORCED_OPEN,
-    HALF_OPEN,
-    METRICS_ONLY,
-    OPEN,
-    TRANSITIONS,
-    CircuitState,
-)
+from .breaker.state import TRANSITIONS, CircuitState
+
+CLOSED, OPEN, HALF_OPEN, FORCED_OPEN, DISABLED, METRICS_ONLY = CircuitState
 
 __all__ = [
     "CLOSED",

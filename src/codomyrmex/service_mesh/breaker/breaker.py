@@ -23,7 +23,6 @@ arrive through :meth:`~CircuitBreaker.adopt`.
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
 import math
 import threading
@@ -34,21 +33,14 @@ from typing import TYPE_CHECKING, NoReturn, ParamSpec, TypeVar, cast
 
 from .._validate import check_callable, check_str
 from ..errors import CircuitOpenError
-from ..events import CallRejected, EventListener, Publisher, StateTransition, publish
+from ..events import CallRejected, EventListener, Publisher, publish
 from .config import CircuitBreakerConfig
+from .listeners import StateListener, adapt_listener, announce, announce_crossing
 from .machine import BreakerMachine
-from .state import (
-    CLOSED,
-    DISABLED,
-    FORCED_OPEN,
-    HALF_OPEN,
-    METRICS_ONLY,
-    OPEN,
-    CircuitState,
-    StateChanges,
-)
+from .state import CLOSED, DISABLED, FORCED_OPEN, HALF_OPEN, METRICS_ONLY, OPEN
 
 if TYPE_CHECKING:
+    from .state import CircuitState, StateChanges
     from .store import BreakerLink, BreakerStore, SharedState
 
 __all__ = ["CircuitBreaker", "Clock", "Permit", "StateListener"]
@@ -59,52 +51,10 @@ R = TypeVar("R")
 Clock = Callable[[], float]
 """A zero-argument callable returning seconds from a monotonic origin."""
 
-StateListener = Callable[["CircuitBreaker", CircuitState, CircuitState], None]
-"""Called as ``listener(breaker, old_state, new_state)`` after each transition
-(a listener taking two arguments is called as ``listener(old_state, new_state)``)."""
-
 logger = logging.getLogger("codomyrmex.service_mesh")
 
 _NO_RESULT = object()
 """The result of a call that has none to judge (a :class:`Permit`'s block)."""
-
-
-class _OldNew:
-    """A two-argument listener ``(old, new)``, called with the breaker left out.
-
-    Compares equal to the function it wraps, so ``remove_listener`` finds it.
-    """
-
-    __slots__ = ("fn",)
-
-    def __init__(self, fn: Callable[[CircuitState, CircuitState], object]) -> None:
-        self.fn = fn
-
-    def __call__(self, breaker: CircuitBreaker, old: CircuitState, new: CircuitState) -> None:
-        self.fn(old, new)
-
-    def __eq__(self, other: object) -> bool:
-        return other is self or other == self.fn
-
-    def __hash__(self) -> int:
-        return hash(self.fn)
-
-
-def _adapt_listener(listener: Callable[..., object]) -> StateListener:
-    """``listener`` as a three-argument listener; TypeError if it takes neither form."""
-    try:
-        signature = inspect.signature(listener)
-    except (TypeError, ValueError):  # no signature to read (some builtins): trust it
-        return cast(StateListener, listener)
-    for form in (3, 2):
-        try:
-            signature.bind(*([None] * form))
-        except TypeError:
-            continue
-        return cast(StateListener, listener) if form == 3 else _OldNew(listener)
-    raise TypeError(
-        f"listener must take (breaker, old, new) or (old, new), got {listener!r}{signature}"
-    )
 
 
 class CircuitBreaker(BreakerMachine, Publisher):
@@ -374,7 +324,7 @@ class CircuitBreaker(BreakerMachine, Publisher):
         caused the transition.
         """
         check_callable("listener", listener)
-        adapted = _adapt_listener(listener)
+        adapted = adapt_listener(listener)
         with self._lock:
             self._listeners = (*self._listeners, adapted)
 
@@ -572,41 +522,15 @@ class CircuitBreaker(BreakerMachine, Publisher):
 
     def _notify(self, changes: StateChanges) -> None:
         """Log and announce transitions. Runs outside the lock."""
-        for old, new in changes:
-            level = logging.WARNING if new is OPEN or new is FORCED_OPEN else logging.INFO
-            if logger.isEnabledFor(level):
-                logger.log(
-                    level,
-                    "circuit %s: %s -> %s",
-                    self.name,
-                    old.value,
-                    new.value,
-                    extra={"breaker": self.name, "old_state": old.value, "new_state": new.value},
-                )
-            for listener in self._listeners:
-                try:
-                    listener(self, old, new)
-                except Exception:
-                    logger.exception("state listener of circuit %s raised", self.name)
-            if self._subscribers:
-                publish(self._subscribers, StateTransition(self.name, old, new))
+        if changes:
+            announce(self, self._listeners, self._subscribers, changes)
 
     def _announce_shadow(self) -> None:
         """Log and publish a METRICS_ONLY crossing noted under the lock."""
         with self._lock:
             event, self._shadow_event = self._shadow_event, None
-        if event is None:
-            return
-        logger.warning(
-            "circuit %s (metrics only) would open: %s %g >= %g",
-            self.name,
-            event.measure,
-            event.value,
-            event.threshold,
-            extra={"breaker": self.name, "measure": event.measure},
-        )
-        if self._subscribers:
-            publish(self._subscribers, event)
+        if event is not None:
+            announce_crossing(self._subscribers, event)
 
 
 class Permit:

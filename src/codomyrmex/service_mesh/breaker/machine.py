@@ -16,20 +16,11 @@ from typing import TYPE_CHECKING
 
 from ..events import ThresholdCrossed
 from .config import CircuitBreakerConfig
-from .state import (
-    CLOSED,
-    DISABLED,
-    FORCED_OPEN,
-    HALF_OPEN,
-    METRICS_ONLY,
-    OPEN,
-    TRANSITIONS,
-    CircuitState,
-    StateChanges,
-)
+from .state import CLOSED, DISABLED, FORCED_OPEN, HALF_OPEN, METRICS_ONLY, OPEN, TRANSITIONS
 from .windows import CountWindow, OutcomeWindow, TimeWindow
 
 if TYPE_CHECKING:
+    from .state import CircuitState, StateChanges
     from .store import SharedState
 
 __all__ = ["BreakerMachine"]
@@ -81,20 +72,14 @@ class BreakerMachine:
     )
 
     def __init__(self, name: str, config: CircuitBreakerConfig) -> None:
+        self._new_epoch_counts()
         self.name = name
         self.config = config
         self._state = CLOSED
-        self._epoch = 1
-        self._closed_epoch = 1
-        self._failures = 0
-        self._in_flight = 0
-        self._probe_successes = 0
-        self._probe_ended = self._probe_failures = self._probe_slow = 0
-        self._reopen_count = 0
-        self._shadow = False  # METRICS_ONLY: past the opening threshold now
+        self._epoch = self._closed_epoch = 1
+        self._failures = self._reopen_count = 0
         self._shadow_event: ThresholdCrossed | None = None  # to announce, outside the lock
-        self._opened_at = 0.0
-        self._open_until = 0.0
+        self._opened_at = self._open_until = 0.0
         self._last_failure_at: float | None = None
         # (clock reading, wall-clock seconds) of the last failure, stamped when it happens.
         self._last_failure_wall: tuple[float, float] | None = None
@@ -235,10 +220,7 @@ class BreakerMachine:
             raise AssertionError(f"illegal circuit transition {old.value} -> {new.value}")
         self._closed_epoch = 0
         self._epoch += 1
-        self._in_flight = 0
-        self._probe_successes = 0
-        self._probe_ended = self._probe_failures = self._probe_slow = 0
-        self._shadow = False
+        self._new_epoch_counts()
         if new is OPEN:
             self._opened_at = now
             self._open_until = now + self._open_seconds()
@@ -253,6 +235,12 @@ class BreakerMachine:
         self._set_must_record(self._wants_record())
         if old is not new:
             changes.append((old, new))
+
+    def _new_epoch_counts(self) -> None:
+        """Zero what is counted per epoch: probes in flight and ended, and the shadow flag."""
+        self._in_flight = self._probe_successes = 0
+        self._probe_ended = self._probe_failures = self._probe_slow = 0
+        self._shadow = False  # METRICS_ONLY: past the opening threshold now
 
     def _set_by_operator(self, new: CircuitState, now: float, changes: StateChanges) -> None:
         """An operator's move to ``new``: the counts start from nothing."""
