@@ -5,7 +5,8 @@
 - :mod:`.windows`: the sliding windows of call outcomes that rates are read from.
 - :mod:`.machine`: the state machine: counts outcomes and makes transitions (no lock, no I/O).
 - :mod:`.breaker`: :class:`CircuitBreaker`: admit -> run -> record for every kind of call,
-  the lock, listeners and events; and :class:`Permit`.
+  under one lock; and :class:`Permit`.
+- :mod:`.listeners`: state listeners, and how transitions are logged and announced.
 - :mod:`.store`: the seam to a shared state store (such as Redis), and the breaker's API
   for stores.
 """
