@@ -8,10 +8,10 @@ Every way of calling through a breaker (:meth:`~CircuitBreaker.execute`,
 under. Every transition starts a new epoch, so a result that arrives after the
 breaker has moved on is ignored instead of being mistaken for a probe result.
 
-While calls need no probe slot (CLOSED, DISABLED, METRICS_ONLY) the admission
-token ``_closed_epoch`` is the current epoch and admission takes no lock; a
-success that changes nothing (no failures counted, no window to feed, no call to
-time) takes none either.
+While calls need no probe slot (CLOSED, DISABLED, METRICS_ONLY) admission takes
+no lock, and a call returning under ``_quiet_epoch`` (nothing counted, no window
+to feed, no call to time) needs nothing more: one comparison. Everything past that
+flat path (rejections, probes, timing, failures, stores) is the engine's, written once.
 
 The state machine itself is :class:`.machine.BreakerMachine`. With a ``store``
 (:mod:`.store`) the breaker shares its state with every process bound to the same
