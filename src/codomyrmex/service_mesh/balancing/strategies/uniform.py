@@ -1,0 +1,49 @@
+"""ROUND_ROBIN and RANDOM: every pooled instance alike, whatever its weight or load."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+from .base import LoadBalancerStrategy, Strategy
+
+if TYPE_CHECKING:
+    from ..pool import Entry
+
+__all__ = ["RandomPick", "RoundRobin"]
+
+
+class RoundRobin(Strategy):
+    """The pool in registration order, one after the other (the pool keeps the cursor)."""
+
+    kind: ClassVar[LoadBalancerStrategy] = LoadBalancerStrategy.ROUND_ROBIN
+    uses_weight: ClassVar[bool] = False
+
+    __slots__ = ()
+
+    def pick(self) -> Entry | None:
+        pool = self.pool
+        entries = pool.entries
+        if not entries:
+            return None
+        i = pool.cursor
+        if i >= len(entries):
+            i = 0
+        pool.cursor = i + 1
+        entry = entries[i]
+        pool.cursor_seq = entry.seq
+        return entry
+
+
+class RandomPick(Strategy):
+    """A uniform draw from the pool."""
+
+    kind: ClassVar[LoadBalancerStrategy] = LoadBalancerStrategy.RANDOM
+    uses_weight: ClassVar[bool] = False
+
+    __slots__ = ()
+
+    def pick(self) -> Entry | None:
+        entries = self.pool.entries
+        if not entries:
+            return None
+        return entries[int(self.random() * len(entries))]
