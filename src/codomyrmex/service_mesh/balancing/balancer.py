@@ -175,14 +175,13 @@ class LoadBalancer(Membership, Publisher):
         self._subscribers: tuple[EventListener, ...] = ()
         self._outbox: list[Event] = []
         self._ejections = Ejections(
-            self._name,
             self._pool,
             outlier_detection,
             clock=clock,
             timer=TIMER if timer is None else timer,
-            lock=self._lock,
+            name=self._name,
             emit=self._emit,
-            flush=self._flush,
+            on_due=self._timed_return,
         )
         self._tracking = False  # whether release has more to do than count down
         # Whether a success only needs to reset its instance's failures in a row (outlier
@@ -446,6 +445,12 @@ class LoadBalancer(Membership, Publisher):
             impl.observe(entry, start, now, outcome, aborted)
         if not aborted:
             self._ejections.record(entry, outcome, now)
+
+    def _timed_return(self) -> None:
+        """The ejection timer's callback: return the instances due, publish it."""
+        with self._lock:
+            self._ejections.return_due()
+        self._flush()
 
     # -- the tables over the members --------------------------------------------------
 

@@ -47,13 +47,30 @@ class LoadBuckets:
             self.least = min(self.by_load)
 
     def shift(self, entry: Entry, delta: int) -> None:
-        """Move an entry to the bucket of ``load + delta`` (delta is +1 or -1) in O(1)."""
+        """Move an entry to the bucket of ``load + delta`` (delta is +1 or -1) in O(1).
+
+        On every acquire and release: written out in full, without helper calls.
+        """
         old = entry.lc_count
         new = old + delta
         if new < 0:
             return
-        emptied = self._take(entry)
-        self._put(entry, new)
+        by_load = self.by_load
+        source = by_load[old]
+        moved = source.pop()
+        pos = entry.lc_pos
+        if moved is not entry:
+            source[pos] = moved
+            moved.lc_pos = pos
+        emptied = not source
+        if emptied:
+            del by_load[old]
+        target = by_load.get(new)
+        if target is None:
+            target = by_load[new] = []
+        entry.lc_count = new
+        entry.lc_pos = len(target)
+        target.append(entry)
         if new < self.least or (emptied and old == self.least):
             self.least = new
 

@@ -12,7 +12,6 @@ caller returns the instance.
 from __future__ import annotations
 
 import math
-import threading
 import weakref
 from collections.abc import Callable
 
@@ -37,7 +36,7 @@ def _return_callback(ref: weakref.ref[Ejections]) -> Callable[[], None]:
     def fire() -> None:
         ejections = ref()
         if ejections is not None:
-            ejections.timed_return()
+            ejections._on_due()
 
     return fire
 
@@ -45,19 +44,17 @@ def _return_callback(ref: weakref.ref[Ejections]) -> Callable[[], None]:
 class Ejections:
     """Who is ejected from one balancer's pool, and until when (internal API).
 
-    Every method but :meth:`timed_return` is called with the balancer's lock
-    held. ``next_due`` is the earliest scheduled return (``inf``: none), so a
-    pick checks for returns with one comparison; ``failing`` holds the
-    instances with failures in a row, by id.
+    Every method is called with the balancer's lock held. ``next_due`` is the
+    earliest scheduled return (``inf``: none), so a pick checks for returns with
+    one comparison; ``failing`` holds the instances with failures in a row, by id.
     """
 
     __slots__ = (
         "__weakref__",
         "_clock",
         "_emit",
-        "_flush",
-        "_lock",
         "_name",
+        "_on_due",
         "_pool",
         "_timer",
         "detector",
@@ -67,26 +64,27 @@ class Ejections:
 
     def __init__(
         self,
-        name: Callable[[], str],
         pool: Pool,
         config: OutlierDetectionConfig | None,
         *,
         clock: Callable[[], float],
         timer: Timer,
-        lock: threading.Lock,
+        name: Callable[[], str],
         emit: Callable[[Event], None],
-        flush: Callable[[], None],
+        on_due: Callable[[], None],
     ) -> None:
-        self._name = name
+        """``name`` reads the balancer's name for events, ``emit`` queues an event (lock
+        held), and ``on_due`` is the timer's callback: it takes the lock and calls
+        :meth:`return_due`, then delivers the events."""
         self._pool = pool
-        self._clock = clock
-        self._timer = timer
-        self._lock = lock
-        self._emit = emit
-        self._flush = flush
         self.detector = None if config is None else OutlierDetector(config)
         self.failing: dict[str, HostState] = {}
         self.next_due = math.inf
+        self._clock = clock
+        self._timer = timer
+        self._name = name
+        self._emit = emit
+        self._on_due = on_due
 
     # -- membership ------------------------------------------------------------------
 
@@ -185,12 +183,6 @@ class Ejections:
             entry.ejected = False
             self._pool.refresh(entry, ramp=False)
             self._emit(InstanceReturned(self._name(), host.instance_id, EJECTION_TIME_ELAPSED))
-
-    def timed_return(self) -> None:
-        """The timer's callback (lock not held): return the instances due, publish it."""
-        with self._lock:
-            self.return_due()
-        self._flush()
 
     # -- a caller's own ejections ------------------------------------------------------
 

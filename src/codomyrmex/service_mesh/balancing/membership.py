@@ -211,12 +211,7 @@ class Membership:
         ejected, by outlier detection or an earlier call. Publishes :class:`InstanceEjected`
         with ``reason`` and an infinite duration. Panic mode (``panic_threshold``) applies.
         """
-        check_str("reason", reason)
-        with self._lock:
-            entry = self._pool.members.get(instance_id)
-            taken = entry is not None and self._ejections.eject_by_caller(entry, reason)
-        self._flush()
-        return taken
+        return self._by_caller(instance_id, reason, eject=True)
 
     def return_instance(self, instance_id: str, reason: str = "instance_breaker") -> bool:
         """Put back an instance taken out by :meth:`eject`; True if it returned.
@@ -224,9 +219,17 @@ class Membership:
         An instance that outlier detection has ejected stays out until its ejection ends
         (False). Publishes :class:`InstanceReturned` with ``reason``.
         """
+        return self._by_caller(instance_id, reason, eject=False)
+
+    def _by_caller(self, instance_id: str, reason: str, *, eject: bool) -> bool:
         check_str("reason", reason)
         with self._lock:
             entry = self._pool.members.get(instance_id)
-            back = entry is not None and self._ejections.return_by_caller(entry, reason)
+            if entry is None:
+                return False
+            ejections = self._ejections
+            done = (ejections.eject_by_caller if eject else ejections.return_by_caller)(
+                entry, reason
+            )
         self._flush()
-        return back
+        return done

@@ -48,37 +48,29 @@ class SlowStartConfig:
         return max(self.min_weight_percent / 100.0, ramp)
 
 
+@dataclass(frozen=True, slots=True)
 class SlowStart:
     """Thins a strategy's picks of ramping instances (internal API; lock held).
 
-    ``pick`` is the strategy's pick with the ramp applied: a pick of an
-    instance whose ramp is under way (``Entry.ramp_start``) is kept with the
-    chance of its ramp factor, else the strategy picks again.
+    :meth:`pick` is the strategy's pick (``base``) with the ramp applied: a pick
+    of an instance whose ramp is under way (``Entry.ramp_start``) is kept with
+    the chance of its ramp factor (``draw() < factor``), else ``base`` picks again.
     """
 
-    __slots__ = ("_base", "_clock", "_config", "_random")
-
-    def __init__(
-        self,
-        config: SlowStartConfig,
-        base: Callable[[], Entry | None],
-        clock: Callable[[], float],
-        draw: Callable[[], float],
-    ) -> None:
-        self._config = config
-        self._base = base
-        self._clock = clock
-        self._random = draw
+    config: SlowStartConfig
+    base: Callable[[], Entry | None]
+    clock: Callable[[], float]
+    draw: Callable[[], float]
 
     def pick(self) -> Entry | None:
         """The strategy's pick; a ramping instance is kept with the chance of its ramp factor."""
-        pick = self._base
+        pick = self.base
         entry = pick()
         if entry is None or entry.ramp_start is None:
             return entry
-        now = self._clock()
+        now = self.clock()
         for _ in range(_TRIES):
-            if entry.ramp_start is None or self._random() < self._ramp(entry, now):
+            if entry.ramp_start is None or self.draw() < self._ramp(entry, now):
                 return entry
             retry = pick()
             if retry is None:
@@ -91,7 +83,7 @@ class SlowStart:
         start = entry.ramp_start
         if start is None:
             return 1.0
-        factor = self._config.factor(now - start)
+        factor = self.config.factor(now - start)
         if factor >= 1.0:
             entry.ramp_start = None
         return factor
