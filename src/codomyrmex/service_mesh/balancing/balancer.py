@@ -110,6 +110,7 @@ class LoadBalancer(Membership, Publisher):
     """
 
     __slots__ = (
+        "_attention",
         "_buckets",
         "_clock",
         "_ejections",
@@ -117,7 +118,6 @@ class LoadBalancer(Membership, Publisher):
         "_impl",
         "_lock",
         "_observe",
-        "_observe_clock",
         "_observe_since",
         "_outbox",
         "_pick",
@@ -132,7 +132,13 @@ class LoadBalancer(Membership, Publisher):
         "_tables",
         "_tracking",
         "name",
+        "observe_clock",
     )
+
+    observe_clock: Callable[[], float] | None
+    """Internal API, for the proxy and its stages (read-only): the clock to read a call's
+    start with when the balancer observes latency (PEAK_EWMA), else None. A plain
+    attribute, not a property: it is read on every call."""
 
     def __init__(
         self,
@@ -182,6 +188,7 @@ class LoadBalancer(Membership, Publisher):
             name=self._name,
             emit=self._emit,
             on_due=self._timed_return,
+            changed=self._recheck,
         )
         self._tracking = False  # whether release has more to do than count down
         # Whether a success only needs to reset its instance's failures in a row (outlier
@@ -189,11 +196,13 @@ class LoadBalancer(Membership, Publisher):
         self._success_resets = False
         # Set to the clock when a strategy or the detector wants each call's outcome and
         # latency; callers then pass ``start`` and ``outcome`` to :meth:`release`.
-        self._observe_clock: Callable[[], float] | None = None
+        self.observe_clock = None
         self._observe_since = 0.0
         self._observe: Callable[[Entry, float, BaseException | None], None] | None = None
         self._strategies: dict[LoadBalancerStrategy, Strategy] = {}
-        self._tables = Tables(self._lock, self._pool)
+        # Whether a pick has more to do than pick: a table to build or an ejection to end.
+        self._attention = False
+        self._tables = Tables(self._lock, self._pool, self._recheck)
         self.strategy = strategy  # sets _strategy, _impl, _pick and _buckets
 
     def __repr__(self) -> str:
@@ -207,6 +216,10 @@ class LoadBalancer(Membership, Publisher):
 
     def _name(self) -> str:
         return self.name
+
+    def _recheck(self) -> None:
+        """The tables or the ejections changed: does a pick need to look at them?"""
+        self._attention = self._tables.stale or self._ejections.next_due != _INF
 
     # -- configuration -----------------------------------------------------------
 
@@ -227,11 +240,11 @@ class LoadBalancer(Membership, Publisher):
                 pick = SlowStart(self._slow_start, pick, self._clock, impl.random).pick
             self._pick: Callable[[], Entry | None] = pick
             observing = impl.observes or self._ejections.detector is not None
-            if impl.times_calls and self._observe_clock is None:
+            if impl.times_calls and self.observe_clock is None:
                 # Calls already in flight began without a clock reading: ignore their outcome.
                 self._observe_since = self._clock()
             # Only latency-aware picks need each call's start time.
-            self._observe_clock = self._clock if impl.times_calls else None
+            self.observe_clock = self._clock if impl.times_calls else None
             self._observe = self._observe_outcome if observing else None
             self._tables.use(impl)
             self._buckets: LoadBuckets | None = impl.load_buckets()
@@ -331,15 +344,13 @@ class LoadBalancer(Membership, Publisher):
                 return self.get_instance()
             finally:
                 ROUTING_KEY.reset(token)
-        tables = self._tables
-        if tables.stale:
-            tables.settle()
-        ejections = self._ejections
+        if self._attention:
+            self._settle()
         lock = self._lock
         lock.acquire()
         try:
-            if ejections.next_due != _INF:
-                ejections.return_if_due()
+            if self._attention:
+                self._return_if_due()
             entry = self._pick()
         finally:
             lock.release()
@@ -347,6 +358,18 @@ class LoadBalancer(Membership, Publisher):
         if self._subscribers:
             self._flush(inst)
         return inst
+
+    def _settle(self) -> None:
+        """Before a pick, outside the lock: bring a stale table up to date."""
+        tables = self._tables
+        if tables.stale:
+            tables.settle()
+
+    def _return_if_due(self) -> None:
+        """Before a pick, under the lock: end the ejections whose time is up."""
+        ejections = self._ejections
+        if ejections.next_due != _INF:
+            ejections.return_if_due()
 
     def connection(self) -> Connection:
         """Pick an instance and count a connection on it until the block ends.
@@ -362,15 +385,13 @@ class LoadBalancer(Membership, Publisher):
         Internal API, for the proxy and its stages: every instance acquired is
         given back with :meth:`release`.
         """
-        tables = self._tables
-        if tables.stale:
-            tables.settle()
-        ejections = self._ejections
+        if self._attention:  # one test when no table is stale and nothing is ejected
+            self._settle()
         lock = self._lock
         lock.acquire()  # explicit acquire/release: measurably cheaper than `with` here
         try:
-            if ejections.next_due != _INF:  # an ejection may have ended: one compare if none
-                ejections.return_if_due()
+            if self._attention:
+                self._return_if_due()
             entry = self._pick()
             if entry is None:
                 return None
@@ -386,13 +407,6 @@ class LoadBalancer(Membership, Publisher):
             lock.release()
         self._flush(inst)
         return inst
-
-    @property
-    def observe_clock(self) -> Callable[[], float] | None:
-        """The clock to read a call's start with when the balancer observes latency
-        (PEAK_EWMA), else None. Internal API for the proxy.
-        """
-        return self._observe_clock
 
     def release(
         self, inst: ServiceInstance, start: float = 0.0, outcome: BaseException | None = None

@@ -51,6 +51,7 @@ class Ejections:
 
     __slots__ = (
         "__weakref__",
+        "_changed",
         "_clock",
         "_emit",
         "_name",
@@ -72,10 +73,12 @@ class Ejections:
         name: Callable[[], str],
         emit: Callable[[Event], None],
         on_due: Callable[[], None],
+        changed: Callable[[], None],
     ) -> None:
         """``name`` reads the balancer's name for events, ``emit`` queues an event (lock
-        held), and ``on_due`` is the timer's callback: it takes the lock and calls
-        :meth:`return_due`, then delivers the events."""
+        held), ``on_due`` is the timer's callback (it takes the lock and calls
+        :meth:`return_due`, then delivers the events) and ``changed`` is called when
+        ``next_due`` changes."""
         self._pool = pool
         self.detector = None if config is None else OutlierDetector(config)
         self.failing: dict[str, HostState] = {}
@@ -85,6 +88,7 @@ class Ejections:
         self._name = name
         self._emit = emit
         self._on_due = on_due
+        self._changed = changed
 
     # -- membership ------------------------------------------------------------------
 
@@ -105,6 +109,8 @@ class Ejections:
         members = self._pool.members.values()
         if config is None and detector is not None:
             self.detector = None
+            self.next_due = math.inf
+            self._changed()
             for entry in members:
                 entry.outlier = None
                 if entry.ejected:
@@ -148,6 +154,7 @@ class Ejections:
             return
         duration = detector.eject(entry.outlier, now)
         self.next_due = detector.next_due
+        self._changed()
         entry.ejected = True
         self._pool.refresh(entry, ramp=False)
         self._emit(InstanceEjected(self._name(), entry.inst.id, reason, duration))
@@ -175,6 +182,7 @@ class Ejections:
             return
         returned = detector.pop_due(self._clock())
         self.next_due = detector.next_due
+        self._changed()
         members = self._pool.members
         for host in returned:
             entry = members.get(host.instance_id)

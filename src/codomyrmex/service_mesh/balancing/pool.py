@@ -71,7 +71,8 @@ class Pool:
     is held for every call and every read).
 
     ``members`` maps ids to entries in registration order; ``entries`` is the
-    pool. ``cursor`` is the number of pooled entries registered no later than
+    pool, a list that is changed in place and never replaced, so a strategy
+    may keep a reference to it. ``cursor`` is the number of pooled entries registered no later than
     the last round-robin pick (``cursor_seq``), so round robin goes on in order
     through changes. ``ramp_clock`` is the clock slow start reads when an
     instance becomes available (None: no slow start).
@@ -210,7 +211,7 @@ class Pool:
         pool = [e for e in self.members.values() if self.panic or e.available]
         for entry in pool:
             entry.listed = True
-        self.entries = pool
+        self.entries[:] = pool
         self.cursor = bisect_right(pool, self.cursor_seq, key=_seq_of)  # after the last pick
         self.positive = None
         if self.buckets is not None:

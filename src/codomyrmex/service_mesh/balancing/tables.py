@@ -80,19 +80,21 @@ BUILDER = TableBuilder()
 class Tables:
     """Keeps one balancer's current strategy's table up to date (internal API).
 
-    ``stale`` is read without the lock on every pick: True when the current
-    strategy keeps a table and it is missing or older than the membership
-    generation ``gen``. The balancer's ``lock`` guards everything else.
+    ``stale`` is True when the current strategy keeps a table and it is missing
+    or older than the membership generation ``gen``; ``changed`` is called
+    whenever it is recomputed, so the balancer can keep the one flag its picks
+    test. The balancer's ``lock`` guards everything else.
     """
 
-    __slots__ = ("_building", "_lock", "_pool", "gen", "stale", "strategy")
+    __slots__ = ("_building", "_changed", "_lock", "_pool", "gen", "stale", "strategy")
 
     strategy: Strategy
     """The balancer's current strategy (set by :meth:`use`)."""
 
-    def __init__(self, lock: threading.Lock, pool: Pool) -> None:
+    def __init__(self, lock: threading.Lock, pool: Pool, changed: Callable[[], None]) -> None:
         self._lock = lock
         self._pool = pool
+        self._changed = changed
         self._building = False
         self.gen = 0
         self.stale = False
@@ -110,6 +112,7 @@ class Tables:
 
     def update_stale(self) -> None:
         self.stale = self.strategy.table_stale(self.gen)
+        self._changed()
 
     def build(self) -> None:
         """Bring the table up to date in this thread (see ``LoadBalancer.build_tables``)."""

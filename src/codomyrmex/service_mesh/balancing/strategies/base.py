@@ -69,10 +69,11 @@ class Strategy:
     tabled: ClassVar[bool] = False
     """The strategy picks from a table over the members (see :class:`TabledStrategy`)."""
 
-    __slots__ = ("pool", "random", "rng")
+    __slots__ = ("entries", "pool", "random", "rng")
 
     def __init__(self, pool: Pool, rng: random.Random) -> None:
         self.pool = pool
+        self.entries = pool.entries  # the same list, changed in place
         self.rng = rng
         self.random = rng.random
 
@@ -92,7 +93,7 @@ class Strategy:
             if entry is not None and entry.inst.id not in tried:
                 return entry
         weighted = self.uses_weight
-        for entry in self.pool.entries:
+        for entry in self.entries:
             if entry.inst.id not in tried and not (weighted and entry.inst.weight <= 0):
                 return entry
         return picked

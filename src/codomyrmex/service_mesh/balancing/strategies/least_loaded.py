@@ -27,24 +27,6 @@ _UNMEASURED_PENALTY = 1e12  # PEAK_EWMA cost of a busy instance with no latency 
 _FAILURE_LATENCY = 1.0  # PEAK_EWMA: a failed call counts as at least this slow (Finagle)
 
 
-def _penalise(pool: Pool, entry: Entry, failed: bool) -> None:
-    """Raise a failing instance's phantom load by one, or lower it after a success."""
-    penalty = entry.load_penalty
-    if failed:
-        if penalty >= MAX_LOAD_PENALTY:
-            return
-        entry.load_penalty = penalty + 1
-        delta = 1
-    else:
-        if not penalty:
-            return
-        entry.load_penalty = penalty - 1
-        delta = -1
-    buckets = pool.buckets
-    if buckets is not None and entry.listed:
-        buckets.shift(entry, delta)
-
-
 class _Penalised(Strategy):
     """A strategy that sees a failing instance's penalty as load."""
 
@@ -55,8 +37,23 @@ class _Penalised(Strategy):
     def observe(
         self, entry: Entry, start: float, now: float, outcome: BaseException | None, aborted: bool
     ) -> None:
-        if not aborted:
-            _penalise(self.pool, entry, outcome is not None)
+        """Raise a failing instance's phantom load by one, or lower it after a success."""
+        if aborted:
+            return
+        penalty = entry.load_penalty
+        if outcome is not None:
+            if penalty >= MAX_LOAD_PENALTY:
+                return
+            entry.load_penalty = penalty + 1
+            delta = 1
+        else:
+            if not penalty:
+                return
+            entry.load_penalty = penalty - 1
+            delta = -1
+        buckets = self.pool.buckets
+        if buckets is not None and entry.listed:
+            buckets.shift(entry, delta)
 
 
 class LeastConnections(_Penalised):

@@ -21,10 +21,10 @@ class RoundRobin(Strategy):
     __slots__ = ()
 
     def pick(self) -> Entry | None:
-        pool = self.pool
-        entries = pool.entries
+        entries = self.entries
         if not entries:
             return None
+        pool = self.pool
         i = pool.cursor
         if i >= len(entries):
             i = 0
@@ -43,7 +43,7 @@ class RandomPick(Strategy):
     __slots__ = ()
 
     def pick(self) -> Entry | None:
-        entries = self.pool.entries
+        entries = self.entries
         if not entries:
             return None
         return entries[int(self.random() * len(entries))]

@@ -33,7 +33,7 @@ class Weighted(TabledStrategy):
             table = self.tables.build_inline()
         prob, other, entries, _ = table
         n = len(prob)
-        if not n or not self.pool.entries:
+        if not n or not self.entries:
             return None
         draw = self.random
         for _ in range(_DRAWS):
