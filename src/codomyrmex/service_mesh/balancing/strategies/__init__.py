@@ -82,4 +82,6 @@ def create(
             min_size=settings.min_ring_size,
             max_size=settings.max_ring_size,
         )
-    return Maglev(pool, rng, tables, size=settings.maglev_table_size)
+    if kind is LBS.MAGLEV:
+        return Maglev(pool, rng, tables, size=settings.maglev_table_size)
+    raise ValueError(f"no strategy for {kind!r}")
