@@ -39,7 +39,11 @@ _KEY_SHIFT = 64 - POSITION_BITS  # a 64-bit key hash -> a ring position
 
 
 class _ConsistentHash(TabledStrategy):
-    """What the two hashes share: the walk along the table and the fallbacks."""
+    """What the two hashes share: the walk along the table and the fallbacks.
+
+    A table is a tuple ending ``(..., members, generation)``; ``members[owner]`` is
+    the entry that owns a slot.
+    """
 
     slow_start_by_rejection: ClassVar[bool] = False
 
@@ -71,7 +75,7 @@ class _ConsistentHash(TabledStrategy):
         """Walk on from the key's place to an instance not tried yet, if a key is set."""
         key = ROUTING_KEY.get()
         table = self.table
-        if key is not None and table is not None and table[-2]:
+        if key is not None and table is not None and table[-2]:  # [-2]: the members
             for entry in self._along(table, self._start(table, key_hash(key)), 0):
                 if entry.listed and entry.inst.weight > 0 and entry.inst.id not in tried:
                     return entry
