@@ -12,11 +12,18 @@ if TYPE_CHECKING:
 __all__ = ["RandomPick", "RoundRobin"]
 
 
-class RoundRobin(Strategy):
+class _Uniform(Strategy):
+    """A strategy that ignores weights: instances of weight 0 are picked too."""
+
+    uses_weight: ClassVar[bool] = False
+
+    __slots__ = ()
+
+
+class RoundRobin(_Uniform):
     """The pool in registration order, one after the other (the pool keeps the cursor)."""
 
     kind: ClassVar[LoadBalancerStrategy] = LoadBalancerStrategy.ROUND_ROBIN
-    uses_weight: ClassVar[bool] = False
 
     __slots__ = ()
 
@@ -34,16 +41,13 @@ class RoundRobin(Strategy):
         return entry
 
 
-class RandomPick(Strategy):
+class RandomPick(_Uniform):
     """A uniform draw from the pool."""
 
     kind: ClassVar[LoadBalancerStrategy] = LoadBalancerStrategy.RANDOM
-    uses_weight: ClassVar[bool] = False
 
     __slots__ = ()
 
     def pick(self) -> Entry | None:
         entries = self.entries
-        if not entries:
-            return None
-        return entries[int(self.random() * len(entries))]
+        return entries[int(self.random() * len(entries))] if entries else None
