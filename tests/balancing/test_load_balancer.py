@@ -628,7 +628,7 @@ def test_connection_raises_when_nothing_is_healthy(flavour: Any) -> None:
     lb = make_lb(RR, "ab")
     lb.mark_healthy("a", False)
     lb.mark_healthy("b", False)
-    ran = []
+    ran: list[Any] = []
     with pytest.raises(NoHealthyInstanceError) as caught:
         hold(flavour, lb, ran.append)
     assert caught.value.service_name == "svc"
@@ -796,6 +796,6 @@ def test_a_least_connections_retry_takes_the_least_loaded_untried_instance() -> 
     lb = LoadBalancer(LoadBalancerStrategy.LEAST_CONNECTIONS)
     for name, load in (("a", 0), ("b", 50), ("c", 1)):
         lb.register(ServiceInstance(name, "127.0.0.1", 8000 + len(name), connections=load))
-    picked = lb._acquire({"a"})  # a retry after a failed on a
+    picked = lb.acquire({"a"})  # a retry after a failed on a
     assert picked is not None and picked.id == "c"
-    lb._release(picked)
+    lb.release(picked)

@@ -459,7 +459,7 @@ def test_without_detection_no_clock_is_read_per_call() -> None:
         raise AssertionError("a balancer that observes nothing must not read the clock")
 
     lb = LoadBalancer(clock=clock, outlier_detection=None)
-    assert lb._observe_clock is None
+    assert lb.observe_clock is None
     lb.register(inst("a"))
     with lb.connection():
         pass

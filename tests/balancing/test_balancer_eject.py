@@ -67,9 +67,9 @@ def test_an_outlier_ejection_is_not_ended_by_return_instance() -> None:
         clock=lambda: now[0],
         outlier_detection=OutlierDetectionConfig(consecutive_failures=1, max_ejection_percent=50),
     )
-    inst = lb._acquire()
+    inst = lb.acquire()
     assert inst is not None
-    lb._release(inst, 0.0, RuntimeError("boom"))  # the detector ejects it
+    lb.release(inst, 0.0, RuntimeError("boom"))  # the detector ejects it
     assert lb.is_ejected(inst.id)
     assert lb.eject(inst.id) is False
     assert lb.return_instance(inst.id) is False  # the detector's timer decides

@@ -22,9 +22,10 @@ from codomyrmex.service_mesh import (
     LoadBalancerStrategy,
     NoHealthyInstanceError,
     ServiceInstance,
-    _strategies,
 )
-from codomyrmex.service_mesh import load_balancer as lb_module
+from codomyrmex.service_mesh.balancing import tables
+from codomyrmex.service_mesh.balancing.hashing import build_ring as build_ring_of_points
+from codomyrmex.service_mesh.balancing.strategies import consistent_hash, weighted
 
 WEIGHTED = LoadBalancerStrategy.WEIGHTED
 RING = LoadBalancerStrategy.RING_HASH
@@ -32,7 +33,11 @@ MAGLEV = LoadBalancerStrategy.MAGLEV
 P2C = LoadBalancerStrategy.POWER_OF_TWO
 EWMA = LoadBalancerStrategy.PEAK_EWMA
 TABLED = [WEIGHTED, RING, MAGLEV]
-BUILDERS = {WEIGHTED: "alias_table", RING: "build_ring", MAGLEV: "build_maglev"}
+BUILDERS = {  # where each strategy looks its table builder up
+    WEIGHTED: (weighted, "alias_table"),
+    RING: (consistent_hash, "build_ring"),
+    MAGLEV: (consistent_hash, "build_maglev"),
+}
 
 
 def inst(id: str, weight: float = 1) -> ServiceInstance:
@@ -72,8 +77,8 @@ class BuildSpy:
         self.calls: list[tuple[bool, threading.Thread]] = []
         self.lb: LoadBalancer | None = None
         self.done = threading.Event()
-        name = BUILDERS[strategy]
-        real: Callable[..., Any] = getattr(lb_module, name, None) or getattr(_strategies, name)
+        module, name = BUILDERS[strategy]
+        real: Callable[..., Any] = getattr(module, name)
 
         def spy(*args: Any, **kwargs: Any) -> Any:
             lock = self.lb._lock if self.lb is not None else None
@@ -83,7 +88,7 @@ class BuildSpy:
             finally:
                 self.done.set()
 
-        monkeypatch.setattr(lb_module, name, spy, raising=False)
+        monkeypatch.setattr(module, name, spy)
 
 
 # -- item 11: flips rebuild nothing; builds run off the lock and off the event loop ----
@@ -151,7 +156,7 @@ def test_a_pick_on_an_event_loop_never_builds_on_the_loop(
     locked, builder = spy.calls[1]
     assert not locked and builder is not loop_thread and builder.name == "codomyrmex-tables"
     drained = threading.Event()
-    _strategies.BUILDER.submit(drained.set)  # runs after the build has been swapped in
+    tables.BUILDER.submit(drained.set)  # runs after the build has been swapped in
     assert drained.wait(30.0)
     assert "joined" in shares(lb, 4000, keyed=True)  # the new table is in use
 
@@ -196,14 +201,24 @@ def test_ring_hash_growth_moves_no_key_between_the_instances_that_stay() -> None
     assert 0.6 / 21 < len(moved) / len(sample) < 1.4 / 21
 
 
-def test_ring_hash_min_and_max_ring_size_scale_every_count_alike() -> None:
+def test_ring_hash_min_and_max_ring_size_scale_every_count_alike(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sizes: list[int] = []
+    real = build_ring_of_points
+
+    def build_ring(point_lists: list[list[int]]) -> Any:
+        sizes.append(sum(len(points) for points in point_lists))
+        return real(point_lists)
+
+    monkeypatch.setattr(consistent_hash, "build_ring", build_ring)
     capped = make_lb(RING, {"a": 1, "b": 999}, max_ring_size=2000)
     got = shares(capped, keyed=True)
     assert got.get("a", 0.0) < 0.01 and got["b"] > 0.99
-    assert len(capped._ring[0]) <= 2000  # type: ignore[index]
+    assert len(sizes) == 1 and sizes[0] <= 2000
     lifted = make_lb(RING, {"a": 1}, min_ring_size=4096)
     lifted.get_instance(key="x")
-    assert len(lifted._ring[0]) == 4096  # type: ignore[index]
+    assert sizes[1:] == [4096]
     with pytest.raises(ValueError, match="max_ring_size"):
         LoadBalancer(RING, min_ring_size=10, max_ring_size=5)
     with pytest.raises(TypeError, match="min_ring_size"):

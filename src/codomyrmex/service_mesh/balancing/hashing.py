@@ -1,7 +1,7 @@
 """Consistent-hashing tables for the RING_HASH and MAGLEV strategies.
 
 Pure functions of instance ids and weights: the load balancer rebuilds a table
-when its membership changes and looks keys up in it on each pick. Hashes are
+when its membership changes (see :mod:`.tables`) and looks keys up in it on each pick. Hashes are
 stable across processes and Python versions (BLAKE2b, and Mersenne Twister
 seeded from it), never Python's per-process ``hash()``.
 """
@@ -15,6 +15,8 @@ from array import array
 from bisect import bisect_left
 from hashlib import blake2b
 
+from .weights import relative_weights
+
 __all__ = [
     "MAX_RING_POINTS",
     "OWNER_BITS",
@@ -25,6 +27,7 @@ __all__ = [
     "is_prime",
     "key_hash",
     "maglev_params",
+    "ring_counts",
     "ring_lookup",
     "ring_points",
 ]
@@ -36,8 +39,6 @@ POSITION_BITS = 40
 """Ring positions are 40-bit; the owner's index is packed into the 24 bits below."""
 OWNER_BITS = 24
 OWNER_MASK = (1 << OWNER_BITS) - 1
-
-_MIN_RELATIVE_WEIGHT = 1e-300
 
 
 def key_hash(key: str | bytes) -> int:
@@ -51,6 +52,29 @@ def ring_points(instance_id: str, count: int) -> list[int]:
     seed = int.from_bytes(blake2b(instance_id.encode(), digest_size=16).digest(), "little")
     bits = random.Random(seed).getrandbits
     return [bits(POSITION_BITS) for _ in range(count)]
+
+
+def ring_counts(weights: list[float], replicas: int, min_size: int, max_size: int) -> list[int]:
+    """How many ring points each instance gets: in proportion to its normalised weight.
+
+    As Envoy, only the ratios of the weights matter, never their scale: the
+    lightest instance gets ``replicas`` points and each other one ``replicas x
+    weight / lightest``, rounded. A ring with fewer than ``min_size`` points in
+    all is scaled up, one with more than ``max_size`` scaled down, every count
+    alike (each at least 1). Between the two bounds, adding or removing an
+    instance changes no other instance's points, so no key moves between the
+    instances that stay.
+    """
+    if not weights:
+        return []
+    relative = relative_weights(weights)
+    total = math.fsum(relative)
+    scale = replicas / min(relative)  # points per unit of relative weight
+    if scale * total < min_size:
+        scale = min_size / total
+    if scale * total > max_size:
+        scale = max_size / total
+    return [max(1, round(w * scale)) for w in relative]
 
 
 def build_ring(point_lists: list[list[int]]) -> tuple[array[int], array[int], int]:
@@ -108,11 +132,10 @@ def build_maglev(
         return array("l", table)
     slots = [offset for offset, _ in params]  # each instance's next candidate slot
     skips = [skip for _, skip in params]
-    top = max(weights)
-    equal = min(weights) == top
+    equal = min(weights) == max(weights)
     # Weights relative to the heaviest, in (0, 1]: no sum or product can overflow, and a
     # vanishing weight is clamped so its next turn stays a finite round.
-    relative = [max(w / top, _MIN_RELATIVE_WEIGHT) for w in weights]
+    relative = relative_weights(weights)
     turns = [(1, i) for i in range(n)]  # (round, owner): everyone's first turn is round 1
     taken = [0] * n
     for filled in range(table_size):

@@ -126,13 +126,13 @@ def test_p2c_never_picks_a_drained_instance() -> None:
 
 def test_p2c_spreads_held_connections_evenly() -> None:
     lb = make_lb(P2C, "abcd", seed=6)
-    held = [lb._acquire() for _ in range(400)]
+    held = [lb.acquire() for _ in range(400)]
     counts = sorted(i.connections for i in lb.instances)
     assert sum(counts) == 400
     assert counts[-1] - counts[0] <= 3, counts  # two choices keep the spread tiny
     for instance in held:
         assert instance is not None
-        lb._release(instance)
+        lb.release(instance)
     assert [i.connections for i in lb.instances] == [0, 0, 0, 0]
 
 
@@ -234,28 +234,28 @@ def test_peak_ewma_a_fast_failure_does_not_make_an_instance_look_fast(clock: Any
     assert a is not None
     clock.advance(9.7)  # idle: the estimate decays
     start = clock()
-    assert lb._acquire() is a
+    assert lb.acquire() is a
     clock.advance(0.3)  # 10 s after the sample, a failure after 0.3 s (< the decayed 0.37 s)
-    lb._release(a, start, ConnectionRefusedError())
+    lb.release(a, start, ConnectionRefusedError())
     # A failure counts as a slow call (at least 1 s, as in Finagle), however fast it came
     # back: the estimate neither blends the 0.3 s in nor stays at the decayed 0.37 s.
     untouched = math.exp(-1.0)
     assert lb.latency_estimate("a") == pytest.approx(1.0, rel=1e-9)
     assert abs(1.0 - untouched) / untouched > 0.5
     start = clock()
-    assert lb._acquire() is a
+    assert lb.acquire() is a
     clock.advance(2.0)  # a failure slower than the estimate raises it at once
-    lb._release(a, start, ConnectionRefusedError())
+    lb.release(a, start, ConnectionRefusedError())
     assert lb.latency_estimate("a") == pytest.approx(2.0)
 
 
 def test_peak_ewma_a_slow_failure_counts_its_own_latency(clock: Any) -> None:
     lb, _ = ewma_setup(clock, {"a": 0.050})
-    a = lb._acquire()
+    a = lb.acquire()
     assert a is not None
     start = clock()
     clock.advance(2.5)
-    lb._release(a, start, TimeoutError())
+    lb.release(a, start, TimeoutError())
     assert lb.latency_estimate("a") == pytest.approx(2.5, rel=0.01)
 
 
@@ -281,13 +281,13 @@ def test_peak_ewma_prefers_a_slower_healthy_instance_to_a_fast_failing_one(clock
 def test_peak_ewma_unmeasured_instance_takes_one_call_at_a_time(clock: Any) -> None:
     lb, _ = ewma_setup(clock, {f"i{k}": 0.010 for k in range(9)})
     lb.register(inst("new"))
-    held = [lb._acquire() for _ in range(100)]
+    held = [lb.acquire() for _ in range(100)]
     # Idle and unmeasured, "new" wins its first comparison; with a call in flight and no
     # latency yet it loses every other one.
     assert sum(1 for i in held if i is not None and i.id == "new") == 1
     for i in held:
         assert i is not None
-        lb._release(i, clock(), None)
+        lb.release(i, clock(), None)
 
 
 def test_switching_to_peak_ewma_mid_call_ignores_that_unmeasured_call(clock: Any) -> None:
