@@ -26,6 +26,7 @@ __all__ = [
     "EventListener",
     "FaultInjected",
     "InstanceEjected",
+    "InstanceEvent",
     "InstanceHealthChanged",
     "InstancePicked",
     "InstanceReturned",
@@ -72,19 +73,26 @@ class ThresholdCrossed(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class CallSucceeded(Event):
-    """A call through a service proxy succeeded on ``instance_id`` after ``duration`` seconds."""
+class InstanceEvent(Event):
+    """Base class of the events about one instance of service ``source``."""
 
     instance_id: str
-    duration: float
-    attempts: int
 
 
 @dataclass(frozen=True, slots=True)
-class CallFailed(Event):
-    """One attempt of a call failed on ``instance_id``."""
+class CallSucceeded(InstanceEvent):
+    """A call through a service proxy succeeded on ``instance_id``."""
 
-    instance_id: str
+    duration: float
+    """Seconds the successful attempt took."""
+    attempts: int
+    """Attempts the call made, the successful one included."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallFailed(InstanceEvent):
+    """One attempt of a call failed on ``instance_id`` after ``duration`` seconds."""
+
     duration: float
     error: BaseException
 
@@ -127,35 +135,35 @@ class RetryGaveUp(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class InstancePicked(Event):
+class InstancePicked(InstanceEvent):
     """The load balancer of ``source`` picked ``instance_id``."""
-
-    instance_id: str
 
 
 @dataclass(frozen=True, slots=True)
-class InstanceHealthChanged(Event):
+class InstanceHealthChanged(InstanceEvent):
     """An instance was marked healthy or unhealthy."""
 
-    instance_id: str
     healthy: bool
 
 
 @dataclass(frozen=True, slots=True)
-class InstanceEjected(Event):
-    """Outlier detection ejected an instance for ``duration`` seconds."""
+class InstanceEjected(InstanceEvent):
+    """An instance was taken out of its balancer's picks."""
 
-    instance_id: str
     reason: str
+    """Why: an outlier detection measure (``"consecutive_failures"``, ...) or the reason
+    given to ``LoadBalancer.eject`` (e.g. ``"instance_breaker"``)."""
     duration: float
+    """Seconds until it returns (infinite until ``return_instance`` for ``eject``)."""
 
 
 @dataclass(frozen=True, slots=True)
-class InstanceReturned(Event):
+class InstanceReturned(InstanceEvent):
     """An ejected instance is pickable again."""
 
-    instance_id: str
     reason: str
+    """Why: ``"ejection_time_elapsed"``, ``"reconfigured"`` (outlier detection turned
+    off) or the reason given to ``LoadBalancer.return_instance``."""
 
 
 @dataclass(frozen=True, slots=True)
