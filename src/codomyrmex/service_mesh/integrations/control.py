@@ -43,7 +43,6 @@ from ..events import (
     CallRejected,
     CallSucceeded,
     Event,
-    EventListener,
     InstanceEjected,
     InstanceHealthChanged,
     InstanceReturned,
@@ -51,6 +50,7 @@ from ..events import (
 )
 from ..load_balancer import LoadBalancerStrategy
 from ..mesh import Mesh
+from ._listening import MeshListener
 
 __all__ = [
     "WRITE_ACTIONS",
@@ -179,7 +179,7 @@ class _Series:
             samples.popleft()
 
 
-class MeshMonitor:
+class MeshMonitor(MeshListener):
     """Rolling statistics and a timeline of one mesh, fed by its events.
 
     ``window`` seconds of attempts are kept per service (at most ``max_samples``);
@@ -206,7 +206,6 @@ class MeshMonitor:
                 raise ValueError(f"{field} must be an integer >= 1, got {value!r}")
         if not callable(clock) or not callable(wall):
             raise TypeError("clock and wall must be callables returning seconds")
-        self.mesh = mesh
         self.window = float(window)
         self._limit = max_samples
         self._clock = clock
@@ -217,15 +216,10 @@ class MeshMonitor:
         self._rejections: dict[str, deque[float]] = {}
         self._timeline: deque[dict[str, Any]] = deque(maxlen=max_timeline)
         self._sequence = 0
-        self._listener: EventListener = self.observe
-        mesh.subscribe(self._listener)
+        self._listen(mesh)
 
     def __repr__(self) -> str:
         return f"MeshMonitor({self.mesh!r}, window={self.window})"
-
-    def close(self) -> None:
-        """Stop recording the mesh's events."""
-        self.mesh.unsubscribe(self._listener)
 
     @property
     def sequence(self) -> int:
