@@ -38,18 +38,17 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable
 
+from .. import __version__
+from ..events import Event
+from ..mesh import Mesh
+from . import _metrics
 from ._extras import missing_extra
+from ._listening import MeshListener
 
 try:
     from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter
 except ImportError as exc:
     raise missing_extra(__name__, "otel", exc) from exc
-
-from .. import __version__
-from ..events import Event
-from ..mesh import Mesh
-from . import _metrics
-from ._listening import MeshListener
 
 __all__ = ["METER_NAME", "MeshInstruments"]
 

@@ -42,7 +42,12 @@ import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
+from ..events import Event
+from ..mesh import Mesh
+from . import _metrics
 from ._extras import missing_extra
+from ._listening import MeshListener
+from ._metrics import COUNTERS, DURATION_BUCKETS
 
 try:
     from prometheus_client.core import (
@@ -55,12 +60,6 @@ try:
     )
 except ImportError as exc:
     raise missing_extra(__name__, "prometheus", exc) from exc
-
-from ..events import Event
-from ..mesh import Mesh
-from . import _metrics
-from ._listening import MeshListener
-from ._metrics import COUNTERS, DURATION_BUCKETS
 
 __all__ = ["MeshCollector", "instrument_mesh"]
 

@@ -37,28 +37,21 @@ from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from contextlib import contextmanager
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+from .. import __version__
+from ..errors import ServiceMeshError
+from ..events import CallRejected, Event, InstanceEjected, RetryScheduled, StateTransition
+from ..load_balancer import ServiceInstance
+from ..mesh import Mesh
+from ..proxy import ServiceProxy
 from ._extras import missing_extra
+from ._listening import MeshListener
+from .protocol import set_trace_injector
 
 try:
     from opentelemetry import propagate, trace
     from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 except ImportError as exc:
     raise missing_extra(__name__, "otel", exc) from exc
-
-from .. import __version__
-from ..errors import ServiceMeshError
-from ..events import (
-    CallRejected,
-    Event,
-    InstanceEjected,
-    RetryScheduled,
-    StateTransition,
-)
-from ..load_balancer import ServiceInstance
-from ..mesh import Mesh
-from ..proxy import ServiceProxy
-from ._listening import MeshListener
-from .protocol import set_trace_injector
 
 _PROXY_REFUSALS = frozenset({"no_healthy_instance", "bulkhead_full"})
 """Refusals a proxy makes itself (it also echoes its breaker's, which are not repeated)."""
