@@ -38,7 +38,12 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..integrations.status_http import StatusServer, serve_status
-from . import config, demo, status, tools  # noqa: F401  (each registers its commands)
+
+# Each module registers its commands on import, in the order --help lists them.
+# isort: off
+from . import demo, status, tools, config  # noqa: F401
+
+# isort: on
 from ._base import COMMANDS, Run, command
 from .status import print_status as _print_status  # noqa: F401  (its old name, for tests)
 
