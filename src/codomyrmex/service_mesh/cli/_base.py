@@ -10,12 +10,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .._options import number, whole
+from ..demo.options import DEFAULT_STATUS_PORT
 
 __all__ = [
     "COMMANDS",
+    "STATUS_URL",
     "Command",
     "Configure",
     "Run",
+    "add_status_url",
     "command",
     "existing_file",
     "missing",
@@ -49,6 +52,15 @@ def command(name: str, help: str) -> Callable[[Configure], Configure]:
         return configure
 
     return register
+
+
+STATUS_URL = f"http://127.0.0.1:{DEFAULT_STATUS_PORT}/status"
+"""Where ``status`` and ``dashboard`` look by default: the demo's status endpoint."""
+
+
+def add_status_url(parser: argparse.ArgumentParser, meaning: str) -> None:
+    """The ``--url`` option of the commands that read a status endpoint."""
+    parser.add_argument("--url", default=STATUS_URL, help=f"{meaning} (default: %(default)s)")
 
 
 positive_int = whole(1)

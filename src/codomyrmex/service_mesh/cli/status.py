@@ -10,8 +10,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from ..demo.options import DEFAULT_STATUS_PORT
-from ._base import Run, command, positive_float
+from ._base import Run, add_status_url, command, positive_float
 
 
 @command(
@@ -20,11 +19,7 @@ from ._base import Run, command, positive_float
     "or of an app that serves it with serve_status().",
 )
 def _status(parser: argparse.ArgumentParser) -> Run:
-    parser.add_argument(
-        "--url",
-        default=f"http://127.0.0.1:{DEFAULT_STATUS_PORT}/status",
-        help="where the status is served (default: %(default)s)",
-    )
+    add_status_url(parser, "where the status is served")
     parser.add_argument("--json", action="store_true", help="print the raw JSON")
     parser.add_argument(
         "--timeout", type=positive_float, default=3.0, help="seconds to wait (default: 3)"

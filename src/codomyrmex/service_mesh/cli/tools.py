@@ -6,8 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..demo.options import DEFAULT_STATUS_PORT
-from ._base import Run, command, missing, positive_float
+from ._base import Run, add_status_url, command, missing, positive_float
 
 
 @command(
@@ -65,11 +64,10 @@ def _port(text: str) -> int:
     "request rates, latency percentiles, instances, transitions) from its status endpoint.",
 )
 def _dashboard(parser: argparse.ArgumentParser) -> Run:
-    parser.add_argument(
-        "--url",
-        default=f"http://127.0.0.1:{DEFAULT_STATUS_PORT}/status",
-        help="the service's status endpoint: serve_status(mesh, monitor=True, token=...) "
-        "or `service-mesh demo` (default: %(default)s)",
+    add_status_url(
+        parser,
+        "the service's status endpoint: serve_status(mesh, monitor=True, token=...) "
+        "or `service-mesh demo`",
     )
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default: %(default)s)"
