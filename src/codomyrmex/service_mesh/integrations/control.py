@@ -35,7 +35,7 @@ import urllib.request
 from collections import deque
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from ..errors import CircuitOpenError
 from ..events import (
@@ -65,6 +65,8 @@ __all__ = [
     "handle_write",
     "status_url",
 ]
+
+_T = TypeVar("_T")
 
 WRITE_ACTIONS = ("force_open", "reset", "set_health", "set_strategy")
 """The actions :func:`apply_action` performs."""
@@ -98,6 +100,20 @@ def _text(action: Mapping[str, Any], field: str) -> str | dict[str, Any]:
     return value
 
 
+def _registered(
+    action: Mapping[str, Any], field: str, registered: Mapping[str, _T]
+) -> tuple[str, _T] | dict[str, Any]:
+    """The name in ``action[field]`` and what ``registered`` holds under it, or an error."""
+    name = _text(action, field)
+    if isinstance(name, dict):
+        return name
+    found = registered.get(name)
+    if found is None:
+        known = ", ".join(sorted(registered)) or "none"
+        return _error(f"unknown {field} {name!r} (registered: {known})")
+    return name, found
+
+
 def apply_action(mesh: Mesh, action: Mapping[str, Any]) -> dict[str, Any]:
     """Perform one write action on ``mesh``; ``{"status": "success", ...}`` or an error
     result ``{"status": "error", "message": ...}`` for any bad input (nothing changes)."""
@@ -107,26 +123,20 @@ def apply_action(mesh: Mesh, action: Mapping[str, Any]) -> dict[str, Any]:
     if name not in WRITE_ACTIONS:
         return _error(f"invalid action {name!r}: must be one of {', '.join(WRITE_ACTIONS)}")
     if name in ("force_open", "reset"):
-        breaker_name = _text(action, "breaker")
-        if isinstance(breaker_name, dict):
-            return breaker_name
-        breaker = mesh.get_circuit_breaker(breaker_name)
-        if breaker is None:
-            known = ", ".join(sorted(mesh.circuit_breakers())) or "none"
-            return _error(f"unknown breaker {breaker_name!r} (registered: {known})")
+        found_breaker = _registered(action, "breaker", mesh.circuit_breakers())
+        if isinstance(found_breaker, dict):
+            return found_breaker
+        breaker_name, breaker = found_breaker
         if name == "force_open":
             breaker.force_open()
         else:
             breaker.reset()
         return {"status": "success", "action": name, "breaker": breaker_name,
                 "state": breaker.state.value}  # fmt: skip
-    service = _text(action, "service")
-    if isinstance(service, dict):
-        return service
-    proxy = mesh.get_service(service)
-    if proxy is None:
-        known = ", ".join(sorted(mesh.services())) or "none"
-        return _error(f"unknown service {service!r} (registered: {known})")
+    found_service = _registered(action, "service", mesh.services())
+    if isinstance(found_service, dict):
+        return found_service
+    service, proxy = found_service
     balancer = proxy.load_balancer
     if name == "set_strategy":
         strategy = _text(action, "strategy")

@@ -162,16 +162,10 @@ class ConcurrencyLimiter(Publisher):
 
     def acquire(self) -> Permit:
         """A place for one call; raise :class:`LimitExceededError` when there is none."""
-        lock = self._lock
-        lock.acquire()
-        in_flight = self._in_flight
-        if in_flight >= self._limit:
-            self.rejected += 1
-            lock.release()
-            raise LimitExceededError(self.name, "concurrency_limit", in_flight)
-        self._in_flight = in_flight = in_flight + 1
-        lock.release()
-        return Permit(self, self.clock(), in_flight)
+        permit = self.try_acquire()
+        if permit is None:
+            raise LimitExceededError(self.name, "concurrency_limit", self._limit)
+        return permit
 
     def _classify(self, error: BaseException | None) -> int:
         if error is None:
