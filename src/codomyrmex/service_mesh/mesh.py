@@ -18,7 +18,6 @@ from ._validate import check_str
 from .circuit_breaker import CircuitBreaker, CircuitBreakerConfig, Clock
 from .discovery import Resolver, Source
 from .events import Event, EventListener, Publisher, publish
-from .load_balancer import LoadBalancer, ServiceInstance
 from .proxy import ServiceProxy
 from .status import balancer_status, breaker_status, instance_status, service_status
 from .store import BreakerStore
