@@ -33,6 +33,13 @@ def check_optional_number(field: str, value: Any, minimum: float = 0.0) -> float
     return None if value is None else check_number(field, value, minimum)
 
 
+def check_bool(field: str, value: Any) -> bool:
+    """Return ``value`` if it is a bool (not merely truthy)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{field} must be a bool, got {value!r}")
+    return value
+
+
 def check_callable(field: str, value: T) -> T:
     """Return ``value`` if it is callable."""
     if not callable(value):
