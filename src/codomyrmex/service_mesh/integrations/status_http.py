@@ -110,16 +110,7 @@ class StatusServer:
             self.monitor.close()
 
 
-def serve_status(
-    mesh: Mesh,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    *,
-    monitor: MeshMonitor | bool = False,
-    token: str | None = None,
-) -> StatusServer:
-    """Serve ``mesh.status()`` on ``host:port`` (0: any free port) until the server is closed.
-
-    ``monitor`` adds live statistics; ``token`` enables write actions (see :class:`StatusServer`).
-    """
-    return StatusServer(mesh, host, port, monitor=monitor, token=token)
+serve_status = StatusServer
+"""``serve_status(mesh, host, port, *, monitor=False, token=None)``: serve ``mesh.status()``
+on ``host:port`` (0: any free port) until the server is closed. ``monitor`` adds live
+statistics; ``token`` enables write actions (see :class:`StatusServer`)."""
