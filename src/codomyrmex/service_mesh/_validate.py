@@ -40,6 +40,16 @@ def check_bool(field: str, value: Any) -> bool:
     return value
 
 
+def check_instance(field: str, value: Any, kind: type[T], described: str = "") -> T:
+    """Return ``value`` if it is a ``kind``; the TypeError says ``described`` (default:
+    the type's name) and the value."""
+    if not isinstance(value, kind):
+        name = described or kind.__name__
+        article = "" if described else "an " if name[0] in "AEIOU" else "a "
+        raise TypeError(f"{field} must be {article}{name}, got {value!r}")
+    return value
+
+
 def check_callable(field: str, value: T) -> T:
     """Return ``value`` if it is callable."""
     if not callable(value):

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from ._equivalence import equivalent
-from ._validate import check_str
+from ._validate import check_instance, check_str
 from .circuit_breaker import CircuitBreaker, CircuitBreakerConfig, Clock
 from .discovery import Resolver, Source
 from .events import Event, EventListener, Publisher, publish
@@ -187,8 +187,7 @@ class Mesh(Publisher):
 
     def add_circuit_breaker(self, breaker: CircuitBreaker) -> CircuitBreaker:
         """Register an existing breaker under its name (ValueError if the name is taken)."""
-        if not isinstance(breaker, CircuitBreaker):
-            raise TypeError(f"breaker must be a CircuitBreaker, got {breaker!r}")
+        check_instance("breaker", breaker, CircuitBreaker)
         with self._lock:
             current = self._breakers.setdefault(breaker.name, breaker)
             self._sync()
@@ -222,8 +221,7 @@ class Mesh(Publisher):
         name would not share state. Build the proxy with
         ``circuit_breaker=mesh.circuit_breaker(name)`` to share it.
         """
-        if not isinstance(proxy, ServiceProxy):
-            raise TypeError(f"proxy must be a ServiceProxy, got {proxy!r}")
+        check_instance("proxy", proxy, ServiceProxy)
         breaker = proxy.circuit_breaker
         with self._lock:
             current = self._breakers.get(breaker.name)

@@ -5,6 +5,7 @@ Standard library only; the metric, tracing and monitoring integrations build on 
 
 from __future__ import annotations
 
+from .._validate import check_instance
 from ..events import Event, EventListener
 from ..mesh import Mesh, default_mesh
 
@@ -24,8 +25,7 @@ class MeshListener:
     def _listen(self, mesh: Mesh | None) -> None:
         """Subscribe :meth:`observe` to ``mesh`` (None: the default mesh)."""
         self.mesh = mesh if mesh is not None else default_mesh()
-        if not isinstance(self.mesh, Mesh):
-            raise TypeError(f"mesh must be a Mesh, got {self.mesh!r}")
+        check_instance("mesh", self.mesh, Mesh)
         self._listener = self.observe  # one bound method, so close() removes exactly it
         self.mesh.subscribe(self._listener)
 

@@ -37,6 +37,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any, Protocol, TypeVar
 
+from .._validate import check_instance
 from ..errors import CircuitOpenError
 from ..events import (
     CallFailed,
@@ -207,8 +208,7 @@ class MeshMonitor(MeshListener):
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
-        if not isinstance(mesh, Mesh):
-            raise TypeError(f"mesh must be a Mesh, got {mesh!r}")
+        check_instance("mesh", mesh, Mesh)
         if isinstance(window, bool) or not isinstance(window, int | float) or not window > 0:
             raise ValueError(f"window must be a number > 0, got {window!r}")
         for field, value in (("max_samples", max_samples), ("max_timeline", max_timeline)):
@@ -341,8 +341,7 @@ class LocalMesh:
     """A mesh of this process as a source (with live statistics when given a monitor)."""
 
     def __init__(self, mesh: Mesh, monitor: MeshMonitor | None = None) -> None:
-        if not isinstance(mesh, Mesh):
-            raise TypeError(f"mesh must be a Mesh, got {mesh!r}")
+        check_instance("mesh", mesh, Mesh)
         if monitor is not None and not isinstance(monitor, MeshMonitor):
             raise TypeError(f"monitor must be a MeshMonitor, got {monitor!r}")
         self.mesh = mesh

@@ -47,7 +47,7 @@ try:
 except ImportError as exc:
     raise missing_extra(__name__, "etcd", exc) from exc
 
-from .._validate import check_bool, check_number, check_str
+from .._validate import check_bool, check_instance, check_number, check_str
 from ..discovery import ClosedOnExit, Resolver, close_at_shutdown
 from ..discovery.codec import instance_from_json, instance_to_json
 from ..errors import ServiceMeshError
@@ -231,8 +231,7 @@ class EtcdSource:
         resync_interval: float = 30.0,
         retry_interval: float = 0.5,
     ) -> None:
-        if not isinstance(gateway, EtcdGateway):
-            raise TypeError(f"gateway must be an EtcdGateway, got {gateway!r}")
+        check_instance("gateway", gateway, EtcdGateway)
         self.gateway = gateway
         self.service = check_str("service", service)
         self.keys = f"{check_str('prefix', prefix)}svc/{service}/"
@@ -390,8 +389,7 @@ class EtcdRegistry(ClosedOnExit):
     def register(self, service: str, instance: ServiceInstance) -> None:
         """Put ``instance`` under ``service`` and keep it alive until deregistered."""
         check_str("service", service)
-        if not isinstance(instance, ServiceInstance):
-            raise TypeError(f"instance must be a ServiceInstance, got {instance!r}")
+        check_instance("instance", instance, ServiceInstance)
         with self._lock:
             if self._closed:
                 raise RuntimeError("this registry is closed")

@@ -31,7 +31,7 @@ import math
 import random
 from collections.abc import Callable
 
-from .._validate import check_callable, check_int, check_number
+from .._validate import check_callable, check_instance, check_int, check_number
 
 __all__ = [
     "AIMDLimit",
@@ -472,8 +472,7 @@ class WindowedLimit(Limit):
         window_size: int = 10,
         min_rtt_threshold: float = 0.0001,
     ) -> None:
-        if not isinstance(delegate, Limit):
-            raise TypeError(f"delegate must be a Limit, got {delegate!r}")
+        check_instance("delegate", delegate, Limit)
         self.delegate = delegate
         if check_number("min_window_time", min_window_time, 0.0) <= 0.0:
             raise ValueError(f"min_window_time must be > 0, got {min_window_time!r}")

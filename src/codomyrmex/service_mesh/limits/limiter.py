@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from .._validate import check_callable
+from .._validate import check_callable, check_instance
 from ..errors import LimitExceededError, ServiceMeshError
 from ..events import EventListener, LimitChanged, Publisher, publish
 from .algorithms import Limit
@@ -106,10 +106,8 @@ class ConcurrencyLimiter(Publisher):
         ignored_on: tuple[type[BaseException], ...] = _IGNORED_ON,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not isinstance(limit, Limit):
-            raise TypeError(f"limit must be a Limit (AIMDLimit, VegasLimit, ...), got {limit!r}")
-        if not isinstance(name, str):
-            raise TypeError(f"name must be a str, got {name!r}")
+        check_instance("limit", limit, Limit, "a Limit (AIMDLimit, VegasLimit, ...)")
+        check_instance("name", name, str)
         for field, value in (("dropped_on", dropped_on), ("ignored_on", ignored_on)):
             if not isinstance(value, tuple) or not all(
                 isinstance(t, type) and issubclass(t, BaseException) for t in value

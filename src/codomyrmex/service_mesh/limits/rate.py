@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol, runtime_checkable
 
-from .._validate import check_callable, check_number
+from .._validate import check_callable, check_instance, check_number
 from ..errors import LimitExceededError
 
 __all__ = ["RateLimit", "RateLimiter", "check_rate"]
@@ -94,8 +94,7 @@ class RateLimiter:
         async_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.rate, self.burst = check_rate(rate, burst)
-        if not isinstance(name, str):
-            raise TypeError(f"name must be a str, got {name!r}")
+        check_instance("name", name, str)
         self.name = name
         self.clock = check_callable("clock", clock)
         self.sleep = check_callable("sleep", sleep)
