@@ -125,25 +125,25 @@ class ConcurrencyLimiter(Publisher):
         self.rejected = 0
         """Calls refused so far."""
 
+    @property
+    def limit(self) -> int:
+        """The current concurrency limit."""
+        return self._limit
+
     def __repr__(self) -> str:
         return (
             f"ConcurrencyLimiter({self.algorithm!r}, name={self.name!r}, "
             f"in_flight={self._in_flight})"
         )
 
-    @property
-    def limit(self) -> int:
-        """The current concurrency limit."""
-        return self._limit
+    def describe(self) -> str:
+        """A label for ``ServiceProxy.describe()``."""
+        return f"concurrency limit({self.algorithm.describe()}, limit={self._limit})"
 
     @property
     def in_flight(self) -> int:
         """Calls holding a place now."""
         return self._in_flight
-
-    def describe(self) -> str:
-        """A label for ``ServiceProxy.describe()``."""
-        return f"concurrency limit({self.algorithm.describe()}, limit={self._limit})"
 
     def try_acquire(self) -> Permit | None:
         """A place for one call, or None when ``limit`` calls are already in flight."""
