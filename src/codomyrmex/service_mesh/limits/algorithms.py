@@ -235,7 +235,8 @@ class VegasLimit(Limit):
         probe_multiplier: int = 30,
         rng: random.Random | None = None,
     ) -> None:
-        self.max_concurrency = _check_bounds(initial_limit, 1, max_concurrency, "max_concurrency")[1]
+        bounds = _check_bounds(initial_limit, 1, max_concurrency, "max_concurrency")
+        self.max_concurrency = bounds[1]
         self.smoothing = _check_fraction("smoothing", smoothing)
         for field, fn in (
             ("alpha", alpha),
