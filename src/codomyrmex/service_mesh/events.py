@@ -51,32 +51,29 @@ class Event:
 
 
 @dataclass(frozen=True, slots=True)
-class StateTransition(Event):
-    """A circuit breaker moved from ``old`` to ``new``."""
-
-    old: CircuitState
-    new: CircuitState
-
-
-@dataclass(frozen=True, slots=True)
-class ThresholdCrossed(Event):
-    """A METRICS_ONLY breaker's counts crossed the threshold that would have opened it.
-
-    Published once per crossing (again only after the counts fell back below), for
-    shadow-mode alerting. ``measure`` is ``"failures"`` (consecutive mode),
-    ``"failure_rate"`` or ``"slow_call_rate"`` (percentages, window mode).
-    """
-
-    measure: str
-    value: float
-    threshold: float
-
-
-@dataclass(frozen=True, slots=True)
 class InstanceEvent(Event):
     """Base class of the events about one instance of service ``source``."""
 
     instance_id: str
+
+
+# -- calls through a service proxy ---------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CallRejected(Event):
+    """A call was refused without running; ``reason`` says by what.
+
+    Reasons: ``"circuit_open"``, ``"half_open_full"``, ``"forced_open"``,
+    ``"no_healthy_instance"``, ``"bulkhead_full"``, ``"concurrency_limit"``,
+    ``"rate_limit"``, ``"retry_budget"`` (a retry the budget refused: the call then
+    ends with its failure).
+    """
+
+    reason: str
+    by_breaker: bool = False
+    """True when a circuit breaker refused (``source`` is the breaker's name); False when
+    a service proxy did (``source`` is the service's name)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,41 +94,16 @@ class CallFailed(InstanceEvent):
     error: BaseException
 
 
-@dataclass(frozen=True, slots=True)
-class CallRejected(Event):
-    """A call was refused without running; ``reason`` says by what.
+# -- instances of a load balancer ----------------------------------------------
 
-    Reasons: ``"circuit_open"``, ``"half_open_full"``, ``"forced_open"``,
-    ``"no_healthy_instance"``, ``"bulkhead_full"``, ``"concurrency_limit"``,
-    ``"rate_limit"``, ``"retry_budget"`` (a retry the budget refused: the call then
-    ends with its failure).
-    """
+
+@dataclass(frozen=True, slots=True)
+class InstanceReturned(InstanceEvent):
+    """An ejected instance is pickable again."""
 
     reason: str
-    by_breaker: bool = False
-    """True when a circuit breaker refused (``source`` is the breaker's name); False when
-    a service proxy did (``source`` is the service's name)."""
-
-
-@dataclass(frozen=True, slots=True)
-class RetryScheduled(Event):
-    """Retry number ``attempt`` (1-based) will start after ``delay`` seconds.
-
-    ``error`` is the failure retried, or None when a result was rejected.
-    """
-
-    attempt: int
-    delay: float
-    error: BaseException | None
-
-
-@dataclass(frozen=True, slots=True)
-class RetryGaveUp(Event):
-    """A call failed for good after ``attempts`` attempts; ``error`` is what it raises
-    (None when the last result was rejected and is returned)."""
-
-    attempts: int
-    error: BaseException | None
+    """Why: ``"ejection_time_elapsed"``, ``"reconfigured"`` (outlier detection turned
+    off) or the reason given to ``LoadBalancer.return_instance``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,13 +129,44 @@ class InstanceEjected(InstanceEvent):
     """Seconds until it returns (infinite until ``return_instance`` for ``eject``)."""
 
 
-@dataclass(frozen=True, slots=True)
-class InstanceReturned(InstanceEvent):
-    """An ejected instance is pickable again."""
+# -- concurrency limits --------------------------------------------------------
 
-    reason: str
-    """Why: ``"ejection_time_elapsed"``, ``"reconfigured"`` (outlier detection turned
-    off) or the reason given to ``LoadBalancer.return_instance``."""
+
+@dataclass(frozen=True, slots=True)
+class LimitChanged(Event):
+    """Adaptive concurrency limiter ``source`` moved its limit from ``old`` to ``new``;
+    ``in_flight`` calls were running then."""
+
+    old: int
+    new: int
+    in_flight: int
+
+
+# -- retries -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RetryScheduled(Event):
+    """Retry number ``attempt`` (1-based) will start after ``delay`` seconds.
+
+    ``error`` is the failure retried, or None when a result was rejected.
+    """
+
+    attempt: int
+    delay: float
+    error: BaseException | None
+
+
+@dataclass(frozen=True, slots=True)
+class RetryGaveUp(Event):
+    """A call failed for good after ``attempts`` attempts; ``error`` is what it raises
+    (None when the last result was rejected and is returned)."""
+
+    attempts: int
+    error: BaseException | None
+
+
+# -- chaos ---------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,14 +183,29 @@ class FaultInjected(Event):
     error: BaseException | None
 
 
-@dataclass(frozen=True, slots=True)
-class LimitChanged(Event):
-    """Adaptive concurrency limiter ``source`` moved its limit from ``old`` to ``new``;
-    ``in_flight`` calls were running then."""
+# -- circuit breakers ----------------------------------------------------------
 
-    old: int
-    new: int
-    in_flight: int
+
+@dataclass(frozen=True, slots=True)
+class ThresholdCrossed(Event):
+    """A METRICS_ONLY breaker's counts crossed the threshold that would have opened it.
+
+    Published once per crossing (again only after the counts fell back below), for
+    shadow-mode alerting. ``measure`` is ``"failures"`` (consecutive mode),
+    ``"failure_rate"`` or ``"slow_call_rate"`` (percentages, window mode).
+    """
+
+    measure: str
+    value: float
+    threshold: float
+
+
+@dataclass(frozen=True, slots=True)
+class StateTransition(Event):
+    """A circuit breaker moved from ``old`` to ``new``."""
+
+    old: CircuitState
+    new: CircuitState
 
 
 EventListener = Callable[[Event], None]
