@@ -412,9 +412,9 @@ class EtcdRegistry(ClosedOnExit):
     def close(self) -> None:
         """Revoke the lease (every key of this process goes at once) and stop the threads."""
         with self._lock:
-            if self._closed:
+            closed, self._closed = self._closed, True
+            if closed:
                 return
-            self._closed = True
             self._own.clear()
             resolvers, self._resolvers = self._resolvers, []
         self._stop.set()
