@@ -130,20 +130,15 @@ class ConcurrencyLimiter(Publisher):
         """The current concurrency limit."""
         return self._limit
 
+    def describe(self) -> str:
+        """A label for ``ServiceProxy.describe()``."""
+        return f"concurrency limit({self.algorithm.describe()}, limit={self._limit})"
+
     def __repr__(self) -> str:
         return (
             f"ConcurrencyLimiter({self.algorithm!r}, name={self.name!r}, "
             f"in_flight={self._in_flight})"
         )
-
-    def describe(self) -> str:
-        """A label for ``ServiceProxy.describe()``."""
-        return f"concurrency limit({self.algorithm.describe()}, limit={self._limit})"
-
-    @property
-    def in_flight(self) -> int:
-        """Calls holding a place now."""
-        return self._in_flight
 
     def try_acquire(self) -> Permit | None:
         """A place for one call, or None when ``limit`` calls are already in flight."""
@@ -164,6 +159,11 @@ class ConcurrencyLimiter(Publisher):
         if permit is None:
             raise LimitExceededError(self.name, "concurrency_limit", self._limit)
         return permit
+
+    @property
+    def in_flight(self) -> int:
+        """Calls holding a place now."""
+        return self._in_flight
 
     def _classify(self, error: BaseException | None) -> int:
         if error is None:
