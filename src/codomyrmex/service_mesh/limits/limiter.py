@@ -135,10 +135,8 @@ class ConcurrencyLimiter(Publisher):
         return f"concurrency limit({self.algorithm.describe()}, limit={self._limit})"
 
     def __repr__(self) -> str:
-        return (
-            f"ConcurrencyLimiter({self.algorithm!r}, name={self.name!r}, "
-            f"in_flight={self._in_flight})"
-        )
+        state = f"name={self.name!r}, in_flight={self._in_flight}"
+        return f"ConcurrencyLimiter({self.algorithm!r}, {state})"
 
     def try_acquire(self) -> Permit | None:
         """A place for one call, or None when ``limit`` calls are already in flight."""
