@@ -203,9 +203,9 @@ class MeshMonitor(MeshListener):
         mesh: Mesh,
         *,
         window: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
         max_samples: int = 10_000,
         max_timeline: int = 200,
-        clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
         check_instance("mesh", mesh, Mesh)
