@@ -233,4 +233,4 @@ def test_the_global_provider_by_default_and_other_events_are_ignored() -> None:
     instruments = MeshInstruments(mesh)  # the global provider: a no-op unless an app set one
     instruments.observe(Event("anything"))
     instruments.close()
-    assert mesh._listeners == ()
+    assert mesh._subscribers == ()

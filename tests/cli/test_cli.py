@@ -1,7 +1,7 @@
 """The ``service-mesh`` command: its parser, its subcommand table, and ``status``.
 
 ``status`` is tested against a real status server (``serve_status``) on 127.0.0.1.
-The demo subcommand itself runs in tests/test_demo.py.
+The demo subcommand itself runs in tests/demo/test_demo.py.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from codomyrmex.service_mesh.config import (
     reload_on_sighup,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 BASE = {
     "defaults": {

@@ -10,7 +10,7 @@ import pytest
 
 from codomyrmex.service_mesh.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = str(ROOT / "examples" / "mesh.toml")
 
 

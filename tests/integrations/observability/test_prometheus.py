@@ -373,7 +373,7 @@ def test_describe_names_every_family_and_duplicates_are_refused(clock: FakeClock
 
     with pytest.raises(ValueError, match="Duplicated"):
         instrument_mesh(mesh, registry)
-    assert len(mesh._listeners) == 1, "the refused collector unsubscribed itself"
+    assert len(mesh._subscribers) == 1, "the refused collector unsubscribed itself"
 
 
 def test_namespace_and_buckets_are_configurable(clock: FakeClock) -> None:

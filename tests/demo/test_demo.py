@@ -31,7 +31,7 @@ from codomyrmex.service_mesh.demo.options import DemoOptions
 from codomyrmex.service_mesh.demo.report import write_report
 from codomyrmex.service_mesh.demo.runner import DemoResult, run_demo
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEMO = [sys.executable, "-m", "codomyrmex.service_mesh", "demo"]
 SCREENSHOT = ROOT / "benchmarks" / "results" / "demo-report.png"
 CHROMIUM_FLAGS = [

@@ -20,7 +20,7 @@ from codomyrmex.service_mesh.verify.report import (
     run_verify,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # An unsafe set-up: no retry, one breaker for the whole service that opens after 3
 # failed calls, nothing that takes an instance out -- the bad instance's failures reach
