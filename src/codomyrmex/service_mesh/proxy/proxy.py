@@ -293,51 +293,61 @@ class ServiceProxy(Publisher, AttemptPipeline):
     def _call_staged(
         self, handler_fn: Callable[..., Any], args: Any, kwargs: Any, retry: bool = True
     ) -> Any:
+        """The fallback stage, outermost: it supplies the result when the stack gives up."""
+        if self.fallback is None:
+            return self._admitted(handler_fn, args, kwargs, retry)
         try:
-            with self._admission():
-                slot = self.bulkhead
-                if slot is not None:
-                    self._take(slot.acquire)
-                hedging = retry and self.hedging_delay is not None
-                try:
-                    if hedging:  # the last hedge to end frees the slot
-                        slot, held = None, slot
-                        return self._guarded(self._hedged, handler_fn, args, kwargs, held)
-                    return self._guarded(self._attempts, handler_fn, args, kwargs, retry)
-                finally:
-                    if slot is not None:
-                        slot.release()
+            return self._admitted(handler_fn, args, kwargs, retry)
         except Exception as exc:
-            if self.fallback is None:
-                raise
             failure = exc
         return self.fallback(failure)
 
     async def _call_staged_async(
         self, handler_fn: Callable[..., Any], args: Any, kwargs: Any, retry: bool = True
     ) -> Any:
-        if retry and self.hedging_delay is not None:
-            run, rest = self._hedged_async, ()
-        else:
-            run, rest = self._attempts_async, (retry,)
+        """:meth:`_call_staged` for coroutines; the fallback may return an awaitable."""
         try:
-            async with self._admission():
-                bulkhead = self.bulkhead
-                if bulkhead is not None:
-                    await self._take_async(bulkhead)
-                try:
-                    return await self._guarded_async(run, handler_fn, args, kwargs, *rest)
-                finally:
-                    if bulkhead is not None:
-                        bulkhead.release()
+            return await self._admitted_async(handler_fn, args, kwargs, retry)
         except Exception as exc:
             if self.fallback is None:
                 raise
             failure = exc
         result = self.fallback(failure)
-        if inspect.isawaitable(result):
-            result = await result
-        return result
+        return (await result) if inspect.isawaitable(result) else result
+
+    def _admitted(self, handler_fn: Callable[..., Any], args: Any, kwargs: Any, retry: bool) -> Any:
+        """Rate limit -> concurrency limit -> bulkhead -> breaker -> retry or hedging."""
+        with self._admission():
+            slot = self.bulkhead
+            if slot is not None:
+                self._take(slot.acquire)
+            try:
+                if retry and self.hedging_delay is not None:
+                    slot, held = None, slot  # the last hedge to end frees the slot
+                    return self._guarded(self._hedged, handler_fn, args, kwargs, held)
+                return self._guarded(self._attempts, handler_fn, args, kwargs, retry)
+            finally:
+                if slot is not None:
+                    slot.release()
+
+    async def _admitted_async(
+        self, handler_fn: Callable[..., Any], args: Any, kwargs: Any, retry: bool
+    ) -> Any:
+        """:meth:`_admitted` for coroutines (hedges are tasks: the slot is freed on exit)."""
+        rest: tuple[bool, ...] = ()
+        if retry and self.hedging_delay is not None:
+            run = self._hedged_async
+        else:
+            run, rest = self._attempts_async, (retry,)
+        async with self._admission():
+            bulkhead = self.bulkhead
+            if bulkhead is None:
+                return await self._guarded_async(run, handler_fn, args, kwargs, *rest)
+            await self._take_async(bulkhead)
+            try:
+                return await self._guarded_async(run, handler_fn, args, kwargs, *rest)
+            finally:
+                bulkhead.release()
 
     def _guarded(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` through the service's breaker (which judges the whole call)."""

@@ -10,11 +10,11 @@ import logging
 import math
 import random
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from ..errors import ServiceMeshError
 
-__all__ = ["JITTER_MODES", "Backoff", "RetryAfter", "RetryOn", "retry_predicate"]
+__all__ = ["JITTER_MODES", "Backoff", "RetryAfter", "RetryOn", "make_backoff", "retry_predicate"]
 
 logger = logging.getLogger("codomyrmex.service_mesh")
 
@@ -52,20 +52,16 @@ RetryOn = type[BaseException] | tuple[type[BaseException], ...] | Callable[[Base
 """Exception types to retry, or a predicate ``exc -> truthy`` (or a :class:`RetryAfter`)."""
 
 
-class Backoff:
+class Backoff(NamedTuple):
     """The waits of a retry policy: ``min(max_delay, initial_delay * base ** n)``, jittered."""
 
-    __slots__ = ("_cap_attempt", "base", "initial", "maximum", "mode", "rng")
-
-    def __init__(
-        self, initial: float, maximum: float, base: float, mode: str, rng: random.Random
-    ) -> None:
-        self.initial = initial
-        self.maximum = maximum
-        self.base = base
-        self.mode = mode
-        self.rng = rng
-        self._cap_attempt = _cap_attempt(initial, maximum, base)
+    initial: float
+    maximum: float
+    base: float
+    mode: str
+    rng: random.Random
+    cap_attempt: float
+    """The first attempt whose backoff reaches ``maximum`` (see :func:`make_backoff`)."""
 
     def delay(self, attempt: int, previous: float | None) -> float:
         """The wait before retry ``attempt`` (0 = the first); ``previous`` is the last wait
@@ -85,7 +81,7 @@ class Backoff:
 
     def backoff(self, attempt: int) -> float:
         """The un-jittered wait before retry ``attempt``."""
-        if attempt >= self._cap_attempt:
+        if attempt >= self.cap_attempt:
             return self.maximum
         if self.initial <= 0.0 or self.base <= 1.0:
             return min(self.maximum, self.initial)
@@ -153,6 +149,13 @@ def default_retryable(exc: BaseException) -> bool | RetryAfter:
     if isinstance(retry_after, (int, float)) and not isinstance(retry_after, bool):
         return RetryAfter(retry_after)
     return True
+
+
+def make_backoff(
+    initial: float, maximum: float, base: float, mode: str, rng: random.Random
+) -> Backoff:
+    """The :class:`Backoff` of these settings."""
+    return Backoff(initial, maximum, base, mode, rng, _cap_attempt(initial, maximum, base))
 
 
 def _cap_attempt(initial: float, cap: float, base: float) -> float:

@@ -79,15 +79,8 @@ class PercentageRetryBudget(RetryBudget):
     """
 
     __slots__ = (
-        "_buckets",
-        "_clock",
-        "_last_second",
-        "_lock",
-        "_pending",
-        "min_retries_per_second",
-        "percent",
-        "retries",
-        "window_seconds",
+        *("_buckets", "_clock", "_last_second", "_lock", "_pending", "retries"),  # the window
+        *("min_retries_per_second", "percent", "window_seconds"),  # the settings
     )
 
     def __init__(

@@ -15,12 +15,15 @@ from __future__ import annotations
 import contextvars
 import logging
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..events import CallRejected, EventListener, RetryGaveUp, RetryScheduled, publish
 from .backoff import Backoff, RetryAfter, verdict
 from .budget import RetryBudget
 from .testing import Switches
+
+if TYPE_CHECKING:
+    from .options import RetryPolicy
 
 __all__ = ["IN_RETRY", "Attempts", "RetryEngine"]
 
@@ -77,25 +80,16 @@ class RetryEngine:
     )
 
     def __init__(
-        self,
-        *,
-        max_retries: int,
-        backoff: Backoff,
-        retryable: Callable[[BaseException], object],
-        retry_on_result: Callable[[Any], bool] | None,
-        clock: Callable[[], float],
-        max_elapsed: float | None,
-        budget: RetryBudget | None,
-        nested: bool,
+        self, policy: RetryPolicy, backoff: Backoff, retryable: Callable[[BaseException], object]
     ) -> None:
-        self.max_retries = max_retries
         self.backoff = backoff
         self.retryable = retryable
-        self.retry_on_result = retry_on_result
-        self.clock = clock
-        self.max_elapsed = max_elapsed
-        self.budget = budget
-        self.nested = nested
+        self.max_retries = policy.max_retries
+        self.retry_on_result = retry_on_result = policy.retry_on_result
+        self.clock = policy.clock
+        self.max_elapsed = max_elapsed = policy.max_elapsed
+        self.budget = budget = policy.budget
+        self.nested = policy.nested
         self.subscribers: tuple[EventListener, ...] = ()
         # No budget, deadline or result predicate: the success path needs nothing else.
         self.simple = budget is None and max_elapsed is None and retry_on_result is None

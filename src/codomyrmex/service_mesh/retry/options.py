@@ -17,7 +17,7 @@ from typing import Any, ParamSpec, TypeVar
 from .._validate import check_callable, check_int, check_number, check_optional_number
 from ..events import EventListener, add_listener, remove_listener
 from ..timers import Timer
-from .backoff import JITTER_MODES, Backoff, RetryOn, retry_predicate
+from .backoff import JITTER_MODES, RetryOn, make_backoff, retry_predicate
 from .budget import RetryBudget
 from .engine import Attempts, RetryEngine
 
@@ -137,18 +137,10 @@ class RetryPolicy:
         if not isinstance(name, str):
             raise TypeError(f"name must be a str, got {name!r}")
         self.name = name
-        self.engine = RetryEngine(
-            max_retries=self.max_retries,
-            backoff=Backoff(
-                self.initial_delay, self.max_delay, self.exponential_base, mode, self._rng
-            ),
-            retryable=retryable,
-            retry_on_result=retry_on_result,
-            clock=self.clock,
-            max_elapsed=self.max_elapsed,
-            budget=budget,
-            nested=nested,
+        backoff = make_backoff(
+            self.initial_delay, self.max_delay, self.exponential_base, mode, self._rng
         )
+        self.engine = RetryEngine(self, backoff, retryable)
         """Internal API: the policy's decisions, driven by the policy and the proxy."""
         self._simple = self.engine.simple
         self._frozen = True
