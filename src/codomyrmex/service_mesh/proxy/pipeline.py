@@ -80,28 +80,6 @@ class AttemptPipeline:
         events' (None: nothing wants attempt times)."""
         return self.load_balancer.observe_clock or self._event_clock
 
-    def pick(self, call: ProxyCall | None) -> tuple[ServiceInstance, float]:
-        """Acquire the next attempt's instance (one not yet tried in ``call``) and read
-        the attempt's start; raise :class:`NoHealthyInstanceError` when there is none."""
-        instance = self.load_balancer.acquire(None if call is None else call.tried)
-        if instance is None:
-            raise self.no_instance(None if call is None else call.last_real)
-        timer = self.load_balancer.observe_clock or self._event_clock
-        return instance, 0.0 if timer is None else timer()
-
-    def attempt_returned(
-        self, instance: ServiceInstance, start: float, result: Any, call: ProxyCall | None
-    ) -> bool:
-        """An attempt on ``instance`` returned: release it; True when ``result`` is accepted
-        (the call's books closed), False when ``retry_on_result`` rejects it."""
-        self.load_balancer.release(instance, start, None)
-        engine = self.retry_policy.engine
-        if engine.retry_on_result is not None and engine.rejects(result):
-            return False
-        if self._subscribers or engine.refund:
-            self.succeeded(instance, start, call)
-        return True
-
     def attempt_rejected(
         self,
         call: ProxyCall | None,

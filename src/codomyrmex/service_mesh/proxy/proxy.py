@@ -35,7 +35,7 @@ from ..timers import Timer
 from .pipeline import AttemptPipeline, ProxyCall
 from .stages.bulkhead import Bulkhead
 from .stages.hedging import hedged, hedged_async
-from .stages.timeouts import timed_attempt, untimed
+from .stages.timeouts import timed_attempt
 
 __all__ = ["ServiceProxy"]
 
@@ -455,12 +455,19 @@ class ServiceProxy(Publisher, AttemptPipeline):
         """The async driver of :meth:`_attempts`: awaits the handler (within the attempt
         timeout) and the sleeps; the pipeline decides."""
         policy = self.retry_policy
-        started = None if policy.engine.simple else policy.engine.start()
-        plain = untimed(policy, started)
+        engine = policy.engine
+        balancer = self.load_balancer
+        started = None if engine.simple else engine.start()
+        plain = started is None and policy.attempt_timeout is None
+        accept_any = engine.retry_on_result is None
         call: ProxyCall | None = None
+        clock = balancer.observe_clock or self._event_clock
         try:
             while True:
-                instance, start = self.pick(call)
+                instance = balancer.acquire(None if call is None else call.tried)
+                if instance is None:
+                    raise self.no_instance(None if call is None else call.last_real)
+                start = 0.0 if clock is None else clock()
                 try:
                     if plain:
                         result = await handler_fn(instance, *args, **kwargs)
@@ -471,7 +478,10 @@ class ServiceProxy(Publisher, AttemptPipeline):
                 except BaseException as exc:
                     call = self.attempt_raised(call, started, instance, start, exc, retry)
                 else:
-                    if self.attempt_returned(instance, start, result, call):
+                    balancer.release(instance, start, None)
+                    if accept_any or not engine.rejects(result):
+                        if self._subscribers or engine.refund:
+                            self.succeeded(instance, start, call)
                         return result
                     call = self.attempt_rejected(call, started, instance, start, result, retry)
                 wait = call.wait

@@ -236,7 +236,7 @@ class RetryEngine:
         if failure is None:
             delay = self.backoff.delay(calls.count - 1, calls.previous or None)
         else:
-            answer = self.verdict(failure)
+            answer = verdict(self.retryable, failure)
             if answer is None:
                 return None
             if answer is True:

@@ -19,7 +19,7 @@ from ..events import EventListener, add_listener, remove_listener
 from ..timers import Timer
 from .backoff import JITTER_MODES, RetryOn, make_backoff, retry_predicate
 from .budget import RetryBudget
-from .engine import Attempts, RetryEngine
+from .engine import IN_RETRY, Attempts, RetryEngine
 
 __all__ = ["RetryPolicy"]
 
@@ -273,9 +273,9 @@ class RetryPolicy:
     ) -> R:
         """The retries after a first failed attempt; raises the last failure when done."""
         engine = self.engine
-        calls = Attempts(started)
-        calls.guard()
+        token = IN_RETRY.set(True)  # the nested-retry guard, from the first failure on
         try:
+            calls = Attempts(started, token.old_value is True)
             while True:
                 delay = engine.after_failure(calls, failure, self.name, engine.subscribers)
                 if delay is None:
@@ -291,11 +291,12 @@ class RetryPolicy:
                     failure = exc
                     continue
                 if not engine.rejects(result):
-                    engine.succeeded()
+                    if engine.budget is not None:
+                        engine.budget.record_outcome(True)
                     return result  # type: ignore[no-any-return]
                 failure = None
         finally:
-            calls.close()
+            IN_RETRY.reset(token)
 
     async def execute_async(
         self, fn: Callable[P, Awaitable[R]], *args: P.args, **kwargs: P.kwargs

@@ -14,12 +14,7 @@ if TYPE_CHECKING:
     from ...load_balancer import ServiceInstance
     from ...retry.options import RetryPolicy
 
-__all__ = ["timed_attempt", "untimed"]
-
-
-def untimed(policy: RetryPolicy, started: float | None) -> bool:
-    """Whether a call's attempts run with no time limit (no timeout, no deadline)."""
-    return policy.attempt_timeout is None and started is None
+__all__ = ["timed_attempt"]
 
 
 async def timed_attempt(
