@@ -57,16 +57,17 @@ class Trace:
 class Clock:
     """A fake clock; sleeping moves it (and records the wait)."""
 
-    def __init__(self, trace: Trace) -> None:
+    def __init__(self, trace: Trace, overshoot: float = 0.0) -> None:
         self.now = 100.0
         self.trace = trace
+        self.overshoot = overshoot  # a sleep that lasts longer than asked (a busy machine)
 
     def __call__(self) -> float:
         return self.now
 
     def sleep(self, seconds: float) -> None:
         self.trace.sleeps.append(seconds)
-        self.now += seconds
+        self.now += seconds + self.overshoot
 
     async def async_sleep(self, seconds: float) -> None:
         self.sleep(seconds)
@@ -108,9 +109,13 @@ def describe(exc: BaseException | None) -> Any:
 
 
 def build(
-    trace: Trace, ids: str, policy_kwargs: dict[str, Any], proxy_kwargs: dict[str, Any]
+    trace: Trace,
+    ids: str,
+    policy_kwargs: dict[str, Any],
+    proxy_kwargs: dict[str, Any],
+    overshoot: float = 0.0,
 ) -> Any:
-    clock = Clock(trace)
+    clock = Clock(trace, overshoot)
     lb = LoadBalancer(LoadBalancerStrategy.ROUND_ROBIN, rng=random.Random(7))
     for k, i in enumerate(ids):
         lb.register(ServiceInstance(id=i, host=f"10.0.0.{k + 1}", port=8080))
@@ -146,9 +151,10 @@ def run_proxy(
     ids: str = "abc",
     policy_kwargs: dict[str, Any] | None = None,
     proxy_kwargs: dict[str, Any] | None = None,
+    overshoot: float = 0.0,
 ) -> Trace:
     trace = Trace()
-    proxy, clock = build(trace, ids, policy_kwargs or {}, proxy_kwargs or {})
+    proxy, clock = build(trace, ids, policy_kwargs or {}, proxy_kwargs or {}, overshoot)
     steps = iter(script)
 
     def handler(instance: ServiceInstance) -> Any:
@@ -219,6 +225,12 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "ids": "a",
         "policy_kwargs": {"initial_delay": 1.0, "max_elapsed": 10.0, "jitter": False},
     },
+    "a wait that overruns the deadline ends the call": {
+        "script": [fail(), fail(), ok()],
+        "ids": "a",
+        "policy_kwargs": {"initial_delay": 1.0, "max_elapsed": 10.0, "jitter": False},
+        "overshoot": 20.0,
+    },
     "token budget refuses retries": {
         "script": [fail()] * 4,
         "policy_kwargs": {"budget": TokenBucketRetryBudget(max_tokens=2, token_ratio=0.1)},
@@ -269,21 +281,22 @@ def test_failover_trace_is_what_the_pipeline_promises() -> None:
 
 
 @pytest.mark.parametrize(
-    "script, policy_kwargs",
+    "script, policy_kwargs, overshoot",
     [
-        ([fail(), fail(), ok()], {"initial_delay": 0.5}),
-        ([fail()] * 5, {"initial_delay": 0.5, "jitter": "full"}),
-        ([ok(None), ok(None), ok("x")], {"retry_on_result": lambda r: r is None}),
-        ([slow_fail(4.0)] * 5, {"initial_delay": 1.0, "max_elapsed": 10.0}),
-        ([fail(lambda: ValueError("no"))], {"retry_on": Boom}),
+        ([fail(), fail(), ok()], {"initial_delay": 0.5}, 0.0),
+        ([fail()] * 5, {"initial_delay": 0.5, "jitter": "full"}, 0.0),
+        ([ok(None), ok(None), ok("x")], {"retry_on_result": lambda r: r is None}, 0.0),
+        ([slow_fail(4.0)] * 5, {"initial_delay": 1.0, "max_elapsed": 10.0}, 0.0),
+        ([fail()] * 3, {"initial_delay": 1.0, "max_elapsed": 10.0}, 20.0),
+        ([fail(lambda: ValueError("no"))], {"retry_on": Boom}, 0.0),
     ],
 )
 def test_execute_and_execute_async_trace_the_same_attempts(
-    script: list[Step], policy_kwargs: dict[str, Any]
+    script: list[Step], policy_kwargs: dict[str, Any], overshoot: float
 ) -> None:
     def run(use_async: bool) -> Trace:
         trace = Trace()
-        clock = Clock(trace)
+        clock = Clock(trace, overshoot)
         policy = RetryPolicy(
             sleep=clock.sleep,
             async_sleep=clock.async_sleep,
