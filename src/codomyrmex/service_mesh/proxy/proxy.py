@@ -323,8 +323,12 @@ class ServiceProxy(Publisher, AttemptPipeline):
                 self._take(slot.acquire)
             try:
                 if retry and self.hedging_delay is not None:
-                    slot, held = None, slot  # the last hedge to end frees the slot
-                    return self._guarded(self._hedged, handler_fn, args, kwargs, held)
+                    handoff, slot = [slot], None  # hedging takes it: its last hedge frees it
+                    try:
+                        return self._guarded(self._hedged, handler_fn, args, kwargs, handoff)
+                    finally:
+                        if handoff and handoff[0] is not None:  # refused before hedging began
+                            handoff[0].release()
                 return self._guarded(self._attempts, handler_fn, args, kwargs, retry)
             finally:
                 if slot is not None:
@@ -392,13 +396,20 @@ class ServiceProxy(Publisher, AttemptPipeline):
     # -- hedging ------------------------------------------------------------------
 
     def _hedged(
-        self, handler_fn: Callable[..., Any], args: Any, kwargs: Any, bulkhead: Bulkhead | None
+        self,
+        handler_fn: Callable[..., Any],
+        args: Any,
+        kwargs: Any,
+        handoff: list[Bulkhead | None],
     ) -> Any:
         """Hedging (sync): each attempt on a thread of its own; the first success wins.
+
+        Takes the call's bulkhead slot out of ``handoff`` (freed when the last hedge ends).
 
         Attempts run in a copy of the caller's context (contextvars: routing keys,
         tracing) and are never queued behind other calls' attempts. See :mod:`.stages.hedging`.
         """
+        bulkhead = handoff.pop()
         timer = self.timer if self.timer is not None else self.retry_policy.timer
         return hedged(self, timer, handler_fn, args, kwargs, bulkhead)
 

@@ -324,7 +324,8 @@ class RetryPolicy:
                     failure: Exception | None = exc
                 else:
                     if not engine.rejects(result):
-                        engine.succeeded()
+                        if engine.budget is not None:
+                            engine.budget.record_outcome(True)
                         return result  # type: ignore[no-any-return]
                     failure = None
                 if calls is None:
