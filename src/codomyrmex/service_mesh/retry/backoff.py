@@ -1,20 +1,19 @@
-"""What to retry and how long to wait: ``retry_on`` predicates, ``RetryAfter``, jittered backoff.
+"""What to retry: ``retry_on`` predicates and :class:`RetryAfter` (and the backoff's cap).
 
-Pure functions of their inputs (and the injected ``random.Random``): the retry
-engine asks them, nothing here sleeps or reads a clock.
+Pure functions of their inputs: the retry engine asks them; nothing here sleeps
+or reads a clock.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import random
 from collections.abc import Callable
-from typing import Literal, NamedTuple
+from typing import Literal
 
 from ..errors import ServiceMeshError
 
-__all__ = ["JITTER_MODES", "Backoff", "RetryAfter", "RetryOn", "make_backoff", "retry_predicate"]
+__all__ = ["JITTER_MODES", "RetryAfter", "RetryOn", "cap_attempt", "retry_predicate", "verdict"]
 
 logger = logging.getLogger("codomyrmex.service_mesh")
 
@@ -50,45 +49,6 @@ class RetryAfter:
 
 RetryOn = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], object]
 """Exception types to retry, or a predicate ``exc -> truthy`` (or a :class:`RetryAfter`)."""
-
-
-class Backoff(NamedTuple):
-    """The waits of a retry policy: ``min(max_delay, initial_delay * base ** n)``, jittered."""
-
-    initial: float
-    maximum: float
-    base: float
-    mode: str
-    rng: random.Random
-    cap_attempt: float
-    """The first attempt whose backoff reaches ``maximum`` (see :func:`make_backoff`)."""
-
-    def delay(self, attempt: int, previous: float | None) -> float:
-        """The wait before retry ``attempt`` (0 = the first); ``previous`` is the last wait
-        (decorrelated jitter; by default the un-jittered wait of the attempt before)."""
-        delay = self.backoff(attempt)
-        mode = self.mode
-        if mode == "none" or delay <= 0.0:
-            return delay
-        if mode == "full":
-            return self.rng.uniform(0.0, delay)
-        if mode == "equal":
-            return delay / 2 + self.rng.uniform(0.0, delay / 2)
-        base = self.initial
-        if previous is None:
-            previous = self.backoff(attempt - 1) if attempt else base
-        return min(self.maximum, self.rng.uniform(base, max(base, 3.0 * previous)))
-
-    def backoff(self, attempt: int) -> float:
-        """The un-jittered wait before retry ``attempt``."""
-        if attempt >= self.cap_attempt:
-            return self.maximum
-        if self.initial <= 0.0 or self.base <= 1.0:
-            return min(self.maximum, self.initial)
-        try:
-            return min(self.maximum, self.initial * self.base**attempt)
-        except OverflowError:  # a subnormal initial delay: the power alone overflows
-            return self.maximum
 
 
 def verdict(
@@ -151,14 +111,7 @@ def default_retryable(exc: BaseException) -> bool | RetryAfter:
     return True
 
 
-def make_backoff(
-    initial: float, maximum: float, base: float, mode: str, rng: random.Random
-) -> Backoff:
-    """The :class:`Backoff` of these settings."""
-    return Backoff(initial, maximum, base, mode, rng, _cap_attempt(initial, maximum, base))
-
-
-def _cap_attempt(initial: float, cap: float, base: float) -> float:
+def cap_attempt(initial: float, cap: float, base: float) -> float:
     """The first attempt number whose backoff reaches ``cap`` (inf if it never does)."""
     if initial >= cap:
         return 0

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..events import CallRejected, EventListener, RetryGaveUp, RetryScheduled, publish
-from .backoff import Backoff, RetryAfter, verdict
+from .backoff import RetryAfter, cap_attempt, verdict
 from .budget import RetryBudget
 from .testing import Switches
 
@@ -66,24 +67,25 @@ class RetryEngine:
     """The decisions of one :class:`~.options.RetryPolicy`, shared by every driver."""
 
     __slots__ = (
-        "backoff",
-        "budget",
-        "clock",
-        "max_elapsed",
-        "max_retries",
-        "nested",
-        "refund",
-        "retry_on_result",
-        "retryable",
-        "simple",
-        "subscribers",
+        *("base", "cap_attempt", "initial", "maximum", "mode", "rng"),  # the backoff
+        *("budget", "clock", "max_elapsed", "max_retries", "nested", "refund"),
+        *("retry_on_result", "retryable", "simple", "subscribers"),
     )
 
     def __init__(
-        self, policy: RetryPolicy, backoff: Backoff, retryable: Callable[[BaseException], object]
+        self,
+        policy: RetryPolicy,
+        mode: str,
+        rng: random.Random,
+        retryable: Callable[[BaseException], object],
     ) -> None:
-        self.backoff = backoff
+        self.mode = mode
+        self.rng = rng
         self.retryable = retryable
+        self.initial = policy.initial_delay
+        self.maximum = policy.max_delay
+        self.base = policy.exponential_base
+        self.cap_attempt = cap_attempt(self.initial, self.maximum, self.base)
         self.max_retries = policy.max_retries
         self.retry_on_result = retry_on_result = policy.retry_on_result
         self.clock = policy.clock
@@ -143,6 +145,33 @@ class RetryEngine:
         if not self.nested and IN_RETRY.get():
             attempts = 1
         return attempts
+
+    def delay(self, attempt: int, previous: float | None) -> float:
+        """The wait before retry ``attempt`` (0 = the first); ``previous`` is the last wait
+        (decorrelated jitter; by default the un-jittered wait of the attempt before)."""
+        delay = self.backoff(attempt)
+        mode = self.mode
+        if mode == "none" or delay <= 0.0:
+            return delay
+        if mode == "full":
+            return self.rng.uniform(0.0, delay)
+        if mode == "equal":
+            return delay / 2 + self.rng.uniform(0.0, delay / 2)
+        base = self.initial
+        if previous is None:
+            previous = self.backoff(attempt - 1) if attempt else base
+        return min(self.maximum, self.rng.uniform(base, max(base, 3.0 * previous)))
+
+    def backoff(self, attempt: int) -> float:
+        """The un-jittered wait before retry ``attempt``."""
+        if attempt >= self.cap_attempt:
+            return self.maximum
+        if self.initial <= 0.0 or self.base <= 1.0:
+            return min(self.maximum, self.initial)
+        try:
+            return min(self.maximum, self.initial * self.base**attempt)
+        except OverflowError:  # a subnormal initial delay: the power alone overflows
+            return self.maximum
 
     # -- deadlines ------------------------------------------------------------------------
 
@@ -234,15 +263,15 @@ class RetryEngine:
         if calls.count > max_retries:
             return None
         if failure is None:
-            delay = self.backoff.delay(calls.count - 1, calls.previous or None)
+            delay = self.delay(calls.count - 1, calls.previous or None)
         else:
             answer = verdict(self.retryable, failure)
             if answer is None:
                 return None
             if answer is True:
-                delay = self.backoff.delay(calls.count - 1, calls.previous or None)
+                delay = self.delay(calls.count - 1, calls.previous or None)
             else:  # a RetryAfter; 0 means at once (Retry-After: 0)
-                delay = min(self.backoff.maximum, max(0.0, answer.seconds))
+                delay = min(self.maximum, max(0.0, answer.seconds))
         if Switches.active or failover:
             delay = 0.0
         started = calls.started

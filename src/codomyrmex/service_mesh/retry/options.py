@@ -17,7 +17,7 @@ from typing import Any, ParamSpec, TypeVar
 from .._validate import check_callable, check_int, check_number, check_optional_number
 from ..events import EventListener, add_listener, remove_listener
 from ..timers import Timer
-from .backoff import JITTER_MODES, RetryOn, make_backoff, retry_predicate
+from .backoff import JITTER_MODES, RetryOn, retry_predicate
 from .budget import RetryBudget
 from .engine import IN_RETRY, Attempts, RetryEngine
 
@@ -137,10 +137,7 @@ class RetryPolicy:
         if not isinstance(name, str):
             raise TypeError(f"name must be a str, got {name!r}")
         self.name = name
-        backoff = make_backoff(
-            self.initial_delay, self.max_delay, self.exponential_base, mode, self._rng
-        )
-        self.engine = RetryEngine(self, backoff, retryable)
+        self.engine = RetryEngine(self, mode, self._rng, retryable)
         """Internal API: the policy's decisions, driven by the policy and the proxy."""
         self._simple = self.engine.simple
         self._frozen = True
@@ -206,7 +203,7 @@ class RetryPolicy:
         un-jittered wait of the attempt before).
         """
         check_int("attempt", attempt, 0)
-        return self.engine.backoff.delay(attempt, previous)
+        return self.engine.delay(attempt, previous)
 
     def should_retry(self, exc: BaseException) -> bool:
         """Whether ``exc`` is a failure this policy retries (attempts aside)."""
