@@ -907,3 +907,19 @@ def test_event_durations_use_the_clock_that_started_them() -> None:
 
     assert proxy.call(handler) == "a"
     assert [round(e.duration, 6) for e in seen] == [0.25]  # type: ignore[attr-defined]
+
+
+def test_a_hedged_call_the_breaker_refuses_gives_its_bulkhead_slot_back(
+    flavour: Any, clock: Any
+) -> None:
+    """Refused before any hedge started: the slot the call took is free again (it was
+    kept for good by sync hedged calls, until the bulkhead refused everything)."""
+    bulkhead = Bulkhead(2)
+    proxy = make_proxy(clock, bulkhead=bulkhead, hedging_delay=1.0)
+    proxy.circuit_breaker.force_open()
+    for _ in range(3):
+        with pytest.raises(CircuitOpenError):
+            flavour.proxy(proxy, lambda instance: "ok")
+        assert bulkhead.in_flight == 0
+    proxy.circuit_breaker.reset()
+    assert flavour.proxy(proxy, lambda instance: "ok") == "ok"
