@@ -80,9 +80,13 @@ class UnknownServiceError(UnknownService, aiohttp.ClientConnectionError):
 
 def _client_timeout(timeout: aiohttp.ClientTimeout) -> float | None:
     """The per-attempt share of a session's total timeout (None: aiohttp's default, unset)."""
-    if timeout == _DEFAULT_TIMEOUT or timeout.total is None:
+    if timeout is _SESSION_DEFAULT or timeout == _DEFAULT_TIMEOUT or timeout.total is None:
         return None
     return timeout.total / DEADLINE_FACTOR
+
+
+_SESSION_DEFAULT = getattr(aiohttp.client, "DEFAULT_TIMEOUT", _DEFAULT_TIMEOUT)
+_MAX_CACHED = 1024
 
 
 def _replayable(req: ClientRequest) -> bool:
@@ -97,7 +101,7 @@ class MeshMiddleware:
     name to proxy. See the module docstring for the rules.
     """
 
-    __slots__ = ("_core", "_passthrough", "_semantics")
+    __slots__ = ("_core", "_passthrough", "_semantics", "_urls")
 
     def __init__(
         self,
@@ -116,6 +120,25 @@ class MeshMiddleware:
         if not isinstance(passthrough, bool):
             raise TypeError(f"passthrough must be a bool, got {passthrough!r}")
         self._passthrough = passthrough
+        self._urls: dict[tuple[URL, str, int], URL] = {}  # instance URLs made (bounded)
+
+    def _instance_url(self, url: URL, instance: ServiceInstance) -> URL:
+        """``url`` aimed at ``instance`` (scheme, path and query kept), built once per pair."""
+        key = (url, instance.host, instance.port)
+        made = self._urls.get(key)
+        if made is None:
+            made = URL.build(
+                scheme=url.scheme,
+                host=instance.host,
+                port=instance.port,
+                path=url.raw_path,
+                query_string=url.raw_query_string,
+                encoded=True,
+            )
+            if len(self._urls) >= _MAX_CACHED:
+                self._urls.clear()
+            self._urls[key] = made
+        return made
 
     async def __call__(self, req: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
         url = req.url
@@ -136,14 +159,7 @@ class MeshMiddleware:
     async def _attempt(self, instance: ServiceInstance, call: CallState) -> ClientResponse:
         limit = call.limit()
         req, _, url = call.request
-        req.url = URL.build(
-            scheme=url.scheme,
-            host=instance.host,
-            port=instance.port,
-            path=url.raw_path,
-            query_string=url.raw_query_string,
-            encoded=True,
-        )
+        req.url = self._instance_url(url, instance)
         traced = trace_headers()
         if traced is not None:  # W3C trace context, once tracing is imported
             req.headers.update(traced)

@@ -147,32 +147,58 @@ def _client_timeout(request: httpx.Request) -> float | None:
     return longest
 
 
+def _within(timeout: Any, limit: float) -> bool:
+    """Whether every phase of an httpx timeout is set and at most ``limit`` seconds."""
+    if timeout is None:
+        return False
+    for key in _TIMEOUT_KEYS:
+        value = timeout.get(key)
+        if value is None or value > limit:
+            return False
+    return True
+
+
 class _Urls:
     """Instance URLs made from a request's parsed URL without re-parsing it.
 
     httpx keeps a URL's parsed parts in a named tuple; replacing its host and port
     (normalised once per instance by ``copy_with``) gives the same URL as
-    ``copy_with(host=..., port=...)`` at a fraction of the cost.
+    ``copy_with(host=..., port=...)`` at a fraction of the cost. The URLs made are
+    kept (immutable; a bounded cache keyed by the parsed URL and the instance), so a
+    path called again costs one dictionary lookup.
     """
 
-    __slots__ = ("_parts", "fast")
+    __slots__ = ("_made", "_parts", "fast")
+
+    _FIELDS = ("scheme", "userinfo", "host", "port", "path", "query", "fragment")
+    MAX_CACHED = 1024
 
     def __init__(self) -> None:
         self._parts: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-        probe = httpx.URL("http://probe.invalid:1/")
-        self.fast = hasattr(getattr(probe, "_uri_reference", None), "_replace")
+        self._made: dict[tuple[Any, str, int], httpx.URL] = {}
+        probe = getattr(httpx.URL("http://probe.invalid:1/"), "_uri_reference", None)
+        self.fast = getattr(type(probe), "_fields", None) == self._FIELDS
 
     def to(self, url: httpx.URL, instance: ServiceInstance) -> httpx.URL:
-        key = (url.scheme, instance.host, instance.port)
-        parts = self._parts.get(key)
-        if parts is None or not self.fast:
-            made = url.copy_with(host=instance.host, port=instance.port)
-            if self.fast:
-                ref = made._uri_reference
-                self._parts[key] = (ref.host, ref.port)
+        if not self.fast:
+            return url.copy_with(host=instance.host, port=instance.port)
+        ref = url._uri_reference
+        key = (ref, instance.host, instance.port)
+        made = self._made.get(key)
+        if made is not None:
             return made
-        made = httpx.URL.__new__(httpx.URL)
-        made._uri_reference = url._uri_reference._replace(host=parts[0], port=parts[1])
+        parts = self._parts.get(key[1:])
+        if parts is None:
+            made = url.copy_with(host=instance.host, port=instance.port)
+            self._parts[key[1:]] = (made._uri_reference.host, made._uri_reference.port)
+        else:
+            made = httpx.URL.__new__(httpx.URL)
+            made._uri_reference = type(ref)(
+                ref.scheme, ref.userinfo, parts[0], parts[1], ref.path, ref.query, ref.fragment
+            )
+        if len(self._made) >= self.MAX_CACHED:
+            self._made.clear()
+        self._made[key] = made
         return made
 
 
@@ -214,15 +240,18 @@ class _Router:
     def attempt_request(
         self, call: CallState, instance: ServiceInstance, share: float = 1.0
     ) -> httpx.Request:
-        """The original request aimed at ``instance``, with ``share`` of this attempt's time."""
+        """The original request aimed at ``instance``, with ``share`` of this attempt's time.
+
+        A shallow copy (the original's headers, stream and extensions are shared until
+        one of them has to change): building a new ``httpx.Request`` would re-run its
+        header preparation for nothing.
+        """
         request: httpx.Request = call.request
         url = self.urls.to(request.url, instance)
         extensions = request.extensions
         limit = call.limit() * share
         current = extensions.get("timeout")
-        if current is None or any(
-            current.get(key) is None or current[key] > limit for key in _TIMEOUT_KEYS
-        ):
+        if not _within(current, limit):
             extensions = dict(extensions)
             timeout = current or {}
             extensions["timeout"] = {
@@ -232,18 +261,19 @@ class _Router:
         if url.scheme == "https" and "sni_hostname" not in extensions:
             extensions = dict(extensions)
             extensions["sni_hostname"] = request.url.host
-        headers = request.headers
-        if self.instance_host:
-            headers = headers.copy()
-            headers["Host"] = instance.address
+        made = httpx.Request.__new__(httpx.Request)
+        made.__dict__.update(request.__dict__)
+        made.url = url
+        made.extensions = extensions
         traced = trace_headers()
-        if traced is not None:  # W3C trace context, once tracing is imported
-            if headers is request.headers:
-                headers = headers.copy()
-            headers.update(traced)
-        return httpx.Request(
-            request.method, url, headers=headers, stream=request.stream, extensions=extensions
-        )
+        if self.instance_host or traced is not None:
+            headers = request.headers.copy()
+            if self.instance_host:
+                headers["Host"] = instance.address
+            if traced is not None:  # W3C trace context, once tracing is imported
+                headers.update(traced)
+            made.headers = headers
+        return made
 
     def failure(self, request: httpx.Request, response: httpx.Response) -> FailureStatus:
         """The failure a response with a failure status stands for."""

@@ -90,6 +90,7 @@ __all__ = [
 _ALL_METHODS = frozenset(
     {"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE", "POST", "PATCH", "CONNECT"}
 )
+_PREPARED = requests.PreparedRequest
 _CALLER_ERRORS: tuple[type[BaseException], ...] = (
     requests.exceptions.InvalidURL,
     requests.exceptions.InvalidSchema,
@@ -184,7 +185,7 @@ def _client_timeout(timeout: Any) -> float | None:
 class _Request:
     """One call's request and what every attempt reuses."""
 
-    __slots__ = ("authority", "kwargs", "prepared", "rest", "scheme", "timeout")
+    __slots__ = ("authority", "headers", "kwargs", "prepared", "rest", "scheme", "timeout")
 
     def __init__(
         self, prepared: requests.PreparedRequest, scheme: str, authority: str, rest: str,
@@ -196,6 +197,13 @@ class _Request:
         self.rest = rest
         self.timeout = timeout
         self.kwargs = kwargs
+        # The headers every attempt sends: the Host header names the service (one copy
+        # per call, not per attempt; the caller's request is left as it is).
+        headers = prepared.headers
+        if "Host" not in headers:
+            headers = headers.copy()
+            headers["Host"] = authority.rpartition("@")[2]
+        self.headers = headers
 
 
 class MeshAdapter(HTTPAdapter):
@@ -249,6 +257,7 @@ class MeshAdapter(HTTPAdapter):
             raise TypeError(f"passthrough must be a bool, got {passthrough!r}")
         self._passthrough = passthrough
         self._mapped: dict[int, tuple[ServiceProxy, ServiceProxy]] = {}
+        self._addresses: dict[tuple[str, int], str] = {}
 
     def _proxy_for(self, proxy: ServiceProxy) -> ServiceProxy:
         """The service's proxy, with its retry policy replaced when ``max_retries`` says so."""
@@ -310,17 +319,25 @@ class MeshAdapter(HTTPAdapter):
     def _attempt(self, instance: ServiceInstance, call: CallState) -> requests.Response:
         one: _Request = call.request
         limit = call.limit()
-        prepared = one.prepared.copy()
-        host = instance.host
-        address = f"[{host}]:{instance.port}" if ":" in host else f"{host}:{instance.port}"
+        # A shallow copy: ``PreparedRequest.copy`` would also copy the cookie jar, which
+        # the adapter never reads (the session has already put cookies in the headers).
+        prepared = _PREPARED.__new__(_PREPARED)
+        prepared.__dict__.update(one.prepared.__dict__)
+        host, port = instance.host, instance.port
+        address = self._addresses.get((host, port))
+        if address is None:
+            address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            self._addresses[(host, port)] = address
         prepared.url = f"{one.scheme}://{address}{one.rest}"
-        if self._instance_host:
-            prepared.headers["Host"] = address
-        elif "Host" not in prepared.headers:
-            prepared.headers["Host"] = one.authority.rpartition("@")[2]
+        headers = one.headers
         traced = trace_headers()
-        if traced is not None:  # W3C trace context, once tracing is imported
-            prepared.headers.update(traced)
+        if self._instance_host or traced is not None:
+            headers = headers.copy()
+            if self._instance_host:
+                headers["Host"] = address
+            if traced is not None:  # W3C trace context, once tracing is imported
+                headers.update(traced)
+        prepared.headers = headers
         timeout = one.timeout
         if isinstance(timeout, tuple) and len(timeout) == 2:
             connect, read = timeout
