@@ -187,10 +187,11 @@ class _Urls:
         made = self._made.get(key)
         if made is not None:
             return made
-        parts = self._parts.get(key[1:])
+        where = (ref.scheme, instance.host, instance.port)
+        parts = self._parts.get(where)
         if parts is None:
             made = url.copy_with(host=instance.host, port=instance.port)
-            self._parts[key[1:]] = (made._uri_reference.host, made._uri_reference.port)
+            self._parts[where] = (made._uri_reference.host, made._uri_reference.port)
         else:
             made = httpx.URL.__new__(httpx.URL)
             made._uri_reference = type(ref)(
