@@ -44,20 +44,11 @@ except ImportError as exc:
 
 from ..circuit_breaker import CircuitBreakerConfig
 from ..load_balancer import ServiceInstance
-from .protocol import (
-    DEADLINE_FACTOR,
-    DEFAULT_FAILURE_STATUSES,
-    IDEMPOTENT_METHODS,
-    CallState,
-    ClientCore,
-    FailureResponse,
-    HttpSemantics,
-    Services,
-    Timeouts,
-    UnknownService,
-    trace_headers,
-    within,
-)
+from .protocol.core import FailureResponse, Services, UnknownService
+from .protocol.http import HttpClient
+from .protocol.propagation import trace_headers
+from .protocol.semantics import DEFAULT_FAILURE_STATUSES, IDEMPOTENT_METHODS
+from .protocol.timeouts import DEADLINE_FACTOR, CallState, Timeouts, within
 
 __all__ = [
     "DEFAULT_FAILURE_STATUSES",
@@ -101,7 +92,7 @@ class MeshMiddleware:
     name to proxy. See the module docstring for the rules.
     """
 
-    __slots__ = ("_core", "_passthrough", "_semantics", "_urls")
+    __slots__ = ("_core", "_http", "_semantics", "_urls")
 
     def __init__(
         self,
@@ -113,13 +104,16 @@ class MeshMiddleware:
         passthrough: bool = False,
         timeouts: Timeouts | None = None,
     ) -> None:
-        self._core: ClientCore[ClientResponse] = ClientCore(
-            services, instance_breaker=instance_breaker, timeouts=timeouts
+        self._http: HttpClient[ClientResponse] = HttpClient(
+            services,
+            failure_statuses=failure_statuses,
+            retry_methods=retry_methods,
+            instance_breaker=instance_breaker,
+            passthrough=passthrough,
+            timeouts=timeouts,
         )
-        self._semantics = HttpSemantics.of(failure_statuses, retry_methods)
-        if not isinstance(passthrough, bool):
-            raise TypeError(f"passthrough must be a bool, got {passthrough!r}")
-        self._passthrough = passthrough
+        self._core = self._http.core
+        self._semantics = self._http.semantics
         self._urls: dict[tuple[URL, str, int], URL] = {}  # instance URLs made (bounded)
 
     def _instance_url(self, url: URL, instance: ServiceInstance) -> URL:
@@ -144,11 +138,9 @@ class MeshMiddleware:
         url = req.url
         host = url.host or ""
         core = self._core
-        proxy = core.lookup(host)
+        proxy = self._http.route(host, lambda name: UnknownServiceError(name, url))
         if proxy is None:
-            if self._passthrough:
-                return await handler(req)
-            raise UnknownServiceError(host, url)
+            return await handler(req)
         call = core.start(proxy, (req, handler, url), _client_timeout(req.session.timeout))
         may_retry = self._semantics.may_retry(req.method, _replayable(req))
         try:
@@ -175,7 +167,7 @@ class MeshMiddleware:
         semantics = self._semantics
         if status not in semantics.failure_statuses:
             return response
-        retry_after = semantics.retry_after(response.headers.get("Retry-After"))
+        retry_after = self._http.retry_after(response.headers)
         try:
             await response.read()
         finally:

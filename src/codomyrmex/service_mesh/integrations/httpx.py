@@ -63,7 +63,7 @@ what this expects, it falls back to ``copy_with``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 from ._extras import missing_extra
@@ -75,21 +75,11 @@ except ImportError as exc:
 
 from ..circuit_breaker import CircuitBreakerConfig
 from ..load_balancer import ServiceInstance
-from .protocol import (
-    DEFAULT_FAILURE_STATUSES,
-    IDEMPOTENT_METHODS,
-    CallState,
-    ClientCore,
-    FailureResponse,
-    HttpSemantics,
-    InstanceCircuitOpen,
-    Services,
-    Timeouts,
-    UnknownService,
-    parse_retry_after,
-    trace_headers,
-    within,
-)
+from .protocol import InstanceCircuitOpen, parse_retry_after, trace_headers, within
+from .protocol.core import FailureResponse, Services, UnknownService
+from .protocol.http import HttpClient
+from .protocol.semantics import DEFAULT_FAILURE_STATUSES, IDEMPOTENT_METHODS
+from .protocol.timeouts import CallState, Timeouts
 
 __all__ = [
     "DEFAULT_FAILURE_STATUSES",
@@ -203,32 +193,53 @@ class _Urls:
         return made
 
 
-class _Router:
-    """What the sync and async transports share on top of :class:`ClientCore`."""
+class _Transport:
+    """What the sync and async transports share: routing, requests per attempt, failures."""
 
-    __slots__ = ("core", "instance_host", "semantics", "urls")
+    _inner_type: type[Any]
+    _default_inner: Callable[[], Any]
 
     def __init__(
         self,
         services: Services,
-        failure_statuses: Iterable[int],
-        retry_methods: Iterable[str],
-        instance_breaker: CircuitBreakerConfig | None,
-        host_header: Literal["service", "instance"],
-        timeouts: Timeouts | None,
+        *,
+        transport: Any = None,
+        failure_statuses: Iterable[int] = DEFAULT_FAILURE_STATUSES,
+        retry_methods: Iterable[str] = IDEMPOTENT_METHODS,
+        instance_breaker: CircuitBreakerConfig | None = None,
+        host_header: Literal["service", "instance"] = "service",
+        passthrough: bool = False,
+        timeouts: Timeouts | None = None,
     ) -> None:
-        self.core: ClientCore[httpx.Response] = ClientCore(
-            services, instance_breaker=instance_breaker, timeouts=timeouts
+        if transport is not None and not isinstance(transport, self._inner_type):
+            raise TypeError(
+                f"transport must be an httpx.{self._inner_type.__name__}, got {transport!r}"
+            )
+        self._http: HttpClient[httpx.Response] = HttpClient(
+            services,
+            failure_statuses=failure_statuses,
+            retry_methods=retry_methods,
+            instance_breaker=instance_breaker,
+            host_header=host_header,
+            passthrough=bool(passthrough),
+            timeouts=timeouts,
         )
-        self.semantics = HttpSemantics.of(failure_statuses, retry_methods)
-        if host_header not in ("service", "instance"):
-            raise ValueError(f"host_header must be 'service' or 'instance', got {host_header!r}")
-        self.instance_host = host_header == "instance"
+        self._core = self._http.core
+        self._failing = self._http.semantics.failure_statuses
+        self.instance_host = self._http.instance_host
         self.urls = _Urls()
+        self._inner = type(self)._default_inner() if transport is None else transport
 
-    def may_retry(self, request: httpx.Request) -> bool:
+    def _start(self, request: httpx.Request) -> CallState | None:
+        """The call's state, or None to pass the request through unchanged."""
+        proxy = self._http.route(request.url.host, lambda host: UnknownServiceError(host, request))
+        if proxy is None:
+            return None
+        return self._core.start(proxy, request, _client_timeout(request))
+
+    def _may_retry(self, request: httpx.Request) -> bool:
         """Whether the request may be sent more than once (method allowed, body replayable)."""
-        if request.method not in self.semantics.retry_methods:
+        if request.method not in self._http.semantics.retry_methods:
             return False
         if isinstance(request.stream, httpx.ByteStream):
             return True
@@ -276,62 +287,39 @@ class _Router:
             made.headers = headers
         return made
 
-    def failure(self, request: httpx.Request, response: httpx.Response) -> FailureStatus:
+    def _failure(self, request: httpx.Request, response: httpx.Response) -> FailureStatus:
         """The failure a response with a failure status stands for."""
-        retry_after = self.semantics.retry_after(response.headers.get("Retry-After"))
-        return FailureStatus(request, response, retry_after)
+        return FailureStatus(request, response, self._http.retry_after(response.headers))
 
 
-class MeshTransport(httpx.BaseTransport):
+class MeshTransport(_Transport, httpx.BaseTransport):
     """A sync httpx transport that sends each request through its service's proxy.
 
     ``services`` is a :class:`ServiceProxy` (requests to its service name), a
     :class:`Mesh` (its registered services, looked up per request) or a mapping
-    of service name to proxy. See the module docstring for the rules.
+    of service name to proxy. ``transport`` is the inner ``httpx.BaseTransport``
+    (``httpx.HTTPTransport()`` by default). See the module docstring for the rules.
     """
 
-    def __init__(
-        self,
-        services: Services,
-        *,
-        transport: httpx.BaseTransport | None = None,
-        failure_statuses: Iterable[int] = DEFAULT_FAILURE_STATUSES,
-        retry_methods: Iterable[str] = IDEMPOTENT_METHODS,
-        instance_breaker: CircuitBreakerConfig | None = None,
-        host_header: Literal["service", "instance"] = "service",
-        passthrough: bool = False,
-        timeouts: Timeouts | None = None,
-    ) -> None:
-        if transport is not None and not isinstance(transport, httpx.BaseTransport):
-            raise TypeError(f"transport must be an httpx.BaseTransport, got {transport!r}")
-        self._router = _Router(
-            services, failure_statuses, retry_methods, instance_breaker, host_header, timeouts
-        )
-        self._inner = httpx.HTTPTransport() if transport is None else transport
-        self._passthrough = bool(passthrough)
+    _inner_type = httpx.BaseTransport
+    _default_inner = httpx.HTTPTransport
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        router = self._router
-        core = router.core
-        host = request.url.host
-        proxy = core.lookup(host)
-        if proxy is None:
-            if self._passthrough:
-                return self._inner.handle_request(request)
-            raise UnknownServiceError(host, request)
-        call = core.start(proxy, request, _client_timeout(request))
-        return core.run(self._attempt, call, router.may_retry(request))
+        call = self._start(request)
+        if call is None:
+            return self._inner.handle_request(request)  # type: ignore[no-any-return]
+        return self._core.run(self._attempt, call, self._may_retry(request))
 
     def _attempt(self, instance: ServiceInstance, call: CallState) -> httpx.Response:
         """One attempt on the picked instance, behind its own breaker when there is one."""
-        request = self._router.attempt_request(call, instance)
-        return self._router.core.guard(instance, call, self._send, request, call)
+        request = self.attempt_request(call, instance)
+        return self._core.guard(instance, call, self._send, request, call)
 
     def _send(self, request: httpx.Request, call: CallState) -> httpx.Response:
-        response = self._inner.handle_request(request)
-        if response.status_code not in self._router.semantics.failure_statuses:
+        response: httpx.Response = self._inner.handle_request(request)
+        if response.status_code not in self._failing:
             return response
-        failure = self._router.failure(request, response)
+        failure = self._failure(request, response)
         try:
             response.read()
         except BaseException:
@@ -340,44 +328,22 @@ class MeshTransport(httpx.BaseTransport):
         raise call.fail(response, failure)
 
     def close(self) -> None:
-        self._router.core.close()
+        self._core.close()
         self._inner.close()
 
 
-class AsyncMeshTransport(httpx.AsyncBaseTransport):
-    """The async twin of :class:`MeshTransport`, for ``httpx.AsyncClient``."""
+class AsyncMeshTransport(_Transport, httpx.AsyncBaseTransport):
+    """The async :class:`MeshTransport`, for ``httpx.AsyncClient`` (inner transport:
+    an ``httpx.AsyncBaseTransport``, ``httpx.AsyncHTTPTransport()`` by default)."""
 
-    def __init__(
-        self,
-        services: Services,
-        *,
-        transport: httpx.AsyncBaseTransport | None = None,
-        failure_statuses: Iterable[int] = DEFAULT_FAILURE_STATUSES,
-        retry_methods: Iterable[str] = IDEMPOTENT_METHODS,
-        instance_breaker: CircuitBreakerConfig | None = None,
-        host_header: Literal["service", "instance"] = "service",
-        passthrough: bool = False,
-        timeouts: Timeouts | None = None,
-    ) -> None:
-        if transport is not None and not isinstance(transport, httpx.AsyncBaseTransport):
-            raise TypeError(f"transport must be an httpx.AsyncBaseTransport, got {transport!r}")
-        self._router = _Router(
-            services, failure_statuses, retry_methods, instance_breaker, host_header, timeouts
-        )
-        self._inner = httpx.AsyncHTTPTransport() if transport is None else transport
-        self._passthrough = bool(passthrough)
+    _inner_type = httpx.AsyncBaseTransport
+    _default_inner = httpx.AsyncHTTPTransport
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        router = self._router
-        core = router.core
-        host = request.url.host
-        proxy = core.lookup(host)
-        if proxy is None:
-            if self._passthrough:
-                return await self._inner.handle_async_request(request)
-            raise UnknownServiceError(host, request)
-        call = core.start(proxy, request, _client_timeout(request))
-        return await core.run_async(self._attempt, call, router.may_retry(request))
+        call = self._start(request)
+        if call is None:
+            return await self._inner.handle_async_request(request)  # type: ignore[no-any-return]
+        return await self._core.run_async(self._attempt, call, self._may_retry(request))
 
     async def _attempt(self, instance: ServiceInstance, call: CallState) -> httpx.Response:
         """One attempt on the picked instance, behind its own breaker when there is one.
@@ -389,10 +355,8 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         stays a cancellation (never a failure).
         """
         limit = call.limit() * _HTTPX_SHARE
-        request = self._router.attempt_request(call, instance, _HTTPX_SHARE)
-        return await self._router.core.guard_async(
-            instance, call, self._send_within, limit, request, call
-        )
+        request = self.attempt_request(call, instance, _HTTPX_SHARE)
+        return await self._core.guard_async(instance, call, self._send_within, limit, request, call)
 
     async def _send_within(
         self, seconds: float, request: httpx.Request, call: CallState
@@ -400,10 +364,10 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         return await within(seconds, self._send(request, call))
 
     async def _send(self, request: httpx.Request, call: CallState) -> httpx.Response:
-        response = await self._inner.handle_async_request(request)
-        if response.status_code not in self._router.semantics.failure_statuses:
+        response: httpx.Response = await self._inner.handle_async_request(request)
+        if response.status_code not in self._failing:
             return response
-        failure = self._router.failure(request, response)
+        failure = self._failure(request, response)
         try:
             await response.aread()
         except BaseException:
@@ -412,5 +376,5 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         raise call.fail(response, failure)
 
     async def aclose(self) -> None:
-        self._router.core.close()
+        self._core.close()
         await self._inner.aclose()

@@ -64,19 +64,15 @@ from ..circuit_breaker import CircuitBreakerConfig
 from ..load_balancer import ServiceInstance
 from ..proxy import ServiceProxy
 from ..retry import RetryPolicy
-from .protocol import (
+from .protocol import CallState, FailureResponse, Services, UnknownService, trace_headers
+from .protocol.http import HttpClient
+from .protocol.semantics import (
     DEFAULT_FAILURE_STATUSES,
     IDEMPOTENT_METHODS,
-    CallState,
-    ClientCore,
-    FailureResponse,
     HttpSemantics,
-    Services,
-    Timeouts,
-    UnknownService,
     body_replayable,
-    trace_headers,
 )
+from .protocol.timeouts import Timeouts
 
 __all__ = [
     "DEFAULT_FAILURE_STATUSES",
@@ -231,9 +227,6 @@ class MeshAdapter(HTTPAdapter):
         pool_block: bool = False,
     ) -> None:
         super().__init__(pool_connections, pool_maxsize, 0, pool_block)
-        self._core: ClientCore[requests.Response] = ClientCore(
-            services, instance_breaker=instance_breaker, timeouts=timeouts
-        )
         if isinstance(max_retries, Retry):
             semantics = _semantics_from_urllib3(max_retries)
         elif max_retries is None or (
@@ -245,17 +238,21 @@ class MeshAdapter(HTTPAdapter):
                 f"max_retries must be None, an int >= 0 or a urllib3 Retry, got {max_retries!r}"
             )
         self._urllib3_retry = max_retries
-        self._semantics = HttpSemantics.of(
-            semantics.failure_statuses if failure_statuses is None else failure_statuses,
-            semantics.retry_methods if retry_methods is None else retry_methods,
-            semantics.respect_retry_after,
+        self._http: HttpClient[requests.Response] = HttpClient(
+            services,
+            failure_statuses=(
+                semantics.failure_statuses if failure_statuses is None else failure_statuses
+            ),
+            retry_methods=semantics.retry_methods if retry_methods is None else retry_methods,
+            respect_retry_after=semantics.respect_retry_after,
+            instance_breaker=instance_breaker,
+            host_header=host_header,
+            passthrough=passthrough,
+            timeouts=timeouts,
         )
-        if host_header not in ("service", "instance"):
-            raise ValueError(f"host_header must be 'service' or 'instance', got {host_header!r}")
-        self._instance_host = host_header == "instance"
-        if not isinstance(passthrough, bool):
-            raise TypeError(f"passthrough must be a bool, got {passthrough!r}")
-        self._passthrough = passthrough
+        self._core = self._http.core
+        self._semantics = self._http.semantics
+        self._instance_host = self._http.instance_host
         self._mapped: dict[int, tuple[ServiceProxy, ServiceProxy]] = {}
         self._addresses: dict[tuple[str, int], str] = {}
 
@@ -301,11 +298,9 @@ class MeshAdapter(HTTPAdapter):
         scheme, authority, rest = _split(url)
         host = _hostname(authority)
         core = self._core
-        proxy = core.lookup(host)
+        proxy = self._http.route(host, lambda name: UnknownServiceError(name, request))
         if proxy is None:
-            if self._passthrough:
-                return super().send(request, stream, timeout, verify, cert, proxies)
-            raise UnknownServiceError(host, request)
+            return super().send(request, stream, timeout, verify, cert, proxies)
         proxy = self._proxy_for(proxy)
         kwargs = {"stream": stream, "verify": verify, "cert": cert, "proxies": proxies}
         one = _Request(request, scheme, authority, rest, timeout, kwargs)
@@ -363,7 +358,7 @@ class MeshAdapter(HTTPAdapter):
         semantics = self._semantics
         if status not in semantics.failure_statuses:
             return response
-        retry_after = semantics.retry_after(response.headers.get("Retry-After"))
+        retry_after = self._http.retry_after(response.headers)
         try:
             response.content  # noqa: B018 - read it all: frees the connection
         finally:

@@ -162,11 +162,9 @@ class ClientCore(Generic[R]):
         may_retry: bool,
     ) -> R:
         """All attempts of one call (sync); the final response, or the final error raised."""
-        proxy = call.proxy
+        run = call.proxy.call if may_retry else call.proxy.call_once
         try:
-            if may_retry:
-                return proxy.call(attempt, call)
-            return proxy.call_once(attempt, call)
+            return run(attempt, call)
         except Exception as exc:
             return self.settle(exc, call)  # type: ignore[no-any-return]
 
@@ -176,12 +174,10 @@ class ClientCore(Generic[R]):
         call: CallState,
         may_retry: bool,
     ) -> R:
-        """All attempts of one call (async): the twin of :meth:`run`."""
+        """All attempts of one call (async), as :meth:`run`."""
         proxy = call.proxy
         try:
-            if may_retry:
-                return await proxy.call_async(attempt, call)
-            return await proxy.call_once_async(attempt, call)
+            return await (proxy.call_async if may_retry else proxy.call_once_async)(attempt, call)
         except Exception as exc:
             return self.settle(exc, call)  # type: ignore[no-any-return]
 

@@ -1,0 +1,233 @@
+"""The sync gRPC client interceptor over a pool of channels, one per instance.
+
+:class:`MeshInterceptor` runs each unary-unary and unary-stream call through the
+service's proxy and, per attempt, tells :class:`InstanceChannels` underneath which
+instance to use. For composing with other interceptors; :func:`.mesh_channel` gives
+the leaner :class:`.MeshChannel`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import grpc
+
+from ...circuit_breaker import CircuitBreakerConfig
+from ...load_balancer import ServiceInstance
+from ...proxy import ServiceProxy
+from ..protocol import CallState, GrpcSemantics, Services, Timeouts, UnknownService
+from .config import GrpcServiceConfig
+from .engine import (
+    _TARGET,
+    _CallDetails,
+    _Committed,
+    _cut,
+    _Engine,
+    _MultiCallables,
+    _traced,
+    _unwrap,
+)
+
+__all__ = ["InstanceChannels", "MeshInterceptor"]
+
+
+class InstanceChannels(_MultiCallables, grpc.Channel):
+    """One real channel per instance of a service; each call goes to the attempt's instance.
+
+    The instance is the one :class:`MeshInterceptor` chose for the current attempt;
+    a call made outside it (a stream-request method) goes to the balancer's pick.
+    """
+
+    def __init__(
+        self,
+        engine_or_proxy: Any,
+        channel_factory: Callable[[str], grpc.Channel] = grpc.insecure_channel,
+    ) -> None:
+        if not callable(channel_factory):
+            raise TypeError(f"channel_factory must be callable, got {channel_factory!r}")
+        self._resolve = engine_or_proxy
+        self._factory = channel_factory
+        self._channels: dict[str, grpc.Channel] = {}
+        self._callables: dict[tuple[str, str, str, Any, Any], Any] = {}
+
+    def channel_for(self, instance: ServiceInstance) -> grpc.Channel:
+        target = instance.address
+        channel = self._channels.get(target)
+        if channel is None:
+            channel = self._channels.setdefault(target, self._factory(target))
+        return channel
+
+    def _multicallable(self, kind: str, method: str, serializer: Any, deserializer: Any) -> Any:
+        instance = _TARGET.get()
+        if instance is None:
+            instance = self._resolve().load_balancer.get_instance()
+            if instance is None:
+                raise UnknownService(f"no healthy instance for {method}")
+        key = (instance.address, kind, method, serializer, deserializer)
+        found = self._callables.get(key)
+        if found is None:
+            channel = self.channel_for(instance)
+            found = getattr(channel, kind)(
+                method, request_serializer=serializer, response_deserializer=deserializer
+            )
+            self._callables[key] = found
+        return found
+
+    def _callable(self, kind: str, method: str, ser: Any, deser: Any) -> _Routed:
+        return _Routed(self, kind, method, ser, deser)
+
+    def subscribe(self, callback: Any, try_to_connect: bool = False) -> None:
+        raise NotImplementedError("InstanceChannels has one channel per instance")
+
+    def unsubscribe(self, callback: Any) -> None:
+        raise NotImplementedError("InstanceChannels has one channel per instance")
+
+    def close(self) -> None:
+        channels, self._channels = self._channels, {}
+        self._callables = {}
+        for channel in channels.values():
+            channel.close()
+
+    def __enter__(self) -> InstanceChannels:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Routed:
+    """A multicallable that resolves its instance's real multicallable per call."""
+
+    __slots__ = ("_deserializer", "_kind", "_method", "_pool", "_serializer")
+
+    def __init__(
+        self, pool: InstanceChannels, kind: str, method: str, ser: Any, deser: Any
+    ) -> None:
+        self._pool = pool
+        self._kind = kind
+        self._method = method
+        self._serializer = ser
+        self._deserializer = deser
+
+    def _target(self) -> Any:
+        return self._pool._multicallable(
+            self._kind, self._method, self._serializer, self._deserializer
+        )
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._target()(*args, **kwargs)
+
+    def with_call(self, *args: Any, **kwargs: Any) -> Any:
+        return self._target().with_call(*args, **kwargs)
+
+    def future(self, *args: Any, **kwargs: Any) -> Any:
+        return self._target().future(*args, **kwargs)
+
+
+class MeshInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Runs unary-unary and unary-stream calls through the service's proxy.
+
+    Use it over :class:`InstanceChannels` (see :func:`mesh_channel`): each attempt
+    goes to the instance the balancer picked for it.
+    """
+
+    def __init__(
+        self,
+        services: Services,
+        service: str,
+        *,
+        semantics: GrpcSemantics | None = None,
+        instance_breaker: CircuitBreakerConfig | None = None,
+        timeouts: Timeouts | None = None,
+        service_config: GrpcServiceConfig | str | Mapping[str, Any] | None = None,
+    ) -> None:
+        self._engine = _Engine(
+            services, service, semantics, instance_breaker, timeouts, service_config
+        )
+
+    @property
+    def engine_proxy(self) -> Callable[[], ServiceProxy]:
+        return self._engine.proxy
+
+    def intercept_unary_unary(
+        self, continuation: Any, client_call_details: Any, request: Any
+    ) -> Any:
+        engine = self._engine
+        call, semantics = engine.start(
+            client_call_details.method, client_call_details.timeout, request
+        )
+
+        def attempt(instance: ServiceInstance, state: CallState) -> Any:
+            limit = state.limit()
+            details = _CallDetails(
+                client_call_details.method,
+                limit,
+                _traced(client_call_details.metadata),
+                client_call_details.credentials,
+                client_call_details.wait_for_ready,
+                client_call_details.compression,
+            )
+            return engine.core.guard(instance, state, send, instance, details, state, limit)
+
+        def send(instance: ServiceInstance, details: Any, state: CallState, limit: float) -> Any:
+            token = _TARGET.set(instance)
+            try:
+                outcome = continuation(details, request)
+            finally:
+                _TARGET.reset(token)
+            return engine.judge(
+                state,
+                semantics,
+                outcome,
+                outcome.code(),
+                outcome.trailing_metadata(),
+                _cut(state, limit),
+            )
+
+        return _unwrap(engine.core.run(attempt, call, True))
+
+    def intercept_unary_stream(
+        self, continuation: Any, client_call_details: Any, request: Any
+    ) -> Any:
+        engine = self._engine
+        call, semantics = engine.start(
+            client_call_details.method, client_call_details.timeout, request
+        )
+
+        def attempt(instance: ServiceInstance, state: CallState) -> Any:
+            remaining = state.deadline_at - state.clock()
+            limit = state.limit()
+            details = _CallDetails(
+                client_call_details.method,
+                remaining,  # the stream lives on after its first message: the call's deadline
+                _traced(client_call_details.metadata),
+                client_call_details.credentials,
+                client_call_details.wait_for_ready,
+                client_call_details.compression,
+            )
+            return engine.core.guard(instance, state, send, instance, details, state, limit)
+
+        def send(instance: ServiceInstance, details: Any, state: CallState, limit: float) -> Any:
+            token = _TARGET.set(instance)
+            try:
+                stream = continuation(details, request)
+            finally:
+                _TARGET.reset(token)
+            try:
+                first = next(stream)
+            except StopIteration:
+                return _Committed(stream, None, True)
+            except grpc.RpcError as error:
+                code = error.code()
+                trailing = error.trailing_metadata()
+                return engine.judge(state, semantics, error, code, trailing, _cut(state, limit))
+            return _Committed(stream, first, False)
+
+        result = _unwrap(engine.core.run(attempt, call, True))
+        if isinstance(result, grpc.RpcError) and not isinstance(result, _Committed):
+            raise result
+        return result
+
+    def close(self) -> None:
+        self._engine.core.close()
