@@ -20,7 +20,7 @@ from ...circuit_breaker import CircuitBreakerConfig
 from ...load_balancer import ServiceInstance
 from ..protocol import CallState, GrpcSemantics, Services, Timeouts, UnknownService
 from .config import GrpcServiceConfig
-from .engine import _Committed, _cut, _Engine, _MultiCallables, _traced, _unwrap
+from .engine import _Committed, _cut, _Engine, _MultiCallables, _SyncChannel, _traced, _unwrap
 
 __all__ = ["AioMeshChannel", "MeshChannel", "aio_mesh_channel", "mesh_channel"]
 
@@ -163,34 +163,30 @@ def _options(credentials: Any, wait_for_ready: Any, compression: Any) -> dict[st
 # -- sync -------------------------------------------------------------------------------
 
 
+def _sync_call(with_call: bool) -> Any:
+    """``__call__`` (the response) or ``with_call`` (the response and its call)."""
+
+    def call(
+        self: _Callable,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: Any = None,
+        compression: Any = None,
+    ) -> Any:
+        options = _options(credentials, wait_for_ready, compression)
+        state = self._start(request, timeout, metadata, options, with_call)
+        return self._answer(self._engine.core.run(self._attempt, state, True))
+
+    return call
+
+
 class _UnaryUnary(_Callable):
     __slots__ = ()
 
-    def __call__(
-        self,
-        request: Any,
-        timeout: float | None = None,
-        metadata: Any = None,
-        credentials: Any = None,
-        wait_for_ready: Any = None,
-        compression: Any = None,
-    ) -> Any:
-        options = _options(credentials, wait_for_ready, compression)
-        call = self._start(request, timeout, metadata, options, False)
-        return self._answer(self._engine.core.run(self._attempt, call, True))
-
-    def with_call(
-        self,
-        request: Any,
-        timeout: float | None = None,
-        metadata: Any = None,
-        credentials: Any = None,
-        wait_for_ready: Any = None,
-        compression: Any = None,
-    ) -> Any:
-        options = _options(credentials, wait_for_ready, compression)
-        call = self._start(request, timeout, metadata, options, True)
-        return self._answer(self._engine.core.run(self._attempt, call, True))
+    __call__ = _sync_call(False)
+    with_call = _sync_call(True)
 
     def future(self, request: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         """The finished call as a future (the attempts run before this returns)."""
@@ -214,18 +210,7 @@ class _UnaryStream(_Callable):
 
     __slots__ = ()
 
-    def __call__(
-        self,
-        request: Any,
-        timeout: float | None = None,
-        metadata: Any = None,
-        credentials: Any = None,
-        wait_for_ready: Any = None,
-        compression: Any = None,
-    ) -> Any:
-        options = _options(credentials, wait_for_ready, compression)
-        call = self._start(request, timeout, metadata, options, False)
-        return self._answer(self._engine.core.run(self._attempt, call, True))
+    __call__ = _sync_call(False)
 
     def _send(self, instance: ServiceInstance, state: CallState, limit: float) -> Any:
         request, metadata, options, _, _ = state.request
@@ -242,7 +227,7 @@ class _UnaryStream(_Callable):
         return _Committed(stream, first, False)
 
 
-class MeshChannel(_Channels, grpc.Channel):
+class MeshChannel(_Channels, _SyncChannel, grpc.Channel):
     """A sync channel sending each unary-request call through the mesh (see the package doc)."""
 
     _unary_unary = _UnaryUnary
@@ -264,21 +249,9 @@ class MeshChannel(_Channels, grpc.Channel):
             service_config,
         )  # fmt: skip
 
-    def subscribe(self, callback: Any, try_to_connect: bool = False) -> None:
-        raise NotImplementedError("MeshChannel has one channel per instance")
-
-    def unsubscribe(self, callback: Any) -> None:
-        raise NotImplementedError("MeshChannel has one channel per instance")
-
     def close(self) -> None:
         for channel in self._take_channels():
             channel.close()
-
-    def __enter__(self) -> MeshChannel:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def mesh_channel(
@@ -300,7 +273,7 @@ def mesh_channel(
 # -- async ------------------------------------------------------------------------------
 
 
-class _AioUnaryUnary(_Callable):
+class _AioCallable(_Callable):
     __slots__ = ()
 
     def __call__(
@@ -312,6 +285,13 @@ class _AioUnaryUnary(_Callable):
         **options: Any,
     ) -> Any:
         return self._invoke(self._start(request, timeout, metadata, options, False))
+
+    def _invoke(self, call: CallState) -> Any:
+        raise NotImplementedError
+
+
+class _AioUnaryUnary(_AioCallable):
+    __slots__ = ()
 
     async def _invoke(self, call: CallState) -> Any:
         return self._answer(await self._engine.core.run_async(self._attempt_async, call, True))
@@ -325,18 +305,11 @@ class _AioUnaryUnary(_Callable):
             return self._failed(state, error, limit)
 
 
-class _AioUnaryStream(_Callable):
+class _AioUnaryStream(_AioCallable):
     __slots__ = ()
 
-    def __call__(
-        self,
-        request: Any,
-        *,
-        timeout: float | None = None,
-        metadata: Sequence[tuple[str, Any]] | None = None,
-        **options: Any,
-    ) -> AsyncIterator[Any]:
-        return self._stream(self._start(request, timeout, metadata, options, False))
+    def _invoke(self, call: CallState) -> AsyncIterator[Any]:
+        return self._stream(call)
 
     async def _stream(self, call: CallState) -> AsyncIterator[Any]:
         result = self._answer(await self._engine.core.run_async(self._attempt_async, call, True))

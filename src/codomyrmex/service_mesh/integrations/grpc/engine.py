@@ -269,3 +269,22 @@ class _MultiCallables:
     unary_stream = _method("unary_stream")
     stream_unary = _method("stream_unary")
     stream_stream = _method("stream_stream")
+
+
+class _SyncChannel(_MultiCallables):
+    """What the sync pools share: no connectivity of their own, and a context manager."""
+
+    def subscribe(self, callback: Any, try_to_connect: bool = False) -> None:
+        raise NotImplementedError(f"{type(self).__name__} has one channel per instance")
+
+    def unsubscribe(self, callback: Any) -> None:
+        raise NotImplementedError(f"{type(self).__name__} has one channel per instance")
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

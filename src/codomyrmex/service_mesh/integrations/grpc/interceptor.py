@@ -24,7 +24,7 @@ from .engine import (
     _Committed,
     _cut,
     _Engine,
-    _MultiCallables,
+    _SyncChannel,
     _traced,
     _unwrap,
 )
@@ -32,7 +32,7 @@ from .engine import (
 __all__ = ["InstanceChannels", "MeshInterceptor"]
 
 
-class InstanceChannels(_MultiCallables, grpc.Channel):
+class InstanceChannels(_SyncChannel, grpc.Channel):
     """One real channel per instance of a service; each call goes to the attempt's instance.
 
     The instance is the one :class:`MeshInterceptor` chose for the current attempt;
@@ -77,23 +77,11 @@ class InstanceChannels(_MultiCallables, grpc.Channel):
     def _callable(self, kind: str, method: str, ser: Any, deser: Any) -> _Routed:
         return _Routed(self, kind, method, ser, deser)
 
-    def subscribe(self, callback: Any, try_to_connect: bool = False) -> None:
-        raise NotImplementedError("InstanceChannels has one channel per instance")
-
-    def unsubscribe(self, callback: Any) -> None:
-        raise NotImplementedError("InstanceChannels has one channel per instance")
-
     def close(self) -> None:
         channels, self._channels = self._channels, {}
         self._callables = {}
         for channel in channels.values():
             channel.close()
-
-    def __enter__(self) -> InstanceChannels:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class _Routed:
@@ -153,22 +141,31 @@ class MeshInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientIn
     def intercept_unary_unary(
         self, continuation: Any, client_call_details: Any, request: Any
     ) -> Any:
+        return self._intercept(continuation, client_call_details, request, False)
+
+    def intercept_unary_stream(
+        self, continuation: Any, client_call_details: Any, request: Any
+    ) -> Any:
+        return self._intercept(continuation, client_call_details, request, True)
+
+    def _intercept(self, continuation: Any, details: Any, request: Any, stream: bool) -> Any:
+        """One call, unary or streaming; each attempt goes to the instance picked for it."""
         engine = self._engine
-        call, semantics = engine.start(
-            client_call_details.method, client_call_details.timeout, request
-        )
+        call, semantics = engine.start(details.method, details.timeout, request)
 
         def attempt(instance: ServiceInstance, state: CallState) -> Any:
+            # A stream lives on after its first message: it gets the call's deadline.
+            remaining = state.deadline_at - state.clock()
             limit = state.limit()
-            details = _CallDetails(
-                client_call_details.method,
-                limit,
-                _traced(client_call_details.metadata),
-                client_call_details.credentials,
-                client_call_details.wait_for_ready,
-                client_call_details.compression,
+            attempt_details = _CallDetails(
+                details.method,
+                remaining if stream else limit,
+                _traced(details.metadata),
+                details.credentials,
+                details.wait_for_ready,
+                details.compression,
             )
-            return engine.core.guard(instance, state, send, instance, details, state, limit)
+            return engine.core.guard(instance, state, send, instance, attempt_details, state, limit)
 
         def send(instance: ServiceInstance, details: Any, state: CallState, limit: float) -> Any:
             token = _TARGET.set(instance)
@@ -176,56 +173,20 @@ class MeshInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientIn
                 outcome = continuation(details, request)
             finally:
                 _TARGET.reset(token)
-            return engine.judge(
-                state,
-                semantics,
-                outcome,
-                outcome.code(),
-                outcome.trailing_metadata(),
-                _cut(state, limit),
-            )
-
-        return _unwrap(engine.core.run(attempt, call, True))
-
-    def intercept_unary_stream(
-        self, continuation: Any, client_call_details: Any, request: Any
-    ) -> Any:
-        engine = self._engine
-        call, semantics = engine.start(
-            client_call_details.method, client_call_details.timeout, request
-        )
-
-        def attempt(instance: ServiceInstance, state: CallState) -> Any:
-            remaining = state.deadline_at - state.clock()
-            limit = state.limit()
-            details = _CallDetails(
-                client_call_details.method,
-                remaining,  # the stream lives on after its first message: the call's deadline
-                _traced(client_call_details.metadata),
-                client_call_details.credentials,
-                client_call_details.wait_for_ready,
-                client_call_details.compression,
-            )
-            return engine.core.guard(instance, state, send, instance, details, state, limit)
-
-        def send(instance: ServiceInstance, details: Any, state: CallState, limit: float) -> Any:
-            token = _TARGET.set(instance)
+            if not stream:
+                code, trailing = outcome.code(), outcome.trailing_metadata()
+                return engine.judge(state, semantics, outcome, code, trailing, _cut(state, limit))
             try:
-                stream = continuation(details, request)
-            finally:
-                _TARGET.reset(token)
-            try:
-                first = next(stream)
+                first = next(outcome)
             except StopIteration:
-                return _Committed(stream, None, True)
+                return _Committed(outcome, None, True)
             except grpc.RpcError as error:
-                code = error.code()
-                trailing = error.trailing_metadata()
+                code, trailing = error.code(), error.trailing_metadata()
                 return engine.judge(state, semantics, error, code, trailing, _cut(state, limit))
-            return _Committed(stream, first, False)
+            return _Committed(outcome, first, False)
 
         result = _unwrap(engine.core.run(attempt, call, True))
-        if isinstance(result, grpc.RpcError) and not isinstance(result, _Committed):
+        if stream and isinstance(result, grpc.RpcError) and not isinstance(result, _Committed):
             raise result
         return result
 
