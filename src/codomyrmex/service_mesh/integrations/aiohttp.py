@@ -47,7 +47,7 @@ from ..load_balancer import ServiceInstance
 from .protocol.core import FailureResponse, Services, UnknownService
 from .protocol.http import HttpClient
 from .protocol.propagation import trace_headers
-from .protocol.semantics import DEFAULT_FAILURE_STATUSES, IDEMPOTENT_METHODS
+from .protocol.semantics import DEFAULT_FAILURE_STATUSES, IDEMPOTENT_METHODS, HttpSemantics
 from .protocol.timeouts import DEADLINE_FACTOR, CallState, Timeouts, within
 
 __all__ = [
@@ -104,14 +104,11 @@ class MeshMiddleware:
         passthrough: bool = False,
         timeouts: Timeouts | None = None,
     ) -> None:
+        semantics = HttpSemantics.of(failure_statuses, retry_methods)
         self._http: HttpClient[ClientResponse] = HttpClient(
-            services,
-            failure_statuses=failure_statuses,
-            retry_methods=retry_methods,
-            instance_breaker=instance_breaker,
-            passthrough=passthrough,
-            timeouts=timeouts,
-        )
+            services, semantics=semantics, instance_breaker=instance_breaker,
+            passthrough=passthrough, timeouts=timeouts,
+        )  # fmt: skip
         self._core = self._http.core
         self._semantics = self._http.semantics
         self._urls: dict[tuple[URL, str, int], URL] = {}  # instance URLs made (bounded)

@@ -78,7 +78,7 @@ from ..load_balancer import ServiceInstance
 from .protocol import InstanceCircuitOpen, parse_retry_after, trace_headers, within
 from .protocol.core import FailureResponse, Services, UnknownService
 from .protocol.http import HttpClient
-from .protocol.semantics import DEFAULT_FAILURE_STATUSES, IDEMPOTENT_METHODS
+from .protocol.semantics import DEFAULT_FAILURE_STATUSES, IDEMPOTENT_METHODS, HttpSemantics
 from .protocol.timeouts import CallState, Timeouts
 
 __all__ = [
@@ -217,8 +217,7 @@ class _Transport:
             )
         self._http: HttpClient[httpx.Response] = HttpClient(
             services,
-            failure_statuses=failure_statuses,
-            retry_methods=retry_methods,
+            semantics=HttpSemantics.of(failure_statuses, retry_methods),
             instance_breaker=instance_breaker,
             host_header=host_header,
             passthrough=bool(passthrough),

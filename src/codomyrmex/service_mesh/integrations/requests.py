@@ -238,13 +238,14 @@ class MeshAdapter(HTTPAdapter):
                 f"max_retries must be None, an int >= 0 or a urllib3 Retry, got {max_retries!r}"
             )
         self._urllib3_retry = max_retries
+        semantics = HttpSemantics.of(
+            semantics.failure_statuses if failure_statuses is None else failure_statuses,
+            semantics.retry_methods if retry_methods is None else retry_methods,
+            semantics.respect_retry_after,
+        )
         self._http: HttpClient[requests.Response] = HttpClient(
             services,
-            failure_statuses=(
-                semantics.failure_statuses if failure_statuses is None else failure_statuses
-            ),
-            retry_methods=semantics.retry_methods if retry_methods is None else retry_methods,
-            respect_retry_after=semantics.respect_retry_after,
+            semantics=semantics,
             instance_breaker=instance_breaker,
             host_header=host_header,
             passthrough=passthrough,

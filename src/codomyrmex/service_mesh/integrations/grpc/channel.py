@@ -20,41 +20,39 @@ from ...circuit_breaker import CircuitBreakerConfig
 from ...load_balancer import ServiceInstance
 from ..protocol import CallState, GrpcSemantics, Services, Timeouts, UnknownService
 from .config import GrpcServiceConfig
-from .engine import _Committed, _cut, _Engine, _MultiCallables, _SyncChannel, _traced, _unwrap
+from .engine import _Committed, _cut, _Engine, _Pool, _SyncChannel, _traced, _unwrap
 
 __all__ = ["AioMeshChannel", "MeshChannel", "aio_mesh_channel", "mesh_channel"]
 
 _Config = GrpcServiceConfig | str | Mapping[str, Any] | None
 
 
-class _Channels(_MultiCallables):
+class _Channels(_Pool):
     """What the sync and async channels share: the engine and one channel per instance."""
+
+    _default_factory: Callable[[str], Any]
 
     def __init__(
         self,
         services: Services,
         service: str,
-        channel_factory: Callable[[str], Any],
-        semantics: GrpcSemantics | None,
-        instance_breaker: CircuitBreakerConfig | None,
-        timeouts: Timeouts | None,
-        service_config: _Config,
+        *,
+        channel_factory: Callable[[str], Any] | None = None,
+        semantics: GrpcSemantics | None = None,
+        instance_breaker: CircuitBreakerConfig | None = None,
+        timeouts: Timeouts | None = None,
+        service_config: _Config = None,
     ) -> None:
-        if not callable(channel_factory):
+        """``channel_factory(target)`` makes each instance's channel (by default
+        ``grpc.insecure_channel``, or ``grpc.aio.insecure_channel`` for the aio channel)."""
+        factory = type(self)._default_factory if channel_factory is None else channel_factory
+        if not callable(factory):
             raise TypeError(f"channel_factory must be callable, got {channel_factory!r}")
         self._engine = _Engine(
             services, service, semantics, instance_breaker, timeouts, service_config
         )
-        self._factory = channel_factory
+        self._factory = factory
         self._channels: dict[str, Any] = {}
-
-    def channel_for(self, instance: ServiceInstance) -> Any:
-        """The real channel of ``instance`` (made on first use)."""
-        target = instance.address
-        channel = self._channels.get(target)
-        if channel is None:
-            channel = self._channels.setdefault(target, self._factory(target))
-        return channel
 
     def _callable(self, kind: str, method: str, ser: Any, deser: Any) -> Any:
         if kind == "unary_unary":
@@ -232,22 +230,7 @@ class MeshChannel(_Channels, _SyncChannel, grpc.Channel):
 
     _unary_unary = _UnaryUnary
     _unary_stream = _UnaryStream
-
-    def __init__(
-        self,
-        services: Services,
-        service: str,
-        *,
-        channel_factory: Callable[[str], grpc.Channel] = grpc.insecure_channel,
-        semantics: GrpcSemantics | None = None,
-        instance_breaker: CircuitBreakerConfig | None = None,
-        timeouts: Timeouts | None = None,
-        service_config: _Config = None,
-    ) -> None:
-        super().__init__(
-            services, service, channel_factory, semantics, instance_breaker, timeouts,
-            service_config,
-        )  # fmt: skip
+    _default_factory = staticmethod(grpc.insecure_channel)
 
     def close(self) -> None:
         for channel in self._take_channels():
@@ -345,22 +328,7 @@ class AioMeshChannel(_Channels, grpc.aio.Channel):
 
     _unary_unary = _AioUnaryUnary
     _unary_stream = _AioUnaryStream
-
-    def __init__(
-        self,
-        services: Services,
-        service: str,
-        *,
-        channel_factory: Callable[[str], grpc.aio.Channel] = grpc.aio.insecure_channel,
-        semantics: GrpcSemantics | None = None,
-        instance_breaker: CircuitBreakerConfig | None = None,
-        timeouts: Timeouts | None = None,
-        service_config: _Config = None,
-    ) -> None:
-        super().__init__(
-            services, service, channel_factory, semantics, instance_breaker, timeouts,
-            service_config,
-        )  # fmt: skip
+    _default_factory = staticmethod(grpc.aio.insecure_channel)
 
     async def close(self, grace: float | None = None) -> None:
         for channel in self._take_channels():

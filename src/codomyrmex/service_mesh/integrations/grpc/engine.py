@@ -262,8 +262,20 @@ def _method(kind: str) -> Any:
     return make
 
 
-class _MultiCallables:
-    """The four ``Channel`` factories, each ``self._callable(kind, method, ser, deser)``."""
+class _Pool:
+    """One real channel per instance (``self._factory(target)`` into ``self._channels``),
+    and the four ``Channel`` factories, each ``self._callable(kind, method, ser, deser)``."""
+
+    _channels: dict[str, Any]
+    _factory: Any
+
+    def channel_for(self, instance: ServiceInstance) -> Any:
+        """The real channel of ``instance`` (made on first use)."""
+        target = instance.address
+        channel = self._channels.get(target)
+        if channel is None:
+            channel = self._channels.setdefault(target, self._factory(target))
+        return channel
 
     unary_unary = _method("unary_unary")
     unary_stream = _method("unary_stream")
@@ -271,7 +283,7 @@ class _MultiCallables:
     stream_stream = _method("stream_stream")
 
 
-class _SyncChannel(_MultiCallables):
+class _SyncChannel(_Pool):
     """What the sync pools share: no connectivity of their own, and a context manager."""
 
     def subscribe(self, callback: Any, try_to_connect: bool = False) -> None:

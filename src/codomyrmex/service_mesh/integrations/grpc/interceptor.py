@@ -51,13 +51,6 @@ class InstanceChannels(_SyncChannel, grpc.Channel):
         self._channels: dict[str, grpc.Channel] = {}
         self._callables: dict[tuple[str, str, str, Any, Any], Any] = {}
 
-    def channel_for(self, instance: ServiceInstance) -> grpc.Channel:
-        target = instance.address
-        channel = self._channels.get(target)
-        if channel is None:
-            channel = self._channels.setdefault(target, self._factory(target))
-        return channel
-
     def _multicallable(self, kind: str, method: str, serializer: Any, deserializer: Any) -> Any:
         instance = _TARGET.get()
         if instance is None:

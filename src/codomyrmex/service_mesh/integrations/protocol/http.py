@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from ...circuit_breaker import CircuitBreakerConfig
 from ...proxy import ServiceProxy
 from .core import ClientCore, Services
-from .semantics import DEFAULT_FAILURE_STATUSES, IDEMPOTENT_METHODS, HttpSemantics
+from .semantics import HttpSemantics
 from .timeouts import Timeouts
 
 __all__ = ["HttpClient"]
@@ -19,8 +19,9 @@ R = TypeVar("R")
 class HttpClient(Generic[R]):
     """The core, the HTTP semantics and the routing options of one HTTP integration.
 
-    Validates the arguments every HTTP integration takes (each error names its
-    argument); :meth:`route` finds a request's service.
+    Validates the routing arguments every HTTP integration takes (each error names its
+    argument; ``semantics`` is validated by :class:`HttpSemantics`); :meth:`route`
+    finds a request's service.
     """
 
     __slots__ = ("core", "instance_host", "passthrough", "semantics")
@@ -29,9 +30,7 @@ class HttpClient(Generic[R]):
         self,
         services: Services,
         *,
-        failure_statuses: Iterable[int] = DEFAULT_FAILURE_STATUSES,
-        retry_methods: Iterable[str] = IDEMPOTENT_METHODS,
-        respect_retry_after: bool = True,
+        semantics: HttpSemantics,
         instance_breaker: CircuitBreakerConfig | None = None,
         host_header: str = "service",
         passthrough: bool = False,
@@ -40,7 +39,7 @@ class HttpClient(Generic[R]):
         self.core: ClientCore[R] = ClientCore(
             services, instance_breaker=instance_breaker, timeouts=timeouts
         )
-        self.semantics = HttpSemantics.of(failure_statuses, retry_methods, respect_retry_after)
+        self.semantics = semantics
         if host_header not in ("service", "instance"):
             raise ValueError(f"host_header must be 'service' or 'instance', got {host_header!r}")
         self.instance_host = host_header == "instance"
