@@ -30,7 +30,6 @@ Hedging is not supported (attempts share one ``ClientRequest``).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 from ._extras import missing_extra
 
@@ -44,7 +43,7 @@ except ImportError as exc:
 
 from ..circuit_breaker import CircuitBreakerConfig
 from ..load_balancer import ServiceInstance
-from .protocol.core import FailureResponse, Services, UnknownService
+from .protocol.core import Services, UnknownService
 from .protocol.http import HttpClient
 from .protocol.propagation import trace_headers
 from .protocol.semantics import DEFAULT_FAILURE_STATUSES, IDEMPOTENT_METHODS, HttpSemantics
@@ -160,17 +159,13 @@ class MeshMiddleware:
     async def _send(self, call: CallState) -> ClientResponse:
         req, handler, _ = call.request
         response: ClientResponse = await handler(req)
-        status = response.status
-        semantics = self._semantics
-        if status not in semantics.failure_statuses:
+        if response.status not in self._semantics.failure_statuses:
             return response
-        retry_after = self._http.retry_after(response.headers)
         try:
-            await response.read()
+            await response.read()  # an error page: read it all, then free the connection
         finally:
             response.release()
-        failure: Any = FailureResponse.of(response, status, retry_after)
-        raise call.fail(response, failure)
+        raise self._http.failure(call, response, response.status, response.headers)
 
     def close(self) -> None:
         """Return the instances the per-instance breakers ejected."""

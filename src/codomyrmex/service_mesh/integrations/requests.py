@@ -64,7 +64,7 @@ from ..circuit_breaker import CircuitBreakerConfig
 from ..load_balancer import ServiceInstance
 from ..proxy import ServiceProxy
 from ..retry import RetryPolicy
-from .protocol import CallState, FailureResponse, Services, UnknownService, trace_headers
+from .protocol import CallState, Services, UnknownService, trace_headers
 from .protocol.http import HttpClient
 from .protocol.semantics import (
     DEFAULT_FAILURE_STATUSES,
@@ -355,16 +355,13 @@ class MeshAdapter(HTTPAdapter):
             response = super().send(prepared, timeout=timeout, **one.kwargs)
         except _CALLER_ERRORS as exc:
             return self._core.passed(exc)
-        status = response.status_code
-        semantics = self._semantics
-        if status not in semantics.failure_statuses:
+        if response.status_code not in self._semantics.failure_statuses:
             return response
-        retry_after = self._http.retry_after(response.headers)
         try:
             response.content  # noqa: B018 - read it all: frees the connection
         finally:
             response.close()
-        raise call.fail(response, FailureResponse.of(response, status, retry_after))
+        raise self._http.failure(call, response, response.status_code, response.headers)
 
     def close(self) -> None:
         self._core.close()

@@ -7,9 +7,9 @@ from typing import Any, Generic, TypeVar
 
 from ...circuit_breaker import CircuitBreakerConfig
 from ...proxy import ServiceProxy
-from .core import ClientCore, Services
+from .core import ClientCore, FailureResponse, Services
 from .semantics import HttpSemantics
-from .timeouts import Timeouts
+from .timeouts import CallState, Timeouts
 
 __all__ = ["HttpClient"]
 
@@ -54,6 +54,11 @@ class HttpClient(Generic[R]):
         if proxy is None and not self.passthrough:
             raise unknown(host)
         return proxy
+
+    def failure(self, call: CallState, response: Any, status: int, headers: Any) -> BaseException:
+        """Record ``response`` (read in full) as the call's last failing one; return the
+        :class:`FailureResponse` to raise, with the wait its ``Retry-After`` asks for."""
+        return call.fail(response, FailureResponse.of(response, status, self.retry_after(headers)))
 
     def retry_after(self, headers: Any) -> float | None:
         """The wait a failing response's ``Retry-After`` header asks for (None: none)."""
