@@ -36,9 +36,10 @@ before its first response message: once one has arrived the call is committed,
 as in gRPC, and later errors reach the caller.
 
 **Timeouts:** the call's gRPC ``timeout`` is its deadline across all attempts
-(as in gRPC); each attempt may take what is left of it, or ``Timeouts.attempt``
-/ the policy's ``attempt_timeout`` when shorter. Without a timeout: 10 s per
-attempt, 30 s per call.
+(as in gRPC); each attempt gets a third of it (so a hung instance leaves time for
+two more attempts), or ``Timeouts.attempt`` / the policy's ``attempt_timeout``
+when set, never more than what is left of the deadline. Without a timeout: 10 s
+per attempt, 30 s per call.
 
 **Service config:** :func:`load_service_config` reads a gRPC service config
 (JSON text or a mapping): ``methodConfig`` ``retryPolicy`` (maxAttempts,

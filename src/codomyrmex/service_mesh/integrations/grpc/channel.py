@@ -10,6 +10,7 @@ that sends (``rpc(...)`` or ``await rpc(...)``).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -18,9 +19,9 @@ import grpc.aio
 
 from ...circuit_breaker import CircuitBreakerConfig
 from ...load_balancer import ServiceInstance
-from ..protocol import CallState, GrpcSemantics, Services, Timeouts, UnknownService
+from ..protocol import CallState, GrpcSemantics, Services, Timeouts, UnknownService, within
 from .config import GrpcServiceConfig
-from .engine import _Committed, _cut, _Engine, _Pool, _SyncChannel, _traced, _unwrap
+from .engine import _commit, _Committed, _cut, _Engine, _Pool, _SyncChannel, _traced, _unwrap
 
 __all__ = ["AioMeshChannel", "MeshChannel", "aio_mesh_channel", "mesh_channel"]
 
@@ -217,12 +218,9 @@ class _UnaryStream(_Callable):
             request, timeout=remaining, metadata=_traced(metadata), **options
         )
         try:
-            first = next(stream)
-        except StopIteration:
-            return _Committed(stream, None, True)
+            return _commit(stream, limit)
         except grpc.RpcError as error:
             return self._failed(state, error, limit)
-        return _Committed(stream, first, False)
 
 
 class MeshChannel(_Channels, _SyncChannel, grpc.Channel):
@@ -310,7 +308,10 @@ class _AioUnaryStream(_AioCallable):
         )
         iterator = stream.__aiter__()
         try:
-            first = await iterator.__anext__()
+            first = await within(limit, iterator.__anext__())  # then the stream is committed
+        except (TimeoutError, asyncio.TimeoutError):
+            stream.cancel()
+            raise
         except StopAsyncIteration:
             return (iterator, ())
         except grpc.aio.AioRpcError as error:

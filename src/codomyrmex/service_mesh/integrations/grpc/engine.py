@@ -8,6 +8,7 @@ the caller's answer or the attempt's failure (:class:`.protocol.GrpcSemantics`).
 from __future__ import annotations
 
 import contextvars
+import threading
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
@@ -300,3 +301,33 @@ class _SyncChannel(_Pool):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _commit(stream: Any, limit: float) -> _Committed:
+    """Wait at most ``limit`` seconds for a response stream's first message: the stream
+    is then committed (as in gRPC, never retried after that).
+
+    A stream that ends first is committed empty; an error status is raised
+    (``grpc.RpcError``) for the caller to judge; a stream whose first message does not
+    come in time is cancelled and the attempt fails with ``TimeoutError``.
+    """
+    fired: list[bool] = []
+
+    def cut() -> None:
+        fired.append(True)
+        stream.cancel()
+
+    timer = threading.Timer(limit, cut)
+    timer.daemon = True
+    timer.start()
+    try:
+        first = next(stream)
+    except StopIteration:
+        return _Committed(stream, None, True)
+    except grpc.RpcError as error:
+        if fired:
+            raise TimeoutError(f"no first message within {limit:g}s") from error
+        raise
+    finally:
+        timer.cancel()
+    return _Committed(stream, first, False)

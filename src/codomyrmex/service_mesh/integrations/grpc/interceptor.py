@@ -21,6 +21,7 @@ from .config import GrpcServiceConfig
 from .engine import (
     _TARGET,
     _CallDetails,
+    _commit,
     _Committed,
     _cut,
     _Engine,
@@ -170,13 +171,10 @@ class MeshInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientIn
                 code, trailing = outcome.code(), outcome.trailing_metadata()
                 return engine.judge(state, semantics, outcome, code, trailing, _cut(state, limit))
             try:
-                first = next(outcome)
-            except StopIteration:
-                return _Committed(outcome, None, True)
+                return _commit(outcome, limit)
             except grpc.RpcError as error:
                 code, trailing = error.code(), error.trailing_metadata()
                 return engine.judge(state, semantics, error, code, trailing, _cut(state, limit))
-            return _Committed(outcome, first, False)
 
         result = _unwrap(engine.core.run(attempt, call, True))
         if stream and isinstance(result, grpc.RpcError) and not isinstance(result, _Committed):

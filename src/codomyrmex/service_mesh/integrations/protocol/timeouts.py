@@ -73,7 +73,9 @@ class Timeouts:
     2. the service's :class:`RetryPolicy` (``attempt_timeout``, ``max_elapsed``);
     3. the client's own timeout for the request, when it has one: the attempt
        gets that timeout and the call ``DEADLINE_FACTOR`` (3) times it, so a
-       client timeout of 1 s allows three full attempts;
+       client timeout of 1 s allows three full attempts; a client deadline for the
+       whole call (gRPC's ``timeout``) is the call's deadline, and each attempt
+       gets a third of it;
     4. :data:`DEFAULT_ATTEMPT_TIMEOUT` (10 s) and :data:`DEFAULT_DEADLINE` (30 s).
 
     The attempt timeout never exceeds what is left of the deadline. Sync attempts
@@ -99,15 +101,22 @@ class Timeouts:
         """(attempt timeout, deadline) for a call with the client's timeout ``client``.
 
         ``client_is_deadline``: the client's timeout bounds the whole call (gRPC's
-        deadline), so it is the deadline, and each attempt may use what is left of it.
+        deadline), so it is the deadline, and each attempt gets a ``DEADLINE_FACTOR``
+        (third) of it: one hung instance cannot use up the whole call.
         """
         attempt = self.attempt or policy.attempt_timeout
         deadline = self.deadline or policy.max_elapsed
         if client is not None and client > 0 and math.isfinite(client):
-            if attempt is None:
-                attempt = client
-            if deadline is None:
-                deadline = client if client_is_deadline else DEADLINE_FACTOR * client
+            if client_is_deadline:
+                if attempt is None:
+                    attempt = client / DEADLINE_FACTOR
+                if deadline is None:
+                    deadline = client
+            else:
+                if attempt is None:
+                    attempt = client
+                if deadline is None:
+                    deadline = DEADLINE_FACTOR * client
         if attempt is None:
             attempt = DEFAULT_ATTEMPT_TIMEOUT
         if deadline is None:
