@@ -14,6 +14,8 @@ import pytest
 grpc = pytest.importorskip("grpc")
 pytest.importorskip("grpc.aio")
 
+from http_backends import Recorder, make_proxy  # noqa: E402
+
 from codomyrmex.service_mesh import (  # noqa: E402
     CircuitBreakerConfig,
     CircuitState,
@@ -27,7 +29,6 @@ from codomyrmex.service_mesh.integrations.grpc import (  # noqa: E402
     load_service_config,
     mesh_channel,
 )
-from http_backends import Recorder, make_proxy  # noqa: E402
 
 UNARY = "/test.Echo/Unary"
 STREAM = "/test.Echo/Stream"
@@ -368,7 +369,7 @@ def test_the_interceptor_over_instance_channels_composes_with_intercept_channel(
     answers = [call(b"hi", timeout=5) for _ in range(6)]
     assert set(answers) == {b"a:hi", b"b:hi"}
     assert bad.hits == 3  # each first attempt on it moved on to another instance
-    response, rpc = call.with_call(b"again", timeout=5)
+    response, _ = call.with_call(b"again", timeout=5)
     assert response in {b"a:again", b"b:again"}
     messages = list(channel.unary_stream(STREAM)(b"x", timeout=5))
     assert [m.split(b":")[1] for m in messages] == [b"0", b"1", b"2"]
