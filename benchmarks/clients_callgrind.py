@@ -107,16 +107,12 @@ def main(argv: list[str]) -> int:
         k for k in clients.WORKLOADS if k != "client_httpx_memory"
     ]
     jobs = [(key, c.label) for key in keys for c in clients.WORKLOADS[key]().contenders]
-    with tempfile.TemporaryDirectory(prefix="meshbench-cg-") as tmp:
-        with ThreadPoolExecutor(args.jobs) as pool:
-            counts = dict(
-                zip(
-                    jobs,
-                    pool.map(
-                        lambda job: measure(*job, args.requests, args.warmup, Path(tmp)), jobs
-                    ),
-                )
-            )
+    with (
+        tempfile.TemporaryDirectory(prefix="meshbench-cg-") as tmp,
+        ThreadPoolExecutor(args.jobs) as pool,
+    ):
+        found = pool.map(lambda job: measure(*job, args.requests, args.warmup, Path(tmp)), jobs)
+        counts = dict(zip(jobs, found))
     per = {job: count / args.requests for job, count in counts.items()}
     rows = [
         "| client | plain instr/req | plain µs/req | mesh adds | hand-written adds | "
