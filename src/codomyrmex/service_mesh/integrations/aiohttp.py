@@ -134,7 +134,7 @@ class MeshMiddleware:
         url = req.url
         host = url.host or ""
         core = self._core
-        proxy = self._http.route(host, lambda name: UnknownServiceError(name, url))
+        proxy = self._http.route(host, UnknownServiceError, url)
         if proxy is None:
             return await handler(req)
         call = core.start(proxy, (req, handler, url), _client_timeout(req.session.timeout))

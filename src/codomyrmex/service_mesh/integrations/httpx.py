@@ -30,10 +30,11 @@ Every call has an attempt timeout and an overall deadline (:class:`.protocol.Tim
 by default the attempt gets the request's httpx timeout (the longest of connect,
 read, write and pool; httpx's default is 5 s) and the call three times that; the
 policy's ``attempt_timeout`` / ``max_elapsed`` or ``timeouts=Timeouts(...)`` set
-them instead. The attempt's limit caps the httpx timeouts of every attempt; the
-async transport also bounds each attempt as a whole, and gives httpx 90% of that
-limit so that a timeout is normally raised inside the instance breaker. No
-attempt starts once the deadline has passed.
+them instead. The attempt's limit caps the httpx timeouts (connect, read, write,
+pool) of every attempt, which httpx enforces; the async transport gives httpx 90%
+of it, so that a timeout is raised inside the instance breaker before a policy's
+``attempt_timeout`` would cancel the attempt from outside. No attempt starts once
+the deadline has passed.
 
 A host that names no service raises :class:`UnknownServiceError`, unless
 ``passthrough=True``, which sends such requests unchanged through the inner
@@ -75,7 +76,7 @@ except ImportError as exc:
 
 from ..circuit_breaker import CircuitBreakerConfig
 from ..load_balancer import ServiceInstance
-from .protocol import InstanceCircuitOpen, parse_retry_after, trace_headers, within
+from .protocol import InstanceCircuitOpen, parse_retry_after, trace_headers
 from .protocol.core import FailureResponse, Services, UnknownService
 from .protocol.http import HttpClient
 from .protocol.semantics import DEFAULT_FAILURE_STATUSES, IDEMPOTENT_METHODS, HttpSemantics
@@ -124,28 +125,20 @@ class UnknownServiceError(UnknownService, httpx.TransportError):
         self.host = host
 
 
-def _client_timeout(request: httpx.Request) -> float | None:
-    """The request's httpx timeout as one number: the longest phase set, or None."""
-    timeout = request.extensions.get("timeout")
+def _client_timeout(timeout: Any) -> tuple[float | None, bool]:
+    """An httpx timeout extension as one number (the longest phase set, or None), and
+    whether every phase is set (then that number bounds each phase)."""
     if not timeout:
-        return None
-    longest: float | None = None
-    for key in _TIMEOUT_KEYS:
-        value = timeout.get(key)
-        if value is not None and (longest is None or value > longest):
-            longest = value
-    return longest
-
-
-def _within(timeout: Any, limit: float) -> bool:
-    """Whether every phase of an httpx timeout is set and at most ``limit`` seconds."""
-    if timeout is None:
-        return False
-    for key in _TIMEOUT_KEYS:
-        value = timeout.get(key)
-        if value is None or value > limit:
-            return False
-    return True
+        return None, False
+    phases = (
+        timeout.get("connect"),
+        timeout.get("read"),
+        timeout.get("write"),
+        timeout.get("pool"),
+    )
+    if None not in phases:
+        return max(phases), True  # httpx's default: every phase set
+    return max((phase for phase in phases if phase is not None), default=None), False
 
 
 class _Urls:
@@ -165,18 +158,20 @@ class _Urls:
 
     def __init__(self) -> None:
         self._parts: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-        self._made: dict[tuple[Any, str, int], httpx.URL] = {}
+        self._made: dict[tuple[Any, str, int], tuple[httpx.URL, bool]] = {}
         probe = getattr(httpx.URL("http://probe.invalid:1/"), "_uri_reference", None)
         self.fast = getattr(type(probe), "_fields", None) == self._FIELDS
 
-    def to(self, url: httpx.URL, instance: ServiceInstance) -> httpx.URL:
+    def to(self, url: httpx.URL, instance: ServiceInstance) -> tuple[httpx.URL, bool]:
+        """``url`` aimed at ``instance``, and whether it is https."""
         if not self.fast:
-            return url.copy_with(host=instance.host, port=instance.port)
+            made = url.copy_with(host=instance.host, port=instance.port)
+            return made, made.scheme == "https"
         ref = url._uri_reference
         key = (ref, instance.host, instance.port)
-        made = self._made.get(key)
-        if made is not None:
-            return made
+        known = self._made.get(key)
+        if known is not None:
+            return known
         where = (ref.scheme, instance.host, instance.port)
         parts = self._parts.get(where)
         if parts is None:
@@ -189,8 +184,8 @@ class _Urls:
             )
         if len(self._made) >= self.MAX_CACHED:
             self._made.clear()
-        self._made[key] = made
-        return made
+        known = self._made[key] = (made, ref.scheme == "https")
+        return known
 
 
 class _Transport:
@@ -227,14 +222,25 @@ class _Transport:
         self._failing = self._http.semantics.failure_statuses
         self.instance_host = self._http.instance_host
         self.urls = _Urls()
+        self._last_timeout: tuple[Any, float | None, bool] = (None, None, False)
         self._inner = type(self)._default_inner() if transport is None else transport
 
     def _start(self, request: httpx.Request) -> CallState | None:
         """The call's state, or None to pass the request through unchanged."""
-        proxy = self._http.route(request.url.host, lambda host: UnknownServiceError(host, request))
+        proxy = self._http.route(request.url.host, UnknownServiceError, request)
         if proxy is None:
             return None
-        return self._core.start(proxy, request, _client_timeout(request))
+        timeout = request.extensions.get("timeout")
+        last = self._last_timeout  # the client's timeout is the same from call to call
+        if timeout == last[0]:
+            longest, every_phase = last[1], last[2]
+        else:
+            longest, every_phase = _client_timeout(timeout)
+            self._last_timeout = (timeout, longest, every_phase)
+        call = self._core.start(proxy, request, longest)
+        if not every_phase:
+            call.client_timeout = None  # no bound on every phase: attempt_request caps them
+        return call
 
     def _may_retry(self, request: httpx.Request) -> bool:
         """Whether the request may be sent more than once (method allowed, body replayable)."""
@@ -258,18 +264,18 @@ class _Transport:
         header preparation for nothing.
         """
         request: httpx.Request = call.request
-        url = self.urls.to(request.url, instance)
+        url, https = self.urls.to(request.url, instance)
         extensions = request.extensions
         limit = call.limit() * share
-        current = extensions.get("timeout")
-        if not _within(current, limit):
+        bound = call.client_timeout  # set when it bounds every phase of the request
+        if bound is None or bound > limit:
             extensions = dict(extensions)
-            timeout = current or {}
+            timeout = extensions.get("timeout") or {}
             extensions["timeout"] = {
                 key: limit if timeout.get(key) is None else min(timeout[key], limit)
                 for key in _TIMEOUT_KEYS
             }
-        if url.scheme == "https" and "sni_hostname" not in extensions:
+        if https and "sni_hostname" not in extensions:
             extensions = dict(extensions)
             extensions["sni_hostname"] = request.url.host
         made = httpx.Request.__new__(httpx.Request)
@@ -312,6 +318,8 @@ class MeshTransport(_Transport, httpx.BaseTransport):
     def _attempt(self, instance: ServiceInstance, call: CallState) -> httpx.Response:
         """One attempt on the picked instance, behind its own breaker when there is one."""
         request = self.attempt_request(call, instance)
+        if not self._core.guarded:
+            return self._send(request, call)
         return self._core.guard(instance, call, self._send, request, call)
 
     def _send(self, request: httpx.Request, call: CallState) -> httpx.Response:
@@ -347,20 +355,17 @@ class AsyncMeshTransport(_Transport, httpx.AsyncBaseTransport):
     async def _attempt(self, instance: ServiceInstance, call: CallState) -> httpx.Response:
         """One attempt on the picked instance, behind its own breaker when there is one.
 
-        The attempt (and its httpx timeouts) gets a little less than its limit, so that
-        running out of time is raised here, inside the instance's breaker, before the
-        proxy's own ``attempt_timeout`` (if set) cancels the attempt from outside; running
-        out of time there is a TimeoutError (a failure), while a cancellation from outside
-        stays a cancellation (never a failure).
+        The attempt is bounded by its httpx timeouts (connect, read, write and pool each
+        capped at a little less than the attempt's limit), which httpx enforces itself:
+        running out of time is raised here, inside the instance's breaker, as an httpx
+        timeout (a failure), before the proxy's own ``attempt_timeout`` (if set) would
+        cancel the attempt from outside (a cancellation is never a failure). No timer
+        of our own per attempt: that is the success path's largest cost.
         """
-        limit = call.limit() * _HTTPX_SHARE
         request = self.attempt_request(call, instance, _HTTPX_SHARE)
-        return await self._core.guard_async(instance, call, self._send_within, limit, request, call)
-
-    async def _send_within(
-        self, seconds: float, request: httpx.Request, call: CallState
-    ) -> httpx.Response:
-        return await within(seconds, self._send(request, call))
+        if not self._core.guarded:
+            return await self._send(request, call)
+        return await self._core.guard_async(instance, call, self._send, request, call)
 
     async def _send(self, request: httpx.Request, call: CallState) -> httpx.Response:
         response: httpx.Response = await self._inner.handle_async_request(request)

@@ -299,7 +299,7 @@ class MeshAdapter(HTTPAdapter):
         scheme, authority, rest = _split(url)
         host = _hostname(authority)
         core = self._core
-        proxy = self._http.route(host, lambda name: UnknownServiceError(name, request))
+        proxy = self._http.route(host, UnknownServiceError, request)
         if proxy is None:
             return super().send(request, stream, timeout, verify, cert, proxies)
         proxy = self._proxy_for(proxy)

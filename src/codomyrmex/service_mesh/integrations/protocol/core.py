@@ -90,7 +90,7 @@ class ClientCore(Generic[R]):
     :meth:`guard_async` and raises :meth:`CallState.fail` for a failing response.
     """
 
-    __slots__ = ("_mesh", "_proxies", "clock", "ejector", "timeouts")
+    __slots__ = ("_mesh", "_proxies", "_resolved", "clock", "ejector", "guarded", "timeouts")
 
     def __init__(
         self,
@@ -122,6 +122,10 @@ class ClientCore(Generic[R]):
         self.clock = clock
         self.timeouts = check_timeouts(timeouts)
         self.ejector = InstanceEjector(instance_breaker, self._mesh)
+        self.guarded = self.ejector.enabled
+        """Whether attempts go through per-instance breakers (:meth:`guard`); when False an
+        integration may call its send function directly."""
+        self._resolved: dict[tuple[int, float | None, bool], tuple[Any, float, float]] = {}
 
     def lookup(self, name: str) -> ServiceProxy | None:
         """The proxy of the service called ``name`` (case-insensitive), or None."""
@@ -147,11 +151,22 @@ class ClientCore(Generic[R]):
         timeouts: Timeouts | None = None,
     ) -> CallState:
         """Begin a call: returns its state (deadline started now)."""
-        self.ejector.reinstate_due()
-        attempt, deadline = (timeouts or self.timeouts).resolve(
-            proxy.retry_policy, client_timeout, client_is_deadline
-        )
-        return CallState(proxy, request, attempt, deadline, self.clock)
+        ejector = self.ejector
+        if ejector.ejected:
+            ejector.reinstate_due()
+        policy = proxy.retry_policy
+        if timeouts is not None:
+            attempt, deadline = timeouts.resolve(policy, client_timeout, client_is_deadline)
+            return CallState(proxy, request, attempt, deadline, self.clock, client_timeout)
+        # (attempt, deadline) depend only on these: resolved once per combination.
+        key = (id(policy), client_timeout, client_is_deadline)
+        known = self._resolved.get(key)
+        if known is None or known[0] is not policy:
+            attempt, deadline = self.timeouts.resolve(policy, client_timeout, client_is_deadline)
+            if len(self._resolved) >= 256:
+                self._resolved.clear()
+            known = self._resolved[key] = (policy, attempt, deadline)
+        return CallState(proxy, request, known[1], known[2], self.clock, client_timeout)
 
     # -- the whole call --
 

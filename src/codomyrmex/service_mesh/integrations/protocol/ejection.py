@@ -22,7 +22,7 @@ class InstanceEjector:
     change. The last available instance of a pool is never ejected.
     """
 
-    __slots__ = ("_breakers", "_config", "_ejected", "_listeners", "_lock", "_mesh")
+    __slots__ = ("_breakers", "_config", "_listeners", "_lock", "_mesh", "ejected")
 
     def __init__(self, config: CircuitBreakerConfig | None, mesh: Mesh | None) -> None:
         if config is not None and not isinstance(config, CircuitBreakerConfig):
@@ -31,7 +31,8 @@ class InstanceEjector:
         self._mesh = mesh
         self._lock = threading.Lock()
         self._breakers: dict[tuple[str, str], CircuitBreaker] = {}
-        self._ejected: dict[tuple[str, str], tuple[LoadBalancer, CircuitBreaker]] = {}
+        # Internal API (read by ClientCore.start): the instances this took out, by key.
+        self.ejected: dict[tuple[str, str], tuple[LoadBalancer, CircuitBreaker]] = {}
         self._listeners: list[tuple[CircuitBreaker, StateListener]] = []
 
     @property
@@ -76,22 +77,22 @@ class InstanceEjector:
     ) -> None:
         if new is CircuitState.OPEN or new is CircuitState.FORCED_OPEN:
             self.eject(key, balancer, breaker)
-        elif key in self._ejected:
+        elif key in self.ejected:
             with self._lock:
-                ejected = self._ejected.pop(key, None)
+                ejected = self.ejected.pop(key, None)
             if ejected is not None:
                 balancer.return_instance(key[1])
 
     def eject(self, key: tuple[str, str], balancer: LoadBalancer, breaker: CircuitBreaker) -> None:
         """Take the instance out, unless it is the last available one or already out."""
-        if key in self._ejected:
+        if key in self.ejected:
             return
         available = balancer.healthy_instances
         if len(available) <= 1 or not any(inst.id == key[1] for inst in available):
             return
         if balancer.eject(key[1]):
             with self._lock:
-                self._ejected[key] = (balancer, breaker)
+                self.ejected[key] = (balancer, breaker)
 
     def refused(
         self, proxy: ServiceProxy, instance: ServiceInstance, breaker: CircuitBreaker
@@ -101,15 +102,15 @@ class InstanceEjector:
 
     def reinstate_due(self) -> None:
         """Return the ejected instances whose breaker now admits probes."""
-        if not self._ejected:
+        if not self.ejected:
             return
         with self._lock:
-            ejected = list(self._ejected.items())
+            ejected = list(self.ejected.items())
         for key, (balancer, breaker) in ejected:
             state = breaker.state  # reading it makes a due OPEN -> HALF_OPEN move
             if state is not CircuitState.OPEN and state is not CircuitState.FORCED_OPEN:
                 with self._lock:
-                    still = self._ejected.pop(key, None)
+                    still = self.ejected.pop(key, None)
                 if still is not None:
                     balancer.return_instance(key[1])
 
@@ -117,7 +118,7 @@ class InstanceEjector:
         """Stop watching the breakers and return every instance this ejected."""
         with self._lock:
             listeners, self._listeners = self._listeners, []
-            ejected, self._ejected = self._ejected, {}
+            ejected, self.ejected = self.ejected, {}
         for breaker, listener in listeners:
             breaker.remove_listener(listener)
         for (_, instance_id), (balancer, _) in ejected.items():

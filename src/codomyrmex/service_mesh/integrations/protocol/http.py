@@ -47,12 +47,14 @@ class HttpClient(Generic[R]):
             raise TypeError(f"passthrough must be a bool, got {passthrough!r}")
         self.passthrough = passthrough
 
-    def route(self, host: str, unknown: Callable[[str], Exception]) -> ServiceProxy | None:
+    def route(
+        self, host: str, unknown: Callable[..., Exception], *args: Any
+    ) -> ServiceProxy | None:
         """The proxy of the service ``host`` names; None: pass the request through
-        unchanged (``passthrough``); otherwise raises ``unknown(host)``."""
+        unchanged (``passthrough``); otherwise raises ``unknown(host, *args)``."""
         proxy = self.core.lookup(host)
         if proxy is None and not self.passthrough:
-            raise unknown(host)
+            raise unknown(host, *args)
         return proxy
 
     def failure(self, call: CallState, response: Any, status: int, headers: Any) -> BaseException:

@@ -137,9 +137,16 @@ _DERIVED = Timeouts()
 
 
 class CallState:
-    """One call's way through the stack: its deadline, and the last failing response."""
+    """One call's way through the stack: its deadline, and the last failing response.
 
-    __slots__ = ("attempt", "clock", "deadline", "deadline_at", "failed", "proxy", "request")
+    ``client_timeout`` is the client's own timeout as given to :meth:`ClientCore.start`
+    (None: none), for integrations that cap it per attempt.
+    """
+
+    __slots__ = (
+        "attempt", "client_timeout", "clock", "deadline", "deadline_at", "failed", "proxy",
+        "request",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -148,8 +155,10 @@ class CallState:
         attempt: float,
         deadline: float,
         clock: Callable[[], float],
+        client_timeout: float | None = None,
     ) -> None:
         self.proxy = proxy
+        self.client_timeout = client_timeout
         self.request = request
         self.attempt = attempt
         self.deadline = deadline
