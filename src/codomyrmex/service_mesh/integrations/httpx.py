@@ -223,6 +223,7 @@ class _Transport:
         self.instance_host = self._http.instance_host
         self.urls = _Urls()
         self._last_timeout: tuple[Any, float | None, bool] = (None, None, False)
+        self._last_capped: tuple[Any, float, dict[str, float]] = (None, -1.0, {})
         self._inner = type(self)._default_inner() if transport is None else transport
 
     def _start(self, request: httpx.Request) -> CallState | None:
@@ -270,11 +271,7 @@ class _Transport:
         bound = call.client_timeout  # set when it bounds every phase of the request
         if bound is None or bound > limit:
             extensions = dict(extensions)
-            timeout = extensions.get("timeout") or {}
-            extensions["timeout"] = {
-                key: limit if timeout.get(key) is None else min(timeout[key], limit)
-                for key in _TIMEOUT_KEYS
-            }
+            extensions["timeout"] = self._capped(extensions.get("timeout"), limit)
         if https and "sni_hostname" not in extensions:
             extensions = dict(extensions)
             extensions["sni_hostname"] = request.url.host
@@ -291,6 +288,20 @@ class _Transport:
                 headers.update(traced)
             made.headers = headers
         return made
+
+    def _capped(self, timeout: Any, limit: float) -> dict[str, float]:
+        """The httpx timeout ``timeout`` with every phase capped at ``limit`` (kept for the
+        next call with the same timeout and limit, as on every first attempt)."""
+        last = self._last_capped
+        if limit == last[1] and timeout == last[0]:
+            return last[2]
+        timeout = timeout or {}
+        capped = {
+            key: limit if timeout.get(key) is None else min(timeout[key], limit)
+            for key in _TIMEOUT_KEYS
+        }
+        self._last_capped = (timeout, limit, capped)
+        return capped
 
     def _failure(self, request: httpx.Request, response: httpx.Response) -> FailureStatus:
         """The failure a response with a failure status stands for."""

@@ -256,6 +256,7 @@ class MeshAdapter(HTTPAdapter):
         self._instance_host = self._http.instance_host
         self._mapped: dict[int, tuple[ServiceProxy, ServiceProxy]] = {}
         self._addresses: dict[tuple[str, int], str] = {}
+        self._urls: dict[str, tuple[str, str, str, str]] = {}  # URLs split (bounded)
 
     def _proxy_for(self, proxy: ServiceProxy) -> ServiceProxy:
         """The service's proxy, with its retry policy replaced when ``max_retries`` says so."""
@@ -296,8 +297,14 @@ class MeshAdapter(HTTPAdapter):
         url = request.url
         if not isinstance(url, str):
             raise requests.exceptions.InvalidURL(f"request has no URL: {request!r}")
-        scheme, authority, rest = _split(url)
-        host = _hostname(authority)
+        parts = self._urls.get(url)
+        if parts is None:
+            scheme, authority, rest = _split(url)
+            parts = (scheme, authority, rest, _hostname(authority))
+            if len(self._urls) >= 1024:
+                self._urls.clear()
+            self._urls[url] = parts
+        scheme, authority, rest, host = parts
         core = self._core
         proxy = self._http.route(host, UnknownServiceError, request)
         if proxy is None:
