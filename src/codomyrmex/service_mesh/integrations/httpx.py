@@ -33,8 +33,9 @@ policy's ``attempt_timeout`` / ``max_elapsed`` or ``timeouts=Timeouts(...)`` set
 them instead. The attempt's limit caps the httpx timeouts (connect, read, write,
 pool) of every attempt, which httpx enforces; the async transport gives httpx 90%
 of it, so that a timeout is raised inside the instance breaker before a policy's
-``attempt_timeout`` would cancel the attempt from outside. No attempt starts once
-the deadline has passed.
+``attempt_timeout`` would cancel the attempt from outside (with such a policy, each
+async attempt is also bounded as a whole). No attempt starts once the deadline has
+passed.
 
 A host that names no service raises :class:`UnknownServiceError`, unless
 ``passthrough=True``, which sends such requests unchanged through the inner
@@ -76,7 +77,7 @@ except ImportError as exc:
 
 from ..circuit_breaker import CircuitBreakerConfig
 from ..load_balancer import ServiceInstance
-from .protocol import InstanceCircuitOpen, parse_retry_after, trace_headers
+from .protocol import InstanceCircuitOpen, parse_retry_after, trace_headers, within
 from .protocol.core import FailureResponse, Services, UnknownService
 from .protocol.http import HttpClient
 from .protocol.semantics import DEFAULT_FAILURE_STATUSES, IDEMPOTENT_METHODS, HttpSemantics
@@ -367,16 +368,25 @@ class AsyncMeshTransport(_Transport, httpx.AsyncBaseTransport):
         """One attempt on the picked instance, behind its own breaker when there is one.
 
         The attempt is bounded by its httpx timeouts (connect, read, write and pool each
-        capped at a little less than the attempt's limit), which httpx enforces itself:
-        running out of time is raised here, inside the instance's breaker, as an httpx
-        timeout (a failure), before the proxy's own ``attempt_timeout`` (if set) would
-        cancel the attempt from outside (a cancellation is never a failure). No timer
-        of our own per attempt: that is the success path's largest cost.
+        capped at 90% of the attempt's limit), which httpx enforces itself: no timer of
+        our own on the success path. When the service's policy has an ``attempt_timeout``
+        the proxy cancels an attempt from outside at that limit (a cancellation is never
+        a failure), so the attempt is then also bounded as a whole at 90% of it, to run
+        out of time here, inside the instance's breaker, where it counts as a failure.
         """
         request = self.attempt_request(call, instance, _HTTPX_SHARE)
-        if not self._core.guarded:
+        core = self._core
+        if call.proxy.retry_policy.attempt_timeout is not None:
+            limit = call.limit() * _HTTPX_SHARE
+            return await core.guard_async(instance, call, self._send_within, limit, request, call)
+        if not core.guarded:
             return await self._send(request, call)
-        return await self._core.guard_async(instance, call, self._send, request, call)
+        return await core.guard_async(instance, call, self._send, request, call)
+
+    async def _send_within(
+        self, seconds: float, request: httpx.Request, call: CallState
+    ) -> httpx.Response:
+        return await within(seconds, self._send(request, call))
 
     async def _send(self, request: httpx.Request, call: CallState) -> httpx.Response:
         response: httpx.Response = await self._inner.handle_async_request(request)
