@@ -21,6 +21,7 @@ Interleaved (each repeat samples every contender in turn), reported as ratios to
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import atexit
 import itertools
@@ -28,6 +29,7 @@ import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -85,6 +87,7 @@ class _Servers:
         self.http_kind = ""
         self.haproxy_port: int | None = None
         self.grpc_port: int | None = None
+        self.grpc_haproxy_port: int | None = None
         self._processes: list[subprocess.Popen[Any]] = []
         self._closers: list[Callable[[], None]] = []
         self._tmp = Path(tempfile.mkdtemp(prefix="meshbench-clients-"))
@@ -129,27 +132,36 @@ class _Servers:
         self.http_port = port
         return port
 
-    def haproxy(self) -> int | None:
-        if self.haproxy_port is not None:
-            return self.haproxy_port
+    def _haproxy(self, upstream: int, h2: bool) -> int | None:
         binary = shutil.which("haproxy") or (
             "/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None
         )
         if binary is None:
             return None
-        upstream = self.http()
         port = _free_port()
-        conf = self._tmp / "haproxy.cfg"
+        proto = " proto h2" if h2 else ""
+        conf = self._tmp / f"haproxy-{port}.cfg"
         conf.write_text(
             "global\n  maxconn 256\n"
             "defaults\n  mode http\n  timeout connect 1s\n  timeout client 30s\n"
             "  timeout server 30s\n  option http-keep-alive\n"
-            f"frontend front\n  bind 127.0.0.1:{port}\n  default_backend back\n"
-            f"backend back\n  server nginx 127.0.0.1:{upstream}\n"
+            f"frontend front\n  bind 127.0.0.1:{port}{proto}\n  default_backend back\n"
+            f"backend back\n  server up 127.0.0.1:{upstream}{proto}\n"
         )
         self._spawn([binary, "-f", str(conf), "-db"], port, "haproxy")
-        self.haproxy_port = port
         return port
+
+    def haproxy(self) -> int | None:
+        """An HAProxy sidecar in front of nginx (HTTP/1.1), or None without haproxy."""
+        if self.haproxy_port is None:
+            self.haproxy_port = self._haproxy(self.http(), h2=False)
+        return self.haproxy_port
+
+    def grpc_haproxy(self) -> int | None:
+        """An HAProxy sidecar in front of the gRPC server (h2 on both sides)."""
+        if self.grpc_haproxy_port is None:
+            self.grpc_haproxy_port = self._haproxy(self.grpc(), h2=True)
+        return self.grpc_haproxy_port
 
     def grpc(self) -> int:
         if self.grpc_port is not None:
@@ -259,6 +271,13 @@ def _ok(status: int) -> None:
         raise BenchSetupError(f"expected 200, got {status}")
 
 
+def _sidecar_port() -> int:
+    port = SERVERS.haproxy()
+    if port is None:
+        raise BenchSetupError("haproxy is not installed")
+    return port
+
+
 def _httpx_sync(kind: str) -> Callable[[Settings], Runner]:
     def build(settings: Settings) -> Runner:
         import httpx
@@ -270,16 +289,12 @@ def _httpx_sync(kind: str) -> Callable[[Settings], Runner]:
         if kind == "mesh":
             client = httpx.Client(transport=MeshTransport(_mesh(port)))
             url = f"http://{SERVICE}/"
-            one: Callable[[], Any] = lambda: client.get(url)  # noqa: E731
-        elif kind == "sidecar":
-            hp = SERVERS.haproxy()
-            client = httpx.Client()
-            url = f"http://127.0.0.1:{hp}/"
-            one = lambda: client.get(url)  # noqa: E731
         else:
             client = httpx.Client()
-            get = lambda: client.get(url)  # noqa: E731
-            one = get if kind == "plain" else _hand_sync(get, httpx.TransportError)
+            if kind == "sidecar":
+                url = f"http://127.0.0.1:{_sidecar_port()}/"
+        get = lambda: client.get(url)  # noqa: E731
+        one = _hand_sync(get, httpx.TransportError) if kind == "hand" else get
         _ok(one().status_code)
         runner = CpuRunner("one()", {"one": one})
         runner.closers.append(client.close)
@@ -329,6 +344,8 @@ def _httpx_async(kind: str) -> Callable[[Settings], Runner]:
             url = f"http://{SERVICE}/"
         else:
             client = httpx.AsyncClient()
+            if kind == "sidecar":
+                url = f"http://127.0.0.1:{_sidecar_port()}/"
 
         def get() -> Any:
             return client.get(url)
@@ -359,6 +376,8 @@ def _requests(kind: str) -> Callable[[Settings], Runner]:
         elif kind == "retry":
             retry = Retry(total=3, backoff_factor=0.1, status_forcelist=[500, 502, 503, 504])
             session.mount("http://", HTTPAdapter(max_retries=retry))
+        elif kind == "sidecar":
+            url = f"http://127.0.0.1:{_sidecar_port()}/"
         get = lambda: session.get(url)  # noqa: E731
         one = _hand_sync(get, requests.ConnectionError) if kind == "hand" else get
         _ok(one().status_code)
@@ -378,11 +397,12 @@ def _aiohttp(kind: str) -> Callable[[Settings], Runner]:
         port = SERVERS.http()
         url = f"http://127.0.0.1:{port}/"
         holder: dict[str, Any] = {}
+        middleware: tuple[Any, ...] = ()
         if kind == "mesh":
             middleware = (MeshMiddleware(_mesh(port)),)
             url = f"http://{SERVICE}/"
-        else:
-            middleware = ()
+        elif kind == "sidecar":
+            url = f"http://127.0.0.1:{_sidecar_port()}/"
 
         async def get() -> int:
             async with holder["session"].get(url) as response:
@@ -403,13 +423,22 @@ def _aiohttp(kind: str) -> Callable[[Settings], Runner]:
     return build
 
 
+def _grpc_port(kind: str) -> int:
+    if kind != "sidecar":
+        return SERVERS.grpc()
+    port = SERVERS.grpc_haproxy()
+    if port is None:
+        raise BenchSetupError("haproxy is not installed")
+    return port
+
+
 def _grpc(kind: str) -> Callable[[Settings], Runner]:
     def build(settings: Settings) -> Runner:
         import grpc
 
         from codomyrmex.service_mesh.integrations.grpc import mesh_channel
 
-        port = SERVERS.grpc()
+        port = _grpc_port(kind)
         if kind == "mesh":
             channel = mesh_channel(_mesh(port), SERVICE)
         else:
@@ -421,6 +450,38 @@ def _grpc(kind: str) -> Callable[[Settings], Runner]:
             raise BenchSetupError("the gRPC server did not answer ok")
         runner = CpuRunner("one()", {"one": one})
         runner.closers.append(channel.close)
+        return runner
+
+    return build
+
+
+def _grpc_aio(kind: str) -> Callable[[Settings], Runner]:
+    def build(settings: Settings) -> Runner:
+        import grpc
+        import grpc.aio
+
+        from codomyrmex.service_mesh.integrations.grpc import aio_mesh_channel
+
+        port = _grpc_port(kind)
+        holder: dict[str, Any] = {}
+
+        async def open_channel() -> None:
+            if kind == "mesh":
+                channel: Any = aio_mesh_channel(_mesh(port), SERVICE)
+            else:
+                channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+            holder["channel"] = channel
+            holder["call"] = channel.unary_unary("/bench.Echo/Unary")
+
+        def send() -> Any:
+            return holder["call"](b"x", timeout=10)
+
+        one = _hand_async(send, grpc.RpcError) if kind == "hand" else send
+        runner = CpuRunner("await one()", {"one": one}, is_async=True)
+        runner.run_coro(open_channel())
+        if runner.run_coro(one()) != b"ok":
+            raise BenchSetupError("the gRPC server did not answer ok")
+        runner.closers.append(lambda: holder["channel"].close())
         return runner
 
     return build
@@ -473,21 +534,30 @@ def client_httpx_memory() -> Workload:
 
 
 def client_httpx_async() -> Workload:
-    return _workload("client_httpx_async", "httpx (async) on the real path", _httpx_async)
+    return _workload(
+        "client_httpx_async", "httpx (async) on the real path", _httpx_async, _sidecar()
+    )
 
 
 def client_requests() -> Workload:
     return _workload(
-        "client_requests", "requests on the real path", _requests, [("requests+Retry", "retry")]
+        "client_requests",
+        "requests on the real path",
+        _requests,
+        [("requests+Retry", "retry"), *_sidecar()],
     )
 
 
 def client_aiohttp() -> Workload:
-    return _workload("client_aiohttp", "aiohttp on the real path", _aiohttp)
+    return _workload("client_aiohttp", "aiohttp on the real path", _aiohttp, _sidecar())
 
 
 def client_grpc() -> Workload:
-    return _workload("client_grpc", "gRPC (sync) on the real path", _grpc)
+    return _workload("client_grpc", "gRPC (sync) on the real path", _grpc, _sidecar())
+
+
+def client_grpc_aio() -> Workload:
+    return _workload("client_grpc_aio", "gRPC (aio) on the real path", _grpc_aio, _sidecar())
 
 
 WORKLOADS: dict[str, Callable[[], Workload]] = {
@@ -497,50 +567,81 @@ WORKLOADS: dict[str, Callable[[], Workload]] = {
     "client_requests": client_requests,
     "client_aiohttp": client_aiohttp,
     "client_grpc": client_grpc,
+    "client_grpc_aio": client_grpc_aio,
 }
 
 
+def _added(wr: WorkloadResult, label: str) -> list[float]:
+    """Per round: microseconds ``label`` adds to plain's CPU per request (paired samples)."""
+    by = {c.label: c for c in wr.contenders}
+    plain, other = by.get("plain"), by.get(label)
+    if plain is None or other is None or plain.error or other.error:
+        return []
+    return [(o - p) / 1000 for o, p in zip(other.samples, plain.samples)]
+
+
+def _cell(values: list[float]) -> str:
+    if not values:
+        return "-"
+    return f"{statistics.median(values):+.1f} ({min(values):+.0f}..{max(values):+.0f})"
+
+
 def added_table(results: list[WorkloadResult]) -> str:
-    """Markdown: microseconds each contender adds to the plain client's CPU per request."""
+    """Markdown: microseconds each contender adds to the plain client's CPU per request.
+
+    Each cell is the median over rounds of (contender - plain) within one round (the
+    samples of a round are taken back to back), with the lowest and highest round in
+    brackets; ``mesh/hand`` is the ratio of the medians of the added costs.
+    """
     rows = [
-        "| client | plain µs | mesh adds | hand-written adds | other |",
-        "|---|---|---|---|---|",
+        "| client | plain µs/req | mesh adds µs | hand-written adds µs | "
+        "HAProxy sidecar adds µs | mesh / hand-written | other |",
+        "|---|---|---|---|---|---|---|",
     ]
     for wr in results:
-        med = {c.label: c.median for c in wr.contenders}
-        plain = med.get("plain")
-
-        def added(label: str) -> str:
-            value = med.get(label)
-            if value is None or plain is None:
-                return "-"
-            return f"{(value - plain) / 1000:+.1f} µs"
-
+        plain = next((c for c in wr.contenders if c.label == "plain"), None)
+        base = "-" if plain is None or plain.median is None else f"{plain.median / 1000:.1f}"
+        mesh, hand = _added(wr, "mesh"), _added(wr, "hand-written")
+        ratio = "-"
+        if mesh and hand and statistics.median(hand) > 0:
+            ratio = f"{statistics.median(mesh) / statistics.median(hand):.2f}"
         others = [
-            c.label for c in wr.contenders if c.label not in ("plain", "mesh", "hand-written")
+            c.label
+            for c in wr.contenders
+            if c.label not in ("plain", "mesh", "hand-written", "haproxy sidecar")
         ]
-        other = ", ".join(f"{label} {added(label)}" for label in others) or "-"
-        base = "-" if plain is None else f"{plain / 1000:.1f}"
+        other = ", ".join(f"{label} {_cell(_added(wr, label))}" for label in others) or "-"
         rows.append(
-            f"| {wr.title.split(' on ')[0]} | {base} | {added('mesh')} | "
-            f"{added('hand-written')} | {other} |"
+            f"| {wr.title.split(' on ')[0].split(' over ')[0]}"
+            f"{' (in-memory)' if 'memory' in wr.key else ''} | {base} | {_cell(mesh)} | "
+            f"{_cell(hand)} | {_cell(_added(wr, 'haproxy sidecar'))} | {ratio} | {other} |"
         )
     return "\n".join(rows)
 
 
 def main(argv: list[str]) -> int:
-    quick = "--quick" in argv
-    repeats = 3 if quick else 7
-    settings = Settings.make(quick=quick, repeats=repeats)
+    parser = argparse.ArgumentParser(description="client CPU per request, per client")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--only", default="", help="comma-separated workload keys")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    repeats = args.repeats or (3 if args.quick else 9)
+    settings = Settings.make(quick=args.quick, repeats=repeats)
+    keys = [k.strip() for k in args.only.split(",") if k.strip()] or list(WORKLOADS)
     results = []
-    for make in WORKLOADS.values():
-        workload = make()
+    for key in keys:
+        workload = WORKLOADS[key]()
         print(f"- {workload.key}", file=sys.stderr, flush=True)
         results.append(run_workload(workload, settings, lambda m: print(m, file=sys.stderr)))
-    print(f"server: {SERVERS.http_kind}, {repeats} interleaved repeats, client CPU per request")
+    print(
+        f"server: {SERVERS.http_kind or 'grpc only'}, {repeats} interleaved rounds, "
+        "client CPU (process_time) per request; added = median of per-round "
+        "(contender - plain), (lowest..highest round)"
+    )
     print(added_table(results))
-    if "--json" in argv:
-        print(json.dumps({wr.key: {c.label: c.median for c in wr.contenders} for wr in results}))
+    if args.json:
+        print(json.dumps({wr.key: {c.label: c.samples for c in wr.contenders} for wr in results}))
     SERVERS.stop()
     return 0
 

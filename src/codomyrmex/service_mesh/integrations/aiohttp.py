@@ -30,7 +30,6 @@ Hedging is not supported (attempts share one ``ClientRequest``).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 from ._extras import missing_extra
 
@@ -44,20 +43,11 @@ except ImportError as exc:
 
 from ..circuit_breaker import CircuitBreakerConfig
 from ..load_balancer import ServiceInstance
-from .protocol import (
-    DEADLINE_FACTOR,
-    DEFAULT_FAILURE_STATUSES,
-    IDEMPOTENT_METHODS,
-    CallState,
-    ClientCore,
-    FailureResponse,
-    HttpSemantics,
-    Services,
-    Timeouts,
-    UnknownService,
-    trace_headers,
-    within,
-)
+from .protocol.core import Services, UnknownService
+from .protocol.http import HttpClient
+from .protocol.propagation import trace_headers
+from .protocol.semantics import DEFAULT_FAILURE_STATUSES, IDEMPOTENT_METHODS, HttpSemantics
+from .protocol.timeouts import DEADLINE_FACTOR, CallState, Timeouts, within
 
 __all__ = [
     "DEFAULT_FAILURE_STATUSES",
@@ -80,9 +70,13 @@ class UnknownServiceError(UnknownService, aiohttp.ClientConnectionError):
 
 def _client_timeout(timeout: aiohttp.ClientTimeout) -> float | None:
     """The per-attempt share of a session's total timeout (None: aiohttp's default, unset)."""
-    if timeout == _DEFAULT_TIMEOUT or timeout.total is None:
+    if timeout is _SESSION_DEFAULT or timeout == _DEFAULT_TIMEOUT or timeout.total is None:
         return None
     return timeout.total / DEADLINE_FACTOR
+
+
+_SESSION_DEFAULT = getattr(aiohttp.client, "DEFAULT_TIMEOUT", _DEFAULT_TIMEOUT)
+_MAX_CACHED = 1024
 
 
 def _replayable(req: ClientRequest) -> bool:
@@ -97,7 +91,7 @@ class MeshMiddleware:
     name to proxy. See the module docstring for the rules.
     """
 
-    __slots__ = ("_core", "_passthrough", "_semantics")
+    __slots__ = ("_core", "_http", "_semantics", "_urls")
 
     def __init__(
         self,
@@ -109,23 +103,40 @@ class MeshMiddleware:
         passthrough: bool = False,
         timeouts: Timeouts | None = None,
     ) -> None:
-        self._core: ClientCore[ClientResponse] = ClientCore(
-            services, instance_breaker=instance_breaker, timeouts=timeouts
-        )
-        self._semantics = HttpSemantics.of(failure_statuses, retry_methods)
-        if not isinstance(passthrough, bool):
-            raise TypeError(f"passthrough must be a bool, got {passthrough!r}")
-        self._passthrough = passthrough
+        semantics = HttpSemantics.of(failure_statuses, retry_methods)
+        self._http: HttpClient[ClientResponse] = HttpClient(
+            services, semantics=semantics, instance_breaker=instance_breaker,
+            passthrough=passthrough, timeouts=timeouts,
+        )  # fmt: skip
+        self._core = self._http.core
+        self._semantics = self._http.semantics
+        self._urls: dict[tuple[URL, str, int], URL] = {}  # instance URLs made (bounded)
+
+    def _instance_url(self, url: URL, instance: ServiceInstance) -> URL:
+        """``url`` aimed at ``instance`` (scheme, path and query kept), built once per pair."""
+        key = (url, instance.host, instance.port)
+        made = self._urls.get(key)
+        if made is None:
+            made = URL.build(
+                scheme=url.scheme,
+                host=instance.host,
+                port=instance.port,
+                path=url.raw_path,
+                query_string=url.raw_query_string,
+                encoded=True,
+            )
+            if len(self._urls) >= _MAX_CACHED:
+                self._urls.clear()
+            self._urls[key] = made
+        return made
 
     async def __call__(self, req: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
         url = req.url
         host = url.host or ""
         core = self._core
-        proxy = core.lookup(host)
+        proxy = self._http.route(host, UnknownServiceError, url)
         if proxy is None:
-            if self._passthrough:
-                return await handler(req)
-            raise UnknownServiceError(host, url)
+            return await handler(req)
         call = core.start(proxy, (req, handler, url), _client_timeout(req.session.timeout))
         may_retry = self._semantics.may_retry(req.method, _replayable(req))
         try:
@@ -136,14 +147,7 @@ class MeshMiddleware:
     async def _attempt(self, instance: ServiceInstance, call: CallState) -> ClientResponse:
         limit = call.limit()
         req, _, url = call.request
-        req.url = URL.build(
-            scheme=url.scheme,
-            host=instance.host,
-            port=instance.port,
-            path=url.raw_path,
-            query_string=url.raw_query_string,
-            encoded=True,
-        )
+        req.url = self._instance_url(url, instance)
         traced = trace_headers()
         if traced is not None:  # W3C trace context, once tracing is imported
             req.headers.update(traced)
@@ -155,17 +159,13 @@ class MeshMiddleware:
     async def _send(self, call: CallState) -> ClientResponse:
         req, handler, _ = call.request
         response: ClientResponse = await handler(req)
-        status = response.status
-        semantics = self._semantics
-        if status not in semantics.failure_statuses:
+        if response.status not in self._semantics.failure_statuses:
             return response
-        retry_after = semantics.retry_after(response.headers.get("Retry-After"))
         try:
-            await response.read()
+            await response.read()  # an error page: read it all, then free the connection
         finally:
             response.release()
-        failure: Any = FailureResponse.of(response, status, retry_after)
-        raise call.fail(response, failure)
+        raise self._http.failure(call, response, response.status, response.headers)
 
     def close(self) -> None:
         """Return the instances the per-instance breakers ejected."""

@@ -30,10 +30,12 @@ Every call has an attempt timeout and an overall deadline (:class:`.protocol.Tim
 by default the attempt gets the request's httpx timeout (the longest of connect,
 read, write and pool; httpx's default is 5 s) and the call three times that; the
 policy's ``attempt_timeout`` / ``max_elapsed`` or ``timeouts=Timeouts(...)`` set
-them instead. The attempt's limit caps the httpx timeouts of every attempt; the
-async transport also bounds each attempt as a whole, and gives httpx 90% of that
-limit so that a timeout is normally raised inside the instance breaker. No
-attempt starts once the deadline has passed.
+them instead. The attempt's limit caps the httpx timeouts (connect, read, write,
+pool) of every attempt, which httpx enforces; the async transport gives httpx 90%
+of it, so that a timeout is raised inside the instance breaker before a policy's
+``attempt_timeout`` would cancel the attempt from outside (with such a policy, each
+async attempt is also bounded as a whole). No attempt starts once the deadline has
+passed.
 
 A host that names no service raises :class:`UnknownServiceError`, unless
 ``passthrough=True``, which sends such requests unchanged through the inner
@@ -63,7 +65,7 @@ what this expects, it falls back to ``copy_with``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 from ._extras import missing_extra
@@ -75,21 +77,11 @@ except ImportError as exc:
 
 from ..circuit_breaker import CircuitBreakerConfig
 from ..load_balancer import ServiceInstance
-from .protocol import (
-    DEFAULT_FAILURE_STATUSES,
-    IDEMPOTENT_METHODS,
-    CallState,
-    ClientCore,
-    FailureResponse,
-    HttpSemantics,
-    InstanceCircuitOpen,
-    Services,
-    Timeouts,
-    UnknownService,
-    parse_retry_after,
-    trace_headers,
-    within,
-)
+from .protocol import InstanceCircuitOpen, parse_retry_after, trace_headers, within
+from .protocol.core import FailureResponse, Services, UnknownService
+from .protocol.http import HttpClient
+from .protocol.semantics import DEFAULT_FAILURE_STATUSES, IDEMPOTENT_METHODS, HttpSemantics
+from .protocol.timeouts import CallState, Timeouts
 
 __all__ = [
     "DEFAULT_FAILURE_STATUSES",
@@ -134,17 +126,20 @@ class UnknownServiceError(UnknownService, httpx.TransportError):
         self.host = host
 
 
-def _client_timeout(request: httpx.Request) -> float | None:
-    """The request's httpx timeout as one number: the longest phase set, or None."""
-    timeout = request.extensions.get("timeout")
+def _client_timeout(timeout: Any) -> tuple[float | None, bool]:
+    """An httpx timeout extension as one number (the longest phase set, or None), and
+    whether every phase is set (then that number bounds each phase)."""
     if not timeout:
-        return None
-    longest: float | None = None
-    for key in _TIMEOUT_KEYS:
-        value = timeout.get(key)
-        if value is not None and (longest is None or value > longest):
-            longest = value
-    return longest
+        return None, False
+    phases = (
+        timeout.get("connect"),
+        timeout.get("read"),
+        timeout.get("write"),
+        timeout.get("pool"),
+    )
+    if None not in phases:
+        return max(phases), True  # httpx's default: every phase set
+    return max((phase for phase in phases if phase is not None), default=None), False
 
 
 class _Urls:
@@ -152,56 +147,106 @@ class _Urls:
 
     httpx keeps a URL's parsed parts in a named tuple; replacing its host and port
     (normalised once per instance by ``copy_with``) gives the same URL as
-    ``copy_with(host=..., port=...)`` at a fraction of the cost.
+    ``copy_with(host=..., port=...)`` at a fraction of the cost. The URLs made are
+    kept (immutable; a bounded cache keyed by the parsed URL and the instance), so a
+    path called again costs one dictionary lookup.
     """
 
-    __slots__ = ("_parts", "fast")
+    __slots__ = ("_made", "_parts", "fast")
+
+    _FIELDS = ("scheme", "userinfo", "host", "port", "path", "query", "fragment")
+    MAX_CACHED = 1024
 
     def __init__(self) -> None:
         self._parts: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-        probe = httpx.URL("http://probe.invalid:1/")
-        self.fast = hasattr(getattr(probe, "_uri_reference", None), "_replace")
+        self._made: dict[tuple[Any, str, int], tuple[httpx.URL, bool]] = {}
+        probe = getattr(httpx.URL("http://probe.invalid:1/"), "_uri_reference", None)
+        self.fast = getattr(type(probe), "_fields", None) == self._FIELDS
 
-    def to(self, url: httpx.URL, instance: ServiceInstance) -> httpx.URL:
-        key = (url.scheme, instance.host, instance.port)
-        parts = self._parts.get(key)
-        if parts is None or not self.fast:
+    def to(self, url: httpx.URL, instance: ServiceInstance) -> tuple[httpx.URL, bool]:
+        """``url`` aimed at ``instance``, and whether it is https."""
+        if not self.fast:
             made = url.copy_with(host=instance.host, port=instance.port)
-            if self.fast:
-                ref = made._uri_reference
-                self._parts[key] = (ref.host, ref.port)
-            return made
-        made = httpx.URL.__new__(httpx.URL)
-        made._uri_reference = url._uri_reference._replace(host=parts[0], port=parts[1])
-        return made
+            return made, made.scheme == "https"
+        ref = url._uri_reference
+        key = (ref, instance.host, instance.port)
+        known = self._made.get(key)
+        if known is not None:
+            return known
+        where = (ref.scheme, instance.host, instance.port)
+        parts = self._parts.get(where)
+        if parts is None:
+            made = url.copy_with(host=instance.host, port=instance.port)
+            self._parts[where] = (made._uri_reference.host, made._uri_reference.port)
+        else:
+            made = httpx.URL.__new__(httpx.URL)
+            made._uri_reference = type(ref)(
+                ref.scheme, ref.userinfo, parts[0], parts[1], ref.path, ref.query, ref.fragment
+            )
+        if len(self._made) >= self.MAX_CACHED:
+            self._made.clear()
+        known = self._made[key] = (made, ref.scheme == "https")
+        return known
 
 
-class _Router:
-    """What the sync and async transports share on top of :class:`ClientCore`."""
+class _Transport:
+    """What the sync and async transports share: routing, requests per attempt, failures."""
 
-    __slots__ = ("core", "instance_host", "semantics", "urls")
+    _inner_type: type[Any]
+    _default_inner: Callable[[], Any]
 
     def __init__(
         self,
         services: Services,
-        failure_statuses: Iterable[int],
-        retry_methods: Iterable[str],
-        instance_breaker: CircuitBreakerConfig | None,
-        host_header: Literal["service", "instance"],
-        timeouts: Timeouts | None,
+        *,
+        transport: Any = None,
+        failure_statuses: Iterable[int] = DEFAULT_FAILURE_STATUSES,
+        retry_methods: Iterable[str] = IDEMPOTENT_METHODS,
+        instance_breaker: CircuitBreakerConfig | None = None,
+        host_header: Literal["service", "instance"] = "service",
+        passthrough: bool = False,
+        timeouts: Timeouts | None = None,
     ) -> None:
-        self.core: ClientCore[httpx.Response] = ClientCore(
-            services, instance_breaker=instance_breaker, timeouts=timeouts
+        if transport is not None and not isinstance(transport, self._inner_type):
+            raise TypeError(
+                f"transport must be an httpx.{self._inner_type.__name__}, got {transport!r}"
+            )
+        self._http: HttpClient[httpx.Response] = HttpClient(
+            services,
+            semantics=HttpSemantics.of(failure_statuses, retry_methods),
+            instance_breaker=instance_breaker,
+            host_header=host_header,
+            passthrough=bool(passthrough),
+            timeouts=timeouts,
         )
-        self.semantics = HttpSemantics.of(failure_statuses, retry_methods)
-        if host_header not in ("service", "instance"):
-            raise ValueError(f"host_header must be 'service' or 'instance', got {host_header!r}")
-        self.instance_host = host_header == "instance"
+        self._core = self._http.core
+        self._failing = self._http.semantics.failure_statuses
+        self.instance_host = self._http.instance_host
         self.urls = _Urls()
+        self._last_timeout: tuple[Any, float | None, bool] = (None, None, False)
+        self._last_capped: tuple[Any, float, dict[str, float]] = (None, -1.0, {})
+        self._inner = type(self)._default_inner() if transport is None else transport
 
-    def may_retry(self, request: httpx.Request) -> bool:
+    def _start(self, request: httpx.Request) -> CallState | None:
+        """The call's state, or None to pass the request through unchanged."""
+        proxy = self._http.route(request.url.host, UnknownServiceError, request)
+        if proxy is None:
+            return None
+        timeout = request.extensions.get("timeout")
+        last = self._last_timeout  # the client's timeout is the same from call to call
+        if timeout == last[0]:
+            longest, every_phase = last[1], last[2]
+        else:
+            longest, every_phase = _client_timeout(timeout)
+            self._last_timeout = (timeout, longest, every_phase)
+        call = self._core.start(proxy, request, longest)
+        if not every_phase:
+            call.client_timeout = None  # no bound on every phase: attempt_request caps them
+        return call
+
+    def _may_retry(self, request: httpx.Request) -> bool:
         """Whether the request may be sent more than once (method allowed, body replayable)."""
-        if request.method not in self.semantics.retry_methods:
+        if request.method not in self._http.semantics.retry_methods:
             return False
         if isinstance(request.stream, httpx.ByteStream):
             return True
@@ -214,93 +259,86 @@ class _Router:
     def attempt_request(
         self, call: CallState, instance: ServiceInstance, share: float = 1.0
     ) -> httpx.Request:
-        """The original request aimed at ``instance``, with ``share`` of this attempt's time."""
+        """The original request aimed at ``instance``, with ``share`` of this attempt's time.
+
+        A shallow copy (the original's headers, stream and extensions are shared until
+        one of them has to change): building a new ``httpx.Request`` would re-run its
+        header preparation for nothing.
+        """
         request: httpx.Request = call.request
-        url = self.urls.to(request.url, instance)
+        url, https = self.urls.to(request.url, instance)
         extensions = request.extensions
         limit = call.limit() * share
-        current = extensions.get("timeout")
-        if current is None or any(
-            current.get(key) is None or current[key] > limit for key in _TIMEOUT_KEYS
-        ):
+        bound = call.client_timeout  # set when it bounds every phase of the request
+        if bound is None or bound > limit:
             extensions = dict(extensions)
-            timeout = current or {}
-            extensions["timeout"] = {
-                key: limit if timeout.get(key) is None else min(timeout[key], limit)
-                for key in _TIMEOUT_KEYS
-            }
-        if url.scheme == "https" and "sni_hostname" not in extensions:
+            extensions["timeout"] = self._capped(extensions.get("timeout"), limit)
+        if https and "sni_hostname" not in extensions:
             extensions = dict(extensions)
             extensions["sni_hostname"] = request.url.host
-        headers = request.headers
-        if self.instance_host:
-            headers = headers.copy()
-            headers["Host"] = instance.address
+        made = httpx.Request.__new__(httpx.Request)
+        made.__dict__.update(request.__dict__)
+        made.url = url
+        made.extensions = extensions
         traced = trace_headers()
-        if traced is not None:  # W3C trace context, once tracing is imported
-            if headers is request.headers:
-                headers = headers.copy()
-            headers.update(traced)
-        return httpx.Request(
-            request.method, url, headers=headers, stream=request.stream, extensions=extensions
-        )
+        if self.instance_host or traced is not None:
+            headers = request.headers.copy()
+            if self.instance_host:
+                headers["Host"] = instance.address
+            if traced is not None:  # W3C trace context, once tracing is imported
+                headers.update(traced)
+            made.headers = headers
+        return made
 
-    def failure(self, request: httpx.Request, response: httpx.Response) -> FailureStatus:
+    def _capped(self, timeout: Any, limit: float) -> dict[str, float]:
+        """The httpx timeout ``timeout`` with every phase capped at ``limit`` (kept for the
+        next call with the same timeout and limit, as on every first attempt)."""
+        last = self._last_capped
+        if limit == last[1] and timeout == last[0]:
+            return last[2]
+        timeout = timeout or {}
+        capped = {
+            key: limit if timeout.get(key) is None else min(timeout[key], limit)
+            for key in _TIMEOUT_KEYS
+        }
+        self._last_capped = (timeout, limit, capped)
+        return capped
+
+    def _failure(self, request: httpx.Request, response: httpx.Response) -> FailureStatus:
         """The failure a response with a failure status stands for."""
-        retry_after = self.semantics.retry_after(response.headers.get("Retry-After"))
-        return FailureStatus(request, response, retry_after)
+        return FailureStatus(request, response, self._http.retry_after(response.headers))
 
 
-class MeshTransport(httpx.BaseTransport):
+class MeshTransport(_Transport, httpx.BaseTransport):
     """A sync httpx transport that sends each request through its service's proxy.
 
     ``services`` is a :class:`ServiceProxy` (requests to its service name), a
     :class:`Mesh` (its registered services, looked up per request) or a mapping
-    of service name to proxy. See the module docstring for the rules.
+    of service name to proxy. ``transport`` is the inner ``httpx.BaseTransport``
+    (``httpx.HTTPTransport()`` by default). See the module docstring for the rules.
     """
 
-    def __init__(
-        self,
-        services: Services,
-        *,
-        transport: httpx.BaseTransport | None = None,
-        failure_statuses: Iterable[int] = DEFAULT_FAILURE_STATUSES,
-        retry_methods: Iterable[str] = IDEMPOTENT_METHODS,
-        instance_breaker: CircuitBreakerConfig | None = None,
-        host_header: Literal["service", "instance"] = "service",
-        passthrough: bool = False,
-        timeouts: Timeouts | None = None,
-    ) -> None:
-        if transport is not None and not isinstance(transport, httpx.BaseTransport):
-            raise TypeError(f"transport must be an httpx.BaseTransport, got {transport!r}")
-        self._router = _Router(
-            services, failure_statuses, retry_methods, instance_breaker, host_header, timeouts
-        )
-        self._inner = httpx.HTTPTransport() if transport is None else transport
-        self._passthrough = bool(passthrough)
+    _inner_type = httpx.BaseTransport
+    _default_inner = httpx.HTTPTransport
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        router = self._router
-        core = router.core
-        host = request.url.host
-        proxy = core.lookup(host)
-        if proxy is None:
-            if self._passthrough:
-                return self._inner.handle_request(request)
-            raise UnknownServiceError(host, request)
-        call = core.start(proxy, request, _client_timeout(request))
-        return core.run(self._attempt, call, router.may_retry(request))
+        call = self._start(request)
+        if call is None:
+            return self._inner.handle_request(request)  # type: ignore[no-any-return]
+        return self._core.run(self._attempt, call, self._may_retry(request))
 
     def _attempt(self, instance: ServiceInstance, call: CallState) -> httpx.Response:
         """One attempt on the picked instance, behind its own breaker when there is one."""
-        request = self._router.attempt_request(call, instance)
-        return self._router.core.guard(instance, call, self._send, request, call)
+        request = self.attempt_request(call, instance)
+        if not self._core.guarded:
+            return self._send(request, call)
+        return self._core.guard(instance, call, self._send, request, call)
 
     def _send(self, request: httpx.Request, call: CallState) -> httpx.Response:
-        response = self._inner.handle_request(request)
-        if response.status_code not in self._router.semantics.failure_statuses:
+        response: httpx.Response = self._inner.handle_request(request)
+        if response.status_code not in self._failing:
             return response
-        failure = self._router.failure(request, response)
+        failure = self._failure(request, response)
         try:
             response.read()
         except BaseException:
@@ -309,59 +347,41 @@ class MeshTransport(httpx.BaseTransport):
         raise call.fail(response, failure)
 
     def close(self) -> None:
-        self._router.core.close()
+        self._core.close()
         self._inner.close()
 
 
-class AsyncMeshTransport(httpx.AsyncBaseTransport):
-    """The async twin of :class:`MeshTransport`, for ``httpx.AsyncClient``."""
+class AsyncMeshTransport(_Transport, httpx.AsyncBaseTransport):
+    """The async :class:`MeshTransport`, for ``httpx.AsyncClient`` (inner transport:
+    an ``httpx.AsyncBaseTransport``, ``httpx.AsyncHTTPTransport()`` by default)."""
 
-    def __init__(
-        self,
-        services: Services,
-        *,
-        transport: httpx.AsyncBaseTransport | None = None,
-        failure_statuses: Iterable[int] = DEFAULT_FAILURE_STATUSES,
-        retry_methods: Iterable[str] = IDEMPOTENT_METHODS,
-        instance_breaker: CircuitBreakerConfig | None = None,
-        host_header: Literal["service", "instance"] = "service",
-        passthrough: bool = False,
-        timeouts: Timeouts | None = None,
-    ) -> None:
-        if transport is not None and not isinstance(transport, httpx.AsyncBaseTransport):
-            raise TypeError(f"transport must be an httpx.AsyncBaseTransport, got {transport!r}")
-        self._router = _Router(
-            services, failure_statuses, retry_methods, instance_breaker, host_header, timeouts
-        )
-        self._inner = httpx.AsyncHTTPTransport() if transport is None else transport
-        self._passthrough = bool(passthrough)
+    _inner_type = httpx.AsyncBaseTransport
+    _default_inner = httpx.AsyncHTTPTransport
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        router = self._router
-        core = router.core
-        host = request.url.host
-        proxy = core.lookup(host)
-        if proxy is None:
-            if self._passthrough:
-                return await self._inner.handle_async_request(request)
-            raise UnknownServiceError(host, request)
-        call = core.start(proxy, request, _client_timeout(request))
-        return await core.run_async(self._attempt, call, router.may_retry(request))
+        call = self._start(request)
+        if call is None:
+            return await self._inner.handle_async_request(request)  # type: ignore[no-any-return]
+        return await self._core.run_async(self._attempt, call, self._may_retry(request))
 
     async def _attempt(self, instance: ServiceInstance, call: CallState) -> httpx.Response:
         """One attempt on the picked instance, behind its own breaker when there is one.
 
-        The attempt (and its httpx timeouts) gets a little less than its limit, so that
-        running out of time is raised here, inside the instance's breaker, before the
-        proxy's own ``attempt_timeout`` (if set) cancels the attempt from outside; running
-        out of time there is a TimeoutError (a failure), while a cancellation from outside
-        stays a cancellation (never a failure).
+        The attempt is bounded by its httpx timeouts (connect, read, write and pool each
+        capped at 90% of the attempt's limit), which httpx enforces itself: no timer of
+        our own on the success path. When the service's policy has an ``attempt_timeout``
+        the proxy cancels an attempt from outside at that limit (a cancellation is never
+        a failure), so the attempt is then also bounded as a whole at 90% of it, to run
+        out of time here, inside the instance's breaker, where it counts as a failure.
         """
-        limit = call.limit() * _HTTPX_SHARE
-        request = self._router.attempt_request(call, instance, _HTTPX_SHARE)
-        return await self._router.core.guard_async(
-            instance, call, self._send_within, limit, request, call
-        )
+        request = self.attempt_request(call, instance, _HTTPX_SHARE)
+        core = self._core
+        if call.proxy.retry_policy.attempt_timeout is not None:
+            limit = call.limit() * _HTTPX_SHARE
+            return await core.guard_async(instance, call, self._send_within, limit, request, call)
+        if not core.guarded:
+            return await self._send(request, call)
+        return await core.guard_async(instance, call, self._send, request, call)
 
     async def _send_within(
         self, seconds: float, request: httpx.Request, call: CallState
@@ -369,10 +389,10 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         return await within(seconds, self._send(request, call))
 
     async def _send(self, request: httpx.Request, call: CallState) -> httpx.Response:
-        response = await self._inner.handle_async_request(request)
-        if response.status_code not in self._router.semantics.failure_statuses:
+        response: httpx.Response = await self._inner.handle_async_request(request)
+        if response.status_code not in self._failing:
             return response
-        failure = self._router.failure(request, response)
+        failure = self._failure(request, response)
         try:
             await response.aread()
         except BaseException:
@@ -381,5 +401,5 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         raise call.fail(response, failure)
 
     async def aclose(self) -> None:
-        self._router.core.close()
+        self._core.close()
         await self._inner.aclose()

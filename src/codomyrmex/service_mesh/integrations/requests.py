@@ -64,19 +64,15 @@ from ..circuit_breaker import CircuitBreakerConfig
 from ..load_balancer import ServiceInstance
 from ..proxy import ServiceProxy
 from ..retry import RetryPolicy
-from .protocol import (
+from .protocol import CallState, Services, UnknownService, trace_headers
+from .protocol.http import HttpClient
+from .protocol.semantics import (
     DEFAULT_FAILURE_STATUSES,
     IDEMPOTENT_METHODS,
-    CallState,
-    ClientCore,
-    FailureResponse,
     HttpSemantics,
-    Services,
-    Timeouts,
-    UnknownService,
     body_replayable,
-    trace_headers,
 )
+from .protocol.timeouts import Timeouts
 
 __all__ = [
     "DEFAULT_FAILURE_STATUSES",
@@ -90,6 +86,7 @@ __all__ = [
 _ALL_METHODS = frozenset(
     {"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE", "POST", "PATCH", "CONNECT"}
 )
+_PREPARED = requests.PreparedRequest
 _CALLER_ERRORS: tuple[type[BaseException], ...] = (
     requests.exceptions.InvalidURL,
     requests.exceptions.InvalidSchema,
@@ -184,7 +181,7 @@ def _client_timeout(timeout: Any) -> float | None:
 class _Request:
     """One call's request and what every attempt reuses."""
 
-    __slots__ = ("authority", "kwargs", "prepared", "rest", "scheme", "timeout")
+    __slots__ = ("authority", "headers", "kwargs", "prepared", "rest", "scheme", "timeout")
 
     def __init__(
         self, prepared: requests.PreparedRequest, scheme: str, authority: str, rest: str,
@@ -196,6 +193,13 @@ class _Request:
         self.rest = rest
         self.timeout = timeout
         self.kwargs = kwargs
+        # The headers every attempt sends: the Host header names the service (one copy
+        # per call, not per attempt; the caller's request is left as it is).
+        headers = prepared.headers
+        if "Host" not in headers:
+            headers = headers.copy()
+            headers["Host"] = authority.rpartition("@")[2]
+        self.headers = headers
 
 
 class MeshAdapter(HTTPAdapter):
@@ -223,9 +227,6 @@ class MeshAdapter(HTTPAdapter):
         pool_block: bool = False,
     ) -> None:
         super().__init__(pool_connections, pool_maxsize, 0, pool_block)
-        self._core: ClientCore[requests.Response] = ClientCore(
-            services, instance_breaker=instance_breaker, timeouts=timeouts
-        )
         if isinstance(max_retries, Retry):
             semantics = _semantics_from_urllib3(max_retries)
         elif max_retries is None or (
@@ -237,18 +238,25 @@ class MeshAdapter(HTTPAdapter):
                 f"max_retries must be None, an int >= 0 or a urllib3 Retry, got {max_retries!r}"
             )
         self._urllib3_retry = max_retries
-        self._semantics = HttpSemantics.of(
+        semantics = HttpSemantics.of(
             semantics.failure_statuses if failure_statuses is None else failure_statuses,
             semantics.retry_methods if retry_methods is None else retry_methods,
             semantics.respect_retry_after,
         )
-        if host_header not in ("service", "instance"):
-            raise ValueError(f"host_header must be 'service' or 'instance', got {host_header!r}")
-        self._instance_host = host_header == "instance"
-        if not isinstance(passthrough, bool):
-            raise TypeError(f"passthrough must be a bool, got {passthrough!r}")
-        self._passthrough = passthrough
+        self._http: HttpClient[requests.Response] = HttpClient(
+            services,
+            semantics=semantics,
+            instance_breaker=instance_breaker,
+            host_header=host_header,
+            passthrough=passthrough,
+            timeouts=timeouts,
+        )
+        self._core = self._http.core
+        self._semantics = self._http.semantics
+        self._instance_host = self._http.instance_host
         self._mapped: dict[int, tuple[ServiceProxy, ServiceProxy]] = {}
+        self._addresses: dict[tuple[str, int], str] = {}
+        self._urls: dict[str, tuple[str, str, str, str]] = {}  # URLs split (bounded)
 
     def _proxy_for(self, proxy: ServiceProxy) -> ServiceProxy:
         """The service's proxy, with its retry policy replaced when ``max_retries`` says so."""
@@ -289,14 +297,18 @@ class MeshAdapter(HTTPAdapter):
         url = request.url
         if not isinstance(url, str):
             raise requests.exceptions.InvalidURL(f"request has no URL: {request!r}")
-        scheme, authority, rest = _split(url)
-        host = _hostname(authority)
+        parts = self._urls.get(url)
+        if parts is None:
+            scheme, authority, rest = _split(url)
+            parts = (scheme, authority, rest, _hostname(authority))
+            if len(self._urls) >= 1024:
+                self._urls.clear()
+            self._urls[url] = parts
+        scheme, authority, rest, host = parts
         core = self._core
-        proxy = core.lookup(host)
+        proxy = self._http.route(host, UnknownServiceError, request)
         if proxy is None:
-            if self._passthrough:
-                return super().send(request, stream, timeout, verify, cert, proxies)
-            raise UnknownServiceError(host, request)
+            return super().send(request, stream, timeout, verify, cert, proxies)
         proxy = self._proxy_for(proxy)
         kwargs = {"stream": stream, "verify": verify, "cert": cert, "proxies": proxies}
         one = _Request(request, scheme, authority, rest, timeout, kwargs)
@@ -310,17 +322,25 @@ class MeshAdapter(HTTPAdapter):
     def _attempt(self, instance: ServiceInstance, call: CallState) -> requests.Response:
         one: _Request = call.request
         limit = call.limit()
-        prepared = one.prepared.copy()
-        host = instance.host
-        address = f"[{host}]:{instance.port}" if ":" in host else f"{host}:{instance.port}"
+        # A shallow copy: ``PreparedRequest.copy`` would also copy the cookie jar, which
+        # the adapter never reads (the session has already put cookies in the headers).
+        prepared = _PREPARED.__new__(_PREPARED)
+        prepared.__dict__.update(one.prepared.__dict__)
+        host, port = instance.host, instance.port
+        address = self._addresses.get((host, port))
+        if address is None:
+            address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            self._addresses[(host, port)] = address
         prepared.url = f"{one.scheme}://{address}{one.rest}"
-        if self._instance_host:
-            prepared.headers["Host"] = address
-        elif "Host" not in prepared.headers:
-            prepared.headers["Host"] = one.authority.rpartition("@")[2]
+        headers = one.headers
         traced = trace_headers()
-        if traced is not None:  # W3C trace context, once tracing is imported
-            prepared.headers.update(traced)
+        if self._instance_host or traced is not None:
+            headers = headers.copy()
+            if self._instance_host:
+                headers["Host"] = address
+            if traced is not None:  # W3C trace context, once tracing is imported
+                headers.update(traced)
+        prepared.headers = headers
         timeout = one.timeout
         if isinstance(timeout, tuple) and len(timeout) == 2:
             connect, read = timeout
@@ -342,16 +362,13 @@ class MeshAdapter(HTTPAdapter):
             response = super().send(prepared, timeout=timeout, **one.kwargs)
         except _CALLER_ERRORS as exc:
             return self._core.passed(exc)
-        status = response.status_code
-        semantics = self._semantics
-        if status not in semantics.failure_statuses:
+        if response.status_code not in self._semantics.failure_statuses:
             return response
-        retry_after = semantics.retry_after(response.headers.get("Retry-After"))
         try:
             response.content  # noqa: B018 - read it all: frees the connection
         finally:
             response.close()
-        raise call.fail(response, FailureResponse.of(response, status, retry_after))
+        raise self._http.failure(call, response, response.status_code, response.headers)
 
     def close(self) -> None:
         self._core.close()

@@ -11,6 +11,8 @@ requests = pytest.importorskip("requests")
 urllib3_retry = pytest.importorskip("urllib3.util.retry")
 
 import http_backends  # noqa: E402
+from http_backends import DROP, Recorder, make_proxy  # noqa: E402
+
 from codomyrmex.service_mesh import (  # noqa: E402
     CircuitBreakerConfig,
     CircuitState,
@@ -24,7 +26,6 @@ from codomyrmex.service_mesh.integrations.requests import (  # noqa: E402
     UnknownServiceError,
     retry_policy_from_urllib3,
 )
-from http_backends import DROP, Recorder, make_proxy  # noqa: E402
 
 backends = http_backends.backends  # the fixture
 Retry = urllib3_retry.Retry

@@ -14,6 +14,8 @@ import pytest
 grpc = pytest.importorskip("grpc")
 pytest.importorskip("grpc.aio")
 
+from http_backends import Recorder, make_proxy  # noqa: E402
+
 from codomyrmex.service_mesh import (  # noqa: E402
     CircuitBreakerConfig,
     CircuitState,
@@ -27,7 +29,6 @@ from codomyrmex.service_mesh.integrations.grpc import (  # noqa: E402
     load_service_config,
     mesh_channel,
 )
-from http_backends import Recorder, make_proxy  # noqa: E402
 
 UNARY = "/test.Echo/Unary"
 STREAM = "/test.Echo/Stream"
@@ -355,3 +356,33 @@ def test_bad_throttling_and_arguments() -> None:
         GrpcSemantics({"SOMETIMES"})
     with pytest.raises(TypeError, match="channel_factory"):
         mesh_channel(proxy, "orders", channel_factory="insecure")
+
+
+def test_the_interceptor_over_instance_channels_composes_with_intercept_channel(servers) -> None:
+    from codomyrmex.service_mesh.integrations.grpc import InstanceChannels, MeshInterceptor
+
+    bad, a, b = servers(unavailable, "bad"), servers(name="a"), servers(name="b")
+    interceptor = MeshInterceptor(make_proxy(bad.instance(), a.instance(), b.instance()), "orders")
+    pool = InstanceChannels(interceptor.engine_proxy)
+    channel = grpc.intercept_channel(pool, interceptor)
+    call = channel.unary_unary(UNARY)
+    answers = [call(b"hi", timeout=5) for _ in range(6)]
+    assert set(answers) == {b"a:hi", b"b:hi"}
+    assert bad.hits == 3  # each first attempt on it moved on to another instance
+    response, _ = call.with_call(b"again", timeout=5)
+    assert response in {b"a:again", b"b:again"}
+    messages = list(channel.unary_stream(STREAM)(b"x", timeout=5))
+    assert [m.split(b":")[1] for m in messages] == [b"0", b"1", b"2"]
+    assert messages[0].split(b":")[0] in {b"a", b"b"}
+    interceptor.close()
+    pool.close()
+
+
+def test_mesh_channel_future_and_with_call(servers) -> None:
+    good = servers(name="good")
+    channel = mesh_channel(make_proxy(good.instance()), "orders")
+    call = channel.unary_unary(UNARY)
+    response, rpc = call.with_call(b"x", timeout=5)
+    assert response == b"good:x" and rpc.code() == grpc.StatusCode.OK
+    assert call.future(b"y", timeout=5).result() == b"good:y"
+    channel.close()

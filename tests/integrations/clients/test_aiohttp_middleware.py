@@ -10,6 +10,7 @@ import pytest
 
 aiohttp = pytest.importorskip("aiohttp")
 from aiohttp import web  # noqa: E402
+from http_backends import Recorder, make_proxy  # noqa: E402
 
 from codomyrmex.service_mesh import (  # noqa: E402
     CircuitBreakerConfig,
@@ -22,7 +23,6 @@ from codomyrmex.service_mesh.integrations.aiohttp import (  # noqa: E402
     UnknownServiceError,
 )
 from codomyrmex.service_mesh.integrations.protocol import Timeouts  # noqa: E402
-from http_backends import Recorder, make_proxy  # noqa: E402
 
 BACKEND: web.AppKey[WebBackend] = web.AppKey("backend")
 Behave = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -18,6 +18,8 @@ import pytest
 httpx = pytest.importorskip("httpx")
 
 import http_backends  # noqa: E402
+from http_backends import DROP, Answer, Backend, Recorder, make_proxy  # noqa: E402, F401
+
 from codomyrmex.service_mesh import (  # noqa: E402
     CircuitBreaker,
     CircuitBreakerConfig,
@@ -36,7 +38,6 @@ from codomyrmex.service_mesh.integrations.httpx import (  # noqa: E402
     UnknownServiceError,
     parse_retry_after,
 )
-from http_backends import DROP, Answer, Backend, Recorder, make_proxy  # noqa: E402, F401
 
 backends = http_backends.backends  # the fixture
 

@@ -1,0 +1,357 @@
+"""gRPC channels through the mesh, sync (``grpc``) and async (``grpc.aio``).
+
+Both hold one real channel per instance (``channel_factory(target)``) and run each
+unary-unary and unary-stream call through the service's proxy, calling the picked
+instance's real multicallable directly: no interceptor machinery on the way, and the
+per-instance multicallables are made once. Stream-request methods are balanced (one
+instance per call), never retried. Sync and async share everything but the one line
+that sends (``rpc(...)`` or ``await rpc(...)``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from ...circuit_breaker import CircuitBreakerConfig
+from ...load_balancer import ServiceInstance
+from ..protocol import CallState, GrpcSemantics, Services, Timeouts, UnknownService, within
+from .config import GrpcServiceConfig
+from .engine import _commit, _Committed, _cut, _Engine, _Pool, _SyncChannel, _traced, _unwrap
+
+__all__ = ["AioMeshChannel", "MeshChannel", "aio_mesh_channel", "mesh_channel"]
+
+_Config = GrpcServiceConfig | str | Mapping[str, Any] | None
+
+
+class _Channels(_Pool):
+    """What the sync and async channels share: the engine and one channel per instance."""
+
+    _default_factory: Callable[[str], Any]
+
+    def __init__(
+        self,
+        services: Services,
+        service: str,
+        *,
+        channel_factory: Callable[[str], Any] | None = None,
+        semantics: GrpcSemantics | None = None,
+        instance_breaker: CircuitBreakerConfig | None = None,
+        timeouts: Timeouts | None = None,
+        service_config: _Config = None,
+    ) -> None:
+        """``channel_factory(target)`` makes each instance's channel (by default
+        ``grpc.insecure_channel``, or ``grpc.aio.insecure_channel`` for the aio channel)."""
+        factory = type(self)._default_factory if channel_factory is None else channel_factory
+        if not callable(factory):
+            raise TypeError(f"channel_factory must be callable, got {channel_factory!r}")
+        self._engine = _Engine(
+            services, service, semantics, instance_breaker, timeouts, service_config
+        )
+        self._factory = factory
+        self._channels: dict[str, Any] = {}
+
+    def _callable(self, kind: str, method: str, ser: Any, deser: Any) -> Any:
+        if kind == "unary_unary":
+            return self._unary_unary(self, kind, method, ser, deser)
+        if kind == "unary_stream":
+            return self._unary_stream(self, kind, method, ser, deser)
+        instance = self._engine.proxy().load_balancer.get_instance()
+        if instance is None:
+            raise UnknownService(f"no healthy instance for {method}")
+        return getattr(self.channel_for(instance), kind)(
+            method, request_serializer=ser, response_deserializer=deser
+        )
+
+    _unary_unary: type[_Callable]
+    _unary_stream: type[_Callable]
+
+    def _take_channels(self) -> list[Any]:
+        self._engine.core.close()
+        channels, self._channels = self._channels, {}
+        return list(channels.values())
+
+
+class _Callable:
+    """One method of a mesh channel: per call, the engine; per attempt, the instance's rpc."""
+
+    __slots__ = (
+        "_channels",
+        "_deserializer",
+        "_engine",
+        "_kind",
+        "_method",
+        "_real",
+        "_serializer",
+    )
+
+    def __init__(self, channels: _Channels, kind: str, method: str, ser: Any, deser: Any) -> None:
+        self._channels = channels
+        self._engine = channels._engine
+        self._kind = kind
+        self._method = method
+        self._serializer = ser
+        self._deserializer = deser
+        self._real: dict[tuple[str, int], Any] = {}
+
+    def _rpc(self, instance: ServiceInstance) -> Any:
+        """The real multicallable of this method on ``instance`` (made once)."""
+        key = (instance.host, instance.port)
+        rpc = self._real.get(key)
+        if rpc is None:
+            rpc = getattr(self._channels.channel_for(instance), self._kind)(
+                self._method,
+                request_serializer=self._serializer,
+                response_deserializer=self._deserializer,
+            )
+            self._real[key] = rpc
+        return rpc
+
+    def _start(
+        self, request: Any, timeout: float | None, metadata: Any, options: Any, flag: bool
+    ) -> CallState:
+        """The call's state; its ``request`` holds what every attempt sends."""
+        call, semantics = self._engine.start(self._method, timeout, request)
+        call.request = (request, metadata, options, semantics, flag)
+        return call
+
+    def _failed(self, state: CallState, error: Any, limit: float) -> Any:
+        """An attempt ended with a status: the caller's answer, or raised as a failure."""
+        semantics = state.request[3]
+        trailing = error.trailing_metadata()
+        return self._engine.judge(
+            state, semantics, error, error.code(), trailing, _cut(state, limit)
+        )
+
+    @staticmethod
+    def _answer(result: Any) -> Any:
+        """The call's result for the caller: a failing status is raised as gRPC would."""
+        result = _unwrap(result)
+        if isinstance(result, grpc.RpcError) and not isinstance(result, _Committed):
+            raise result
+        return result
+
+    def _attempt(self, instance: ServiceInstance, state: CallState) -> Any:
+        limit = state.limit()
+        return self._engine.core.guard(instance, state, self._send, instance, state, limit)
+
+    async def _attempt_async(self, instance: ServiceInstance, state: CallState) -> Any:
+        limit = state.limit()
+        core = self._engine.core
+        return await core.guard_async(instance, state, self._send_async, instance, state, limit)
+
+    def _send(self, instance: ServiceInstance, state: CallState, limit: float) -> Any:
+        raise NotImplementedError
+
+    async def _send_async(self, instance: ServiceInstance, state: CallState, limit: float) -> Any:
+        raise NotImplementedError
+
+
+def _options(credentials: Any, wait_for_ready: Any, compression: Any) -> dict[str, Any]:
+    return {
+        "credentials": credentials,
+        "wait_for_ready": wait_for_ready,
+        "compression": compression,
+    }
+
+
+# -- sync -------------------------------------------------------------------------------
+
+
+def _sync_call(with_call: bool) -> Any:
+    """``__call__`` (the response) or ``with_call`` (the response and its call)."""
+
+    def call(
+        self: _Callable,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: Any = None,
+        compression: Any = None,
+    ) -> Any:
+        options = _options(credentials, wait_for_ready, compression)
+        state = self._start(request, timeout, metadata, options, with_call)
+        return self._answer(self._engine.core.run(self._attempt, state, True))
+
+    return call
+
+
+class _UnaryUnary(_Callable):
+    __slots__ = ()
+
+    __call__ = _sync_call(False)
+    with_call = _sync_call(True)
+
+    def future(self, request: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        """The finished call as a future (the attempts run before this returns)."""
+        try:
+            return self.with_call(request, timeout, **kwargs)[1]
+        except grpc.RpcError as error:
+            return error
+
+    def _send(self, instance: ServiceInstance, state: CallState, limit: float) -> Any:
+        request, metadata, options, _, with_call = state.request
+        rpc = self._rpc(instance)
+        send = rpc.with_call if with_call else rpc
+        try:
+            return send(request, timeout=limit, metadata=_traced(metadata), **options)
+        except grpc.RpcError as error:
+            return self._failed(state, error, limit)
+
+
+class _UnaryStream(_Callable):
+    """Retried only before the first response message: after it the call is committed."""
+
+    __slots__ = ()
+
+    __call__ = _sync_call(False)
+
+    def _send(self, instance: ServiceInstance, state: CallState, limit: float) -> Any:
+        request, metadata, options, _, _ = state.request
+        remaining = state.deadline_at - state.clock()  # the stream outlives its first message
+        stream: Iterator[Any] = self._rpc(instance)(
+            request, timeout=remaining, metadata=_traced(metadata), **options
+        )
+        try:
+            return _commit(stream, limit)
+        except grpc.RpcError as error:
+            return self._failed(state, error, limit)
+
+
+class MeshChannel(_Channels, _SyncChannel, grpc.Channel):
+    """A sync channel sending each unary-request call through the mesh (see the package doc)."""
+
+    _unary_unary = _UnaryUnary
+    _unary_stream = _UnaryStream
+    _default_factory = staticmethod(grpc.insecure_channel)
+
+    def close(self) -> None:
+        for channel in self._take_channels():
+            channel.close()
+
+
+def mesh_channel(
+    services: Services,
+    service: str,
+    *,
+    channel_factory: Callable[[str], grpc.Channel] = grpc.insecure_channel,
+    **options: Any,
+) -> grpc.Channel:
+    """A sync channel whose unary-request calls go through the mesh (a :class:`MeshChannel`).
+
+    ``options`` are :class:`MeshChannel`'s (semantics, instance_breaker, timeouts,
+    service_config). To compose with other interceptors, use :class:`MeshInterceptor`
+    over :class:`InstanceChannels` instead.
+    """
+    return MeshChannel(services, service, channel_factory=channel_factory, **options)
+
+
+# -- async ------------------------------------------------------------------------------
+
+
+class _AioCallable(_Callable):
+    __slots__ = ()
+
+    def __call__(
+        self,
+        request: Any,
+        *,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, Any]] | None = None,
+        **options: Any,
+    ) -> Any:
+        return self._invoke(self._start(request, timeout, metadata, options, False))
+
+    def _invoke(self, call: CallState) -> Any:
+        raise NotImplementedError
+
+
+class _AioUnaryUnary(_AioCallable):
+    __slots__ = ()
+
+    async def _invoke(self, call: CallState) -> Any:
+        return self._answer(await self._engine.core.run_async(self._attempt_async, call, True))
+
+    async def _send_async(self, instance: ServiceInstance, state: CallState, limit: float) -> Any:
+        request, metadata, options, _, _ = state.request
+        rpc = self._rpc(instance)
+        try:
+            return await rpc(request, timeout=limit, metadata=_traced(metadata), **options)
+        except grpc.aio.AioRpcError as error:
+            return self._failed(state, error, limit)
+
+
+class _AioUnaryStream(_AioCallable):
+    __slots__ = ()
+
+    def _invoke(self, call: CallState) -> AsyncIterator[Any]:
+        return self._stream(call)
+
+    async def _stream(self, call: CallState) -> AsyncIterator[Any]:
+        result = self._answer(await self._engine.core.run_async(self._attempt_async, call, True))
+        iterator, head = result
+        for message in head:
+            yield message
+        async for message in iterator:
+            yield message
+
+    async def _send_async(self, instance: ServiceInstance, state: CallState, limit: float) -> Any:
+        request, metadata, options, _, _ = state.request
+        remaining = state.deadline_at - state.clock()  # the stream outlives its first message
+        stream = self._rpc(instance)(
+            request, timeout=remaining, metadata=_traced(metadata), **options
+        )
+        iterator = stream.__aiter__()
+        try:
+            first = await within(limit, iterator.__anext__())  # then the stream is committed
+        except (TimeoutError, asyncio.TimeoutError):
+            stream.cancel()
+            raise
+        except StopAsyncIteration:
+            return (iterator, ())
+        except grpc.aio.AioRpcError as error:
+            return self._failed(state, error, limit)
+        return (iterator, (first,))
+
+
+class AioMeshChannel(_Channels, grpc.aio.Channel):
+    """A ``grpc.aio`` channel sending each call through the mesh, over one channel per instance.
+
+    A ``grpc.aio`` interceptor cannot choose the channel its call goes to (the
+    continuation is bound to the channel it was installed on), so the async seam is
+    this channel.
+    """
+
+    _unary_unary = _AioUnaryUnary
+    _unary_stream = _AioUnaryStream
+    _default_factory = staticmethod(grpc.aio.insecure_channel)
+
+    async def close(self, grace: float | None = None) -> None:
+        for channel in self._take_channels():
+            await channel.close(grace)
+
+    async def __aenter__(self) -> AioMeshChannel:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        raise NotImplementedError("AioMeshChannel has one channel per instance")
+
+    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
+        raise NotImplementedError("AioMeshChannel has one channel per instance")
+
+    async def channel_ready(self) -> None:
+        for channel in list(self._channels.values()):
+            await channel.channel_ready()
+
+
+def aio_mesh_channel(services: Services, service: str, **options: Any) -> AioMeshChannel:
+    """A ``grpc.aio`` channel through the mesh; ``options`` are :class:`AioMeshChannel`'s."""
+    return AioMeshChannel(services, service, **options)
