@@ -126,10 +126,18 @@ def test_failures_in_one_breaker_open_every_breaker_of_the_name(
     a = CircuitBreaker("dep", config, store=stores())
     b = CircuitBreaker("dep", config, store=stores())
     seen: list[tuple[CircuitState, CircuitState]] = []
-    b.add_listener(lambda _cb, old, new: seen.append((old, new)))
+    heard = threading.Event()
+
+    def listener(_cb: CircuitBreaker, old: CircuitState, new: CircuitState) -> None:
+        seen.append((old, new))
+        heard.set()
+
+    b.add_listener(listener)
     fail(a, 3)
     assert a.state is OPEN  # the reporting breaker adopts the trip before execute returns
-    assert wait_for(lambda: b.state is OPEN, WAIT)
+    # b's listener thread adopts the state first and announces it after: wait for the announcement
+    assert heard.wait(WAIT)
+    assert b.state is OPEN
     assert seen == [(CLOSED, OPEN)]
     with pytest.raises(CircuitOpenError) as info:
         b.execute(ok)
@@ -306,7 +314,10 @@ def test_half_open_probe_slots_are_fleet_wide(stores: Callable[..., RedisStore])
     )
     a = CircuitBreaker("probe", config, store=stores())
     b = CircuitBreaker("probe", config, store=stores())
+    left_closed = threading.Event()
+    b.add_listener(lambda _cb, old, _new: old is CLOSED and left_closed.set())
     fail(a, 1)
+    assert left_closed.wait(WAIT)  # b has heard that the fleet's breaker opened
     permit = a.permit()
     permit.__enter__()  # a holds the fleet's only probe slot
     assert a.state is HALF_OPEN
