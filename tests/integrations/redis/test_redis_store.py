@@ -300,7 +300,7 @@ def test_window_mode_judges_the_fleet_rate(
     b.execute(ok)
     b.execute(ok)
     window = store_a.keys("rates")[2]
-    assert wait_for(lambda: client.hget(window, "c") == "2", WAIT)
+    assert wait_for(lambda: client.hget(window, "o") == "00", WAIT)  # two successes, in order
     fail(a, 1)
     assert a.state is CLOSED  # 1 of 3
     fail(a, 1)

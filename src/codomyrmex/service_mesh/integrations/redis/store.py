@@ -12,7 +12,6 @@ package's docstring for the keys and the outage behaviour).
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import os
 import threading
@@ -33,38 +32,14 @@ from .connection import (
     check_prefix,
     logger,
     make_client,
-    text,
 )
-from .scripts import lua_source
+from .scripts import breaker_args, lua_source, parse_message, parse_reply
 
 __all__ = ["RedisStore"]
 
-_STATES = {state.value: state for state in CircuitState}
-
-# Every breaker script: KEYS = state hash, probes zset, window hash; ARGV[1..16] as
-# built by _RedisLink._config_args, op arguments from ARGV[17]. Times are ms of TIME.
 _RECORD = lua_source("prelude", "window", "record")
 _ACQUIRE = lua_source("prelude", "acquire")
 _SYNC = lua_source("prelude", "sync")
-
-
-def _failure_age(value: Any) -> float | None:
-    """A script's or message's failure age: seconds, or None (negative: never failed)."""
-    age = float(text(value))
-    return None if age < 0 else age
-
-
-def _parse_shared(reply: Any) -> tuple[SharedState, str, bool]:
-    state, version, failures, retry_after, reopens, flag, granted, age = reply
-    shared = SharedState(
-        state=_STATES[text(state)],
-        version=int(version),
-        failures=int(failures),
-        retry_after=float(text(retry_after)),
-        reopens=int(reopens),
-        last_failure_age=_failure_age(age),
-    )
-    return shared, text(flag), bool(int(granted))
 
 
 class RedisStore:
@@ -186,20 +161,10 @@ class RedisStore:
 
     def _on_message(self, data: Any) -> None:
         try:
-            message = json.loads(data)
-            name = message["b"]
-            shared = SharedState(
-                state=_STATES[message["s"]],
-                version=int(message["v"]),
-                failures=int(message["f"]),
-                retry_after=float(message["r"]),
-                reopens=int(message["n"]),
-                last_failure_age=_failure_age(message.get("l", -1)),
-            )
+            name, origin, shared = parse_message(data)
         except (ValueError, KeyError, TypeError):
             logger.warning("ignoring a malformed breaker message on %s: %r", self.prefix, data)
             return
-        origin = message.get("o")
         for link in self._snapshot():
             if link.name == name and link.origin != origin:  # a link adopts its own replies
                 link.adopt(shared)
@@ -233,6 +198,7 @@ class _RedisLink:
         "_adopt_lock",
         "_args",
         "_breaker",
+        "_codes",
         "_corrupt",
         "_fleet_state",
         "_io_lock",
@@ -244,6 +210,7 @@ class _RedisLink:
         "_pending_slow",
         "_store",
         "_version",
+        "_window_size",
         "_windowed",
         "keys",
         "name",
@@ -256,37 +223,20 @@ class _RedisLink:
         self.name = breaker.name
         self.keys = store.keys(breaker.name)
         self.origin = store._new_id()
+        self._args = breaker_args(store, breaker.name, self.origin, breaker.config)
         config = breaker.config
-        window = config.sliding_window_type if config.windowed else "none"
         self._windowed = config.windowed
-        slow = config.slow_call_duration_threshold
-        self._args: list[str | int | float] = [
-            f"{store.prefix}cb:events",
-            breaker.name,
-            self.origin,
-            max(1, round(store.key_ttl * 1000)),
-            config.failure_threshold,
-            config.success_threshold,
-            round(config.timeout_seconds * 1000),
-            config.open_backoff_multiplier,
-            -1 if config.max_open_seconds is None else round(config.max_open_seconds * 1000),
-            config.half_open_max_calls,
-            max(1, round(store.probe_lease * 1000)),
-            window,
-            config.sliding_window_size,
-            config.minimum_calls,
-            config.window_failure_rate,
-            -1 if slow is None else config.slow_call_rate_threshold,
-        ]
+        self._window_size = config.sliding_window_size
+        # a count window's batched outcomes, in order (the fleet's window keeps them so)
+        counted = config.windowed and config.sliding_window_type == "count"
+        self._codes = bytearray() if counted else None
         self._io_lock = threading.Lock()
         self._adopt_lock = threading.Lock()
         self._version = 0
         self._fleet_state = CircuitState.CLOSED
         self._leases: dict[int, list[tuple[str, int]]] = {}
         self._pending_reset = False
-        self._pending_calls = 0
-        self._pending_failures = 0
-        self._pending_slow = 0
+        self._pending_calls = self._pending_failures = self._pending_slow = 0
         self._pending_operator: CircuitState | None = None
         self._corrupt = False
 
@@ -311,7 +261,7 @@ class _RedisLink:
             )
         except Unavailable:
             return None
-        shared, flag, granted = _parse_shared(reply)
+        shared, flag, granted = parse_reply(reply)
         self._check_flag(flag)
         if granted:
             with self._adopt_lock:
@@ -345,6 +295,11 @@ class _RedisLink:
                 self._pending_calls += 1
                 self._pending_failures += not success
                 self._pending_slow += slow
+                codes = self._codes
+                if codes is not None:  # digits as in lua/window.lua
+                    codes.append(48 + (not success) + 2 * slow)
+                    if len(codes) > 2 * self._window_size:
+                        del codes[: -self._window_size]
             elif success:
                 self._pending_reset = True
             else:
@@ -403,11 +358,11 @@ class _RedisLink:
             with self._adopt_lock:
                 reset, failures = self._pending_reset, self._pending_failures
                 calls, slow = self._pending_calls, self._pending_slow
-                self._pending_reset = False
-                self._pending_failures = self._pending_calls = self._pending_slow = 0
+                codes = "" if self._codes is None else self._codes[-self._window_size :].decode()
+                self._drop_pending()
             if not (reset or failures or calls):
                 return
-            args = [*self._args, "closed", int(reset), failures, calls, slow]
+            args = [*self._args, "closed", int(reset), failures, calls, slow, codes]
             reply = store._backend.call(lambda: store._record(keys=self.keys, args=args))
         self._adopt_reply(reply)
 
@@ -423,7 +378,7 @@ class _RedisLink:
             return
         if mode == "operate":
             self._pending_operator = None
-        shared, flag, _ = _parse_shared(reply)
+        shared, flag, _ = parse_reply(reply)
         self._check_flag(flag)
         if initial:
             with self._adopt_lock:
@@ -437,8 +392,7 @@ class _RedisLink:
     def enter_outage(self) -> None:
         """Redis is unreachable: drop batched outcomes and apply ``on_outage``."""
         with self._adopt_lock:
-            self._pending_reset = False
-            self._pending_failures = self._pending_calls = self._pending_slow = 0
+            self._drop_pending()
         mode = self._store.on_outage
         if mode == "local":
             return
@@ -472,7 +426,7 @@ class _RedisLink:
             lambda: store._sync(keys=self.keys, args=[*self._args, mode, value])
         )
         self._pending_operator = None
-        shared, flag, _ = _parse_shared(reply)
+        shared, flag, _ = parse_reply(reply)
         self._check_flag(flag)
         self.adopt(shared, force=True)
 
@@ -485,9 +439,15 @@ class _RedisLink:
         self.origin = self._store._new_id()
         self._args[2] = self.origin
         self._leases.clear()
+        self._drop_pending()
+        self._pending_operator = None
+
+    def _drop_pending(self) -> None:
+        """Forget the batched outcomes (sent, or lost to an outage). Adopt lock held."""
         self._pending_reset = False
         self._pending_failures = self._pending_calls = self._pending_slow = 0
-        self._pending_operator = None
+        if self._codes is not None:
+            self._codes.clear()
 
     def _take_lease(self, epoch: int) -> tuple[str, int]:
         with self._adopt_lock:
@@ -500,7 +460,7 @@ class _RedisLink:
             return "", self._version
 
     def _adopt_reply(self, reply: Any) -> None:
-        shared, flag, _ = _parse_shared(reply)
+        shared, flag, _ = parse_reply(reply)
         self._check_flag(flag)
         self.adopt(shared)
 

@@ -1,7 +1,8 @@
 -- The start of every breaker script: its arguments, the breaker's state as loaded,
 -- and enter() / finish(). KEYS: state hash, probes zset, window hash. ARGV[1..16]:
--- the breaker's configuration (store.breaker_args); op arguments from ARGV[17].
--- Times are milliseconds of Redis TIME.
+-- the breaker's configuration (store.breaker_args); ARGV[17]: empty, or the time to use
+-- instead of Redis TIME (tests drive the transitions on a clock of their own); op
+-- arguments from ARGV[18]. Times are milliseconds.
 local CHANNEL, NAME, ORIGIN = ARGV[1], ARGV[2], ARGV[3]
 local KEY_TTL = tonumber(ARGV[4])
 local FAIL_T, SUCC_T = tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -11,8 +12,11 @@ local WINDOW, WSIZE, MIN_CALLS = ARGV[12], tonumber(ARGV[13]), tonumber(ARGV[14]
 local FAIL_RATE, SLOW_RATE = tonumber(ARGV[15]), tonumber(ARGV[16])
 local STATES = {closed=true, open=true, half_open=true, forced_open=true,
                 disabled=true, metrics_only=true}
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = tonumber(ARGV[17])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 local changed, dirty = false, false
 
 local function load()
@@ -42,7 +46,7 @@ local function open_ms()
   if st.reopens > 0 and MULT > 1 then ms = ms * MULT ^ st.reopens end
   if MAX_OPEN >= 0 then ms = math.min(ms, math.max(MAX_OPEN, OPEN_MS)) end
   if ms > 1e12 then ms = 1e12 end
-  return math.floor(ms)
+  return math.ceil(ms)  -- never a probe before the breaker's own clock would admit one
 end
 
 local function enter(new)

@@ -1,9 +1,11 @@
--- Outcomes: ARGV[17] 'closed' (a batch seen while CLOSED) or 'probe' (one HALF_OPEN probe).
-local kind = ARGV[17]
+-- Outcomes. ARGV[18] 'closed': a batch seen while CLOSED (ARGV[19..23]: reset the count
+-- first, failures, calls, slow calls, a count window's outcome digits in order);
+-- 'probe': one HALF_OPEN probe (ARGV[19..22]: lease, its version, 'ok' or 'fail', failed).
+local kind = ARGV[18]
 local announce = false
 if kind == 'closed' then
-  local reset, nfail = tonumber(ARGV[18]), tonumber(ARGV[19])
-  local ncalls, nslow = tonumber(ARGV[20]), tonumber(ARGV[21])
+  local reset, nfail = tonumber(ARGV[19]), tonumber(ARGV[20])
+  local ncalls, nslow, codes = tonumber(ARGV[21]), tonumber(ARGV[22]), ARGV[23] or ''
   if st.state == 'closed' then
     if nfail > 0 then st.last_failure = now; dirty = true end
     if WINDOW == 'none' then
@@ -17,7 +19,7 @@ if kind == 'closed' then
         announce = true
       end
     elseif ncalls > 0 then
-      local c, f, s = window_add(ncalls, nfail, nslow)
+      local c, f, s = window_add(ncalls, nfail, nslow, codes)
       if c >= MIN_CALLS and ((FAIL_RATE >= 0 and 100 * f / c >= FAIL_RATE)
                              or (SLOW_RATE >= 0 and 100 * s / c >= SLOW_RATE)) then
         enter('open')
@@ -25,10 +27,10 @@ if kind == 'closed' then
     end
   end
 else
-  local lease, lease_version, outcome = ARGV[18], tonumber(ARGV[19]), ARGV[20]
+  local lease, lease_version, outcome = ARGV[19], tonumber(ARGV[20]), ARGV[21]
   if lease ~= '' then redis.pcall('ZREM', KEYS[2], lease) end
   if st.state == 'half_open' and st.version == lease_version then
-    if ARGV[21] == '1' then st.last_failure = now; dirty = true end
+    if ARGV[22] == '1' then st.last_failure = now; dirty = true end
     if outcome == 'ok' then
       st.probe_ok = st.probe_ok + 1
       dirty = true

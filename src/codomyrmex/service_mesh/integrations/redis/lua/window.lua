@@ -1,17 +1,22 @@
 -- Window mode: add a batch of outcomes to the window hash and return its totals.
-local function window_add(calls, fails, slow)
+-- A count window keeps the outcomes themselves (the breaker's ring); a time window
+-- counts per second of the script's clock, as the breaker's buckets do.
+local function window_add(calls, fails, slow, codes)
   local c, f, s = 0, 0, 0
   if WINDOW == 'count' then
-    local w = redis.pcall('HMGET', KEYS[3], 'c', 'f', 's')
-    if w.err then redis.call('DEL', KEYS[3]); w = {} end
-    c = (tonumber(w[1]) or 0) + calls
-    f = (tonumber(w[2]) or 0) + fails
-    s = (tonumber(w[3]) or 0) + slow
-    if c > WSIZE then
-      local k = WSIZE / c
-      c, f, s = WSIZE, f * k, s * k
+    -- the last WSIZE outcomes in order, one digit each: 1 = failed, 2 = slow (3: both)
+    local w = redis.pcall('HGET', KEYS[3], 'o')
+    if type(w) == 'table' and w.err then redis.call('DEL', KEYS[3]); w = false end
+    if not w or string.find(w, '[^0-3]') then w = '' end
+    w = w .. codes
+    if #w > WSIZE then w = string.sub(w, -WSIZE) end
+    for i = 1, #w do
+      local code = string.byte(w, i) - 48
+      if code % 2 == 1 then f = f + 1 end
+      if code >= 2 then s = s + 1 end
     end
-    redis.call('HSET', KEYS[3], 'c', c, 'f', f, 's', s)
+    c = #w
+    redis.call('HSET', KEYS[3], 'o', w)
   else
     local sec = math.floor(now / 1000)
     local ok = redis.pcall('HINCRBY', KEYS[3], 'c:' .. sec, calls)
