@@ -120,13 +120,13 @@ class LuaBreaker:
             return None
         return Ticket(HALF_OPEN, self.epoch, shared.version, lease, self.clock.ticks)
 
-    def finish(self, ticket: Ticket, outcome: str) -> None:
+    def finish(self, ticket: Ticket, outcome: str | bool) -> None:
         """Report an admitted call's outcome as the link does."""
         if outcome == "cancelled":
             if ticket.lease:
                 self.store.client.zrem(self.keys[1], ticket.lease)
             return
-        failed = outcome == "fail"
+        failed = outcome in ("fail", True)
         threshold = self.config.slow_call_duration_threshold
         duration = (self.clock.ticks - ticket.start) * TICK_MS / 1000
         slow = threshold is not None and duration > threshold
@@ -143,6 +143,15 @@ class LuaBreaker:
         counted = self.config.sliding_window_type == "count"
         code = str(int(failed) + 2 * int(slow)) if counted else ""  # as in lua/window.lua
         self.run(self.store._record, "closed", 0, int(failed), 1, int(slow), code)
+
+    def record_manually(self, failed: bool) -> None:
+        """``record_success`` / ``record_failure``: no slot, the breaker's state at the time."""
+        shared = self.read()
+        if shared.state is CLOSED:
+            self.finish(Ticket(CLOSED, self.epoch, shared.version, "", self.clock.ticks), failed)
+        elif shared.state is HALF_OPEN or (shared.state is OPEN and shared.retry_after == 0.0):
+            op = ("probe", "", shared.version, "fail" if failed else "ok", int(failed))
+            self.run(self.store._record, *op)
 
     def operate(self, state: CircuitState) -> None:
         epoch = self.epoch
@@ -218,6 +227,7 @@ STEPS = st.lists(
         st.tuples(st.just("hold"), st.just(""), st.just(0)),
         st.tuples(st.just("end"), OUTCOMES, st.integers(0, 3)),
         st.tuples(st.just("advance"), st.just(""), st.integers(1, 48)),
+        st.tuples(st.just("record"), st.sampled_from(["ok", "fail"]), st.just(0)),
         st.tuples(
             st.just("operate"),
             st.sampled_from([CLOSED, CLOSED, FORCED_OPEN, DISABLED, METRICS_ONLY]).map(
@@ -310,6 +320,9 @@ def test_lua_and_python_breakers_agree_after_every_step(store: RedisStore, mode:
                 permit, ticket = held.pop(n % len(held))
                 end_permit(permit, arg)
                 lua.finish(ticket, arg)
+            elif kind == "record":
+                (cb.record_failure if arg == "fail" else cb.record_success)()
+                lua.record_manually(arg == "fail")
             elif kind == "advance":
                 clock.ticks += n
             elif kind == "operate":

@@ -330,6 +330,19 @@ def test_half_open_probe_slots_are_fleet_wide(stores: Callable[..., RedisStore])
     assert b.execute(ok) == "ok"
 
 
+def test_a_manual_record_after_the_open_period_is_a_probe_for_the_fleet(
+    stores: Callable[..., RedisStore],
+) -> None:
+    config = CircuitBreakerConfig(failure_threshold=1, success_threshold=1, timeout_seconds=0.0)
+    a = CircuitBreaker("manual", config, store=stores())
+    b = CircuitBreaker("manual", config, store=stores())
+    a.record_failure()
+    assert wait_for(lambda: b.stored_state is OPEN, WAIT)
+    a.record_success()  # no probe was admitted, yet the breaker judges it in HALF_OPEN
+    assert a.state is CLOSED
+    assert wait_for(lambda: b.stored_state is CLOSED, WAIT)
+
+
 def test_probe_failure_reopens_with_backoff_for_everyone(stores: Callable[..., RedisStore]) -> None:
     config = CircuitBreakerConfig(
         failure_threshold=1, timeout_seconds=0.0, open_backoff_multiplier=2.0

@@ -1,6 +1,7 @@
 -- Outcomes. ARGV[18] 'closed': a batch seen while CLOSED (ARGV[19..23]: reset the count
 -- first, failures, calls, slow calls, a count window's outcome digits in order);
--- 'probe': one HALF_OPEN probe (ARGV[19..22]: lease, its version, 'ok' or 'fail', failed).
+-- 'probe': one HALF_OPEN probe (ARGV[19..22]: lease, its version, 'ok' or 'fail', failed);
+-- an empty lease is a manual record (record_success, record_failure).
 local kind = ARGV[18]
 local announce = false
 if kind == 'closed' then
@@ -28,7 +29,14 @@ if kind == 'closed' then
   end
 else
   local lease, lease_version, outcome = ARGV[19], tonumber(ARGV[20]), ARGV[21]
-  if lease ~= '' then redis.pcall('ZREM', KEYS[2], lease) end
+  if lease ~= '' then
+    redis.pcall('ZREM', KEYS[2], lease)
+  elseif st.state == 'open' and now >= st.open_until and st.version == lease_version then
+    -- a manual record (no lease) once the open period is over: HALF_OPEN judges it, as
+    -- the breaker's lazy OPEN -> HALF_OPEN does
+    enter('half_open')
+    lease_version = st.version
+  end
   if st.state == 'half_open' and st.version == lease_version then
     if ARGV[22] == '1' then st.last_failure = now; dirty = true end
     if outcome == 'ok' then
