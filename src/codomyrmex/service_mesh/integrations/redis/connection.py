@@ -30,6 +30,7 @@ except ImportError as exc:
 
 __all__ = [
     "Backend",
+    "BackendOwner",
     "OutageMode",
     "RedisClient",
     "Unavailable",
@@ -257,12 +258,7 @@ class Backend:
             if not self._online:
                 if self._stop.wait(self._reconnect_interval):
                     return
-                try:
-                    self._on_reconnect()
-                except Unavailable:
-                    continue
-                except Exception:
-                    logger.exception("%s: reconciling after an outage raised", self._what)
+                if not self._guarded(self._on_reconnect, "reconciling after an outage"):
                     continue
                 with self._lock:
                     if self._stop.is_set():  # closed while reconciling: stay offline
@@ -282,9 +278,38 @@ class Backend:
                 return
             if not self._online:
                 continue
-            try:
-                self._on_tick()
-            except Unavailable:
-                pass
-            except Exception:
-                logger.exception("%s: periodic work raised", self._what)
+            self._guarded(self._on_tick, "periodic work")
+
+    def _guarded(self, work: Callable[[], None], what: str) -> bool:
+        """Run background ``work``: False if Redis failed it or it raised (logged)."""
+        try:
+            work()
+        except Unavailable:
+            return False
+        except Exception:
+            logger.exception("%s: %s raised", self._what, what)
+            return False
+        return True
+
+
+_Owner = TypeVar("_Owner", bound="BackendOwner")
+
+
+class BackendOwner:
+    """A store or registry over one :class:`Backend`: ``online`` and closing with ``with``."""
+
+    _backend: Backend
+
+    def __enter__(self: _Owner) -> _Owner:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def online(self) -> bool:
+        """Whether Redis is reachable (False during an outage, until reconciled)."""
+        return self._backend.online

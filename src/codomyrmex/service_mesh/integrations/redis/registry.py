@@ -18,7 +18,16 @@ from ...discovery import Resolver, close_at_shutdown
 from ...discovery.codec import instance_from_json, instance_to_json
 from ...errors import ServiceMeshError
 from ...load_balancer import LoadBalancer, ServiceInstance
-from .connection import Backend, RedisClient, Unavailable, check_prefix, logger, make_client, text
+from .connection import (
+    Backend,
+    BackendOwner,
+    RedisClient,
+    Unavailable,
+    check_prefix,
+    logger,
+    make_client,
+    text,
+)
 from .scripts import lua_source
 
 __all__ = ["RedisRegistry", "RegistryFollower", "RegistryUnavailableError"]
@@ -36,7 +45,7 @@ def _instance_from_json(data: Any) -> ServiceInstance | None:
     return instance_from_json(data, log=logger)
 
 
-class RedisRegistry:
+class RedisRegistry(BackendOwner):
     """Service instances in Redis: registered with a TTL, kept alive by a heartbeat.
 
     ``ttl`` is how long an instance outlives its last heartbeat (a crashed
@@ -102,17 +111,6 @@ class RedisRegistry:
 
     def __repr__(self) -> str:
         return f"RedisRegistry(prefix={self.prefix!r}, ttl={self.ttl}, online={self.online})"
-
-    def __enter__(self) -> RedisRegistry:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    @property
-    def online(self) -> bool:
-        """Whether Redis is reachable."""
-        return self._backend.online
 
     def keys(self, service: str) -> list[str]:
         """The Redis keys of ``service``: instance data and deadlines."""

@@ -25,6 +25,7 @@ from ...circuit_breaker import CircuitBreaker, CircuitState
 from ...store import SharedState
 from .connection import (
     Backend,
+    BackendOwner,
     OutageMode,
     RedisClient,
     Unavailable,
@@ -42,7 +43,7 @@ _ACQUIRE = lua_source("prelude", "acquire")
 _SYNC = lua_source("prelude", "sync")
 
 
-class RedisStore:
+class RedisStore(BackendOwner):
     """Circuit breaker state shared through Redis; pass as ``CircuitBreaker(..., store=)``.
 
     ``client`` is a redis URL (a client with ``socket_timeout`` and no retries is
@@ -98,17 +99,6 @@ class RedisStore:
 
     def __repr__(self) -> str:
         return f"RedisStore(prefix={self.prefix!r}, online={self.online})"
-
-    def __enter__(self) -> RedisStore:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    @property
-    def online(self) -> bool:
-        """Whether Redis is reachable (False during an outage, until reconciled)."""
-        return self._backend.online
 
     def bind(self, breaker: CircuitBreaker) -> _RedisLink:
         """Join ``breaker`` to the shared state of its name (reads only; see :mod:`.store`)."""
