@@ -36,7 +36,8 @@ a Redis Cluster keeps them in one slot for the scripts)::
     {prefix}cb:{<name>}          hash: state, version, failures, open_until (ms), reopens, probe_ok,
                                  last_failure (ms; absent if the fleet never failed)
     {prefix}cb:{<name>}:probes   sorted set: probe lease id -> expiry (ms)
-    {prefix}cb:{<name>}:window   hash: window-mode counts
+    {prefix}cb:{<name>}:window   hash: a count window's outcomes in order (o), or a
+                                 time window's counts per second (c:<s>, f:<s>, s:<s>)
     {prefix}cb:events            pub/sub channel of transitions
     {prefix}svc:{<service>}:instances   hash: instance id -> JSON
     {prefix}svc:{<service>}:deadlines   sorted set: instance id -> expiry (ms)
@@ -90,6 +91,14 @@ store treats a timeout as an outage and stops waiting on Redis until it is back.
 A store or registry made before ``os.fork()`` (gunicorn's preload) restarts its
 threads in the child on first use (for a breaker, its first slow path: a failure,
 a probe, an operator action), under an identity of the child's own.
+
+**Layout.** :mod:`.connection` holds the client and outage handling (one
+``Backend`` per store or registry: the listener and monitor threads, reconnect,
+``on_outage``); :mod:`.store` the breaker store and its per-breaker links;
+:mod:`.registry` the service registry and its followers; :mod:`.scripts` loads
+the Lua in ``lua/`` and reads the scripts' arguments and replies. The Lua
+transitions are checked against the breaker's own state machine and its
+``TRANSITIONS`` by a property test (tests/integrations/redis/).
 """
 
 from __future__ import annotations
