@@ -881,9 +881,11 @@ def test_a_breaker_that_adopted_open_reports_the_fleets_failures(
     config = CircuitBreakerConfig(failure_threshold=3, timeout_seconds=60.0)
     a = CircuitBreaker("dep", config, store=stores())
     b = CircuitBreaker("dep", config, store=stores())
+    opened = threading.Event()  # announced once b has adopted all of the fleet's state
+    b.add_listener(lambda _cb, _old, new: new is OPEN and opened.set())
     before = datetime.now(timezone.utc) - timedelta(seconds=1)
     fail(a, 3)
-    assert wait_for(lambda: b.state is OPEN, WAIT)
+    assert opened.wait(WAIT)
     assert b.failure_count == 3
     seen = b.last_failure_time
     assert seen is not None
@@ -907,7 +909,13 @@ def test_an_older_fleet_message_never_replaces_a_newer_state(
     assert wait_for(lambda: b.state is OPEN, WAIT)
     version = int(state_hash(client, store, "dep")["version"])
     seen: list[tuple[CircuitState, CircuitState]] = []
-    b.add_listener(lambda _cb, old, new: seen.append((old, new)))
+    heard = threading.Event()
+
+    def listener(_cb: CircuitBreaker, old: CircuitState, new: CircuitState) -> None:
+        seen.append((old, new))
+        heard.set()
+
+    b.add_listener(listener)
     channel = f"{store.prefix}cb:events"
 
     def message(state: str, v: int) -> str:
@@ -915,5 +923,6 @@ def test_an_older_fleet_message_never_replaces_a_newer_state(
 
     client.publish(channel, message("closed", version - 1))  # stale: must be ignored
     client.publish(channel, message("forced_open", version + 1))  # newer: adopted after it
-    assert wait_for(lambda: b.state is CircuitState.FORCED_OPEN, WAIT)
+    assert heard.wait(WAIT)  # the announcement follows the adopted state: wait for it
+    assert b.state is CircuitState.FORCED_OPEN
     assert seen == [(OPEN, CircuitState.FORCED_OPEN)]
