@@ -423,14 +423,14 @@ def test_fleet_messages_do_not_override_the_outage_fallback(
     for name in scripts:  # a's commands time out; its pub/sub connection still works
         setattr(store_a, name, timeout)
     heard_open = threading.Event()
-    deliver = store_a._backend._on_message
+    deliver = store_a._backend.on_message
 
     def on_message(data: Any) -> None:
         deliver(data)
         if json.loads(data)["s"] == "open":
             heard_open.set()
 
-    store_a._backend._on_message = on_message
+    store_a._backend.on_message = on_message
     store_a._backend.failed(redis.TimeoutError("Timeout reading from socket"))
     assert a.state is during
     fail(b, 2)  # another process opens the fleet's breaker
@@ -447,7 +447,7 @@ def test_closing_while_reconciling_leaves_the_store_closed(
 ) -> None:
     store = stores(reconnect_interval=0.01)
     cb = CircuitBreaker("closing", CircuitBreakerConfig(failure_threshold=100), store=store)
-    reconnect = store._backend._on_reconnect
+    reconnect = store._backend.on_reconnect
     reconciling, proceed = threading.Event(), threading.Event()
 
     def slow_reconnect() -> None:  # reconciling takes a while (many breakers, a slow Redis)
@@ -455,7 +455,7 @@ def test_closing_while_reconciling_leaves_the_store_closed(
         proceed.wait(2.0)
         reconnect()
 
-    store._backend._on_reconnect = slow_reconnect
+    store._backend.on_reconnect = slow_reconnect
     store._backend.failed(redis.TimeoutError("blip"))
     assert reconciling.wait(2.0)
     closer = threading.Thread(target=store.close)

@@ -15,6 +15,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, cast
 
 from .._extras import missing_extra
@@ -90,6 +91,7 @@ def check_outage_mode(on_outage: Any) -> OutageMode:
     return cast(OutageMode, on_outage)
 
 
+@dataclass(eq=False, kw_only=True)
 class Backend:
     """One client, whether Redis is reachable, and the two threads that use it.
 
@@ -98,29 +100,19 @@ class Backend:
     not, retries ``on_reconnect`` every ``reconnect_interval``.
     """
 
-    def __init__(
-        self,
-        client: RedisClient,
-        channel: str,
-        what: str,
-        *,
-        on_message: Callable[[Any], None],
-        on_outage: Callable[[], None],
-        on_reconnect: Callable[[], None],
-        on_tick: Callable[[], None],
-        tick_interval: float,
-        reconnect_interval: float,
-        on_fork: Callable[[], None] | None = None,
-    ) -> None:
-        self.client = client
-        self.channel = channel
-        self._what = what
-        self._on_message = on_message
-        self._on_outage = on_outage
-        self._on_reconnect = on_reconnect
-        self._on_tick = on_tick
-        self._tick_interval = tick_interval
-        self._reconnect_interval = reconnect_interval
+    client: RedisClient
+    channel: str
+    what: str
+    """Who uses the connection, for log messages: "circuit breaker store", ..."""
+    on_message: Callable[[Any], None]
+    on_outage: Callable[[], None]
+    on_reconnect: Callable[[], None]
+    on_tick: Callable[[], None]
+    tick_interval: float
+    reconnect_interval: float
+    on_fork: Callable[[], None] | None = None
+
+    def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._online = True
         self._outage_since = 0.0
@@ -130,7 +122,6 @@ class Backend:
         self._listening = threading.Event()
         self._resync_wanted = False
         self._threads: list[threading.Thread] = []
-        self._on_fork = on_fork
         ref = weakref.ref(self)
 
         def after_fork_in_child() -> None:
@@ -154,8 +145,8 @@ class Backend:
         self._wake = threading.Event()
         self._listening = threading.Event()
         self._threads = []
-        if self._on_fork is not None:
-            self._on_fork()
+        if self.on_fork is not None:
+            self.on_fork()
 
     def start(self) -> None:
         """Start the threads (again after a fork); wait briefly for the first subscription."""
@@ -167,8 +158,8 @@ class Backend:
             self._pid = os.getpid()
             self._listening.clear()
             self._threads = [
-                threading.Thread(target=self._listen, name=f"{self._what}-listener", daemon=True),
-                threading.Thread(target=self._monitor, name=f"{self._what}-monitor", daemon=True),
+                threading.Thread(target=self._listen, name=f"{self.what}-listener", daemon=True),
+                threading.Thread(target=self._monitor, name=f"{self.what}-monitor", daemon=True),
             ]
             for thread in self._threads:
                 thread.start()
@@ -201,15 +192,15 @@ class Backend:
             self._outage_since = time.monotonic()
         logger.warning(
             "%s: Redis unavailable (%s: %s); using the configured fallback until it returns",
-            self._what,
+            self.what,
             type(exc).__name__,
             exc,
             extra={"redis_outage": True},
         )
         try:
-            self._on_outage()
+            self.on_outage()
         except Exception:
-            logger.exception("%s: outage handler raised", self._what)
+            logger.exception("%s: outage handler raised", self.what)
         self._wake.set()
 
     def request_resync(self) -> None:
@@ -233,16 +224,16 @@ class Backend:
                     self._listening.set()
                 message = pubsub.get_message(timeout=0.1)
                 if message is not None and message.get("type") == "message":
-                    self._on_message(message["data"])
+                    self.on_message(message["data"])
             except (RedisError, OSError) as exc:
                 self._listening.set()
                 if self._stop.is_set():
                     break
                 pubsub = self._close_pubsub(pubsub)
                 self.failed(exc)
-                self._stop.wait(self._reconnect_interval)
+                self._stop.wait(self.reconnect_interval)
             except Exception:
-                logger.exception("%s: pub/sub message handler raised", self._what)
+                logger.exception("%s: pub/sub message handler raised", self.what)
         self._close_pubsub(pubsub)
 
     @staticmethod
@@ -256,9 +247,9 @@ class Backend:
     def _monitor(self) -> None:
         while not self._stop.is_set():
             if not self._online:
-                if self._stop.wait(self._reconnect_interval):
+                if self._stop.wait(self.reconnect_interval):
                     return
-                if not self._guarded(self._on_reconnect, "reconciling after an outage"):
+                if not self._guarded(self.on_reconnect, "reconciling after an outage"):
                     continue
                 with self._lock:
                     if self._stop.is_set():  # closed while reconciling: stay offline
@@ -268,17 +259,17 @@ class Backend:
                 self.request_resync()  # messages dropped while reconciling
                 logger.info(
                     "%s: Redis reachable again after %.1f s; state reconciled",
-                    self._what,
+                    self.what,
                     time.monotonic() - since,
                 )
                 continue
-            self._wake.wait(self._tick_interval)
+            self._wake.wait(self.tick_interval)
             self._wake.clear()
             if self._stop.is_set():
                 return
             if not self._online:
                 continue
-            self._guarded(self._on_tick, "periodic work")
+            self._guarded(self.on_tick, "periodic work")
 
     def _guarded(self, work: Callable[[], None], what: str) -> bool:
         """Run background ``work``: False if Redis failed it or it raised (logged)."""
@@ -287,7 +278,7 @@ class Backend:
         except Unavailable:
             return False
         except Exception:
-            logger.exception("%s: %s raised", self._what, what)
+            logger.exception("%s: %s raised", self.what, what)
             return False
         return True
 

@@ -94,9 +94,9 @@ class RedisRegistry(BackendOwner):
         self._last_beat = self._last_resync = time.monotonic()
         self._closed = False
         self._backend = Backend(
-            self.client,
-            self.channel,
-            "service registry",
+            client=self.client,
+            channel=self.channel,
+            what="service registry",
             on_message=self._on_message,
             on_outage=self._on_outage,
             on_reconnect=self._on_reconnect,

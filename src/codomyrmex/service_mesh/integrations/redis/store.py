@@ -85,9 +85,9 @@ class RedisStore(BackendOwner):
         self._sync = self.client.register_script(_SYNC)
         self._last_resync = time.monotonic()
         self._backend = Backend(
-            self.client,
-            f"{self.prefix}cb:events",
-            "circuit breaker store",
+            client=self.client,
+            channel=f"{self.prefix}cb:events",
+            what="circuit breaker store",
             on_message=self._on_message,
             on_outage=self._on_outage,
             on_reconnect=self._on_reconnect,
