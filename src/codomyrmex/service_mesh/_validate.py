@@ -33,6 +33,23 @@ def check_optional_number(field: str, value: Any, minimum: float = 0.0) -> float
     return None if value is None else check_number(field, value, minimum)
 
 
+def check_bool(field: str, value: Any) -> bool:
+    """Return ``value`` if it is a bool (not merely truthy)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{field} must be a bool, got {value!r}")
+    return value
+
+
+def check_instance(field: str, value: Any, kind: type[T], described: str = "") -> T:
+    """Return ``value`` if it is a ``kind``; the TypeError says ``described`` (default:
+    the type's name) and the value."""
+    if not isinstance(value, kind):
+        name = described or kind.__name__
+        article = "" if described else "an " if name[0] in "AEIOU" else "a "
+        raise TypeError(f"{field} must be {article}{name}, got {value!r}")
+    return value
+
+
 def check_callable(field: str, value: T) -> T:
     """Return ``value`` if it is callable."""
     if not callable(value):

@@ -6,7 +6,7 @@ import math
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
-    from .circuit_breaker import CircuitState
+    from .breaker.state import CircuitState
 
 __all__ = [
     "BulkheadFullError",

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, TypeVar
 from ._validate import check_callable
 
 if TYPE_CHECKING:
-    from .circuit_breaker import CircuitState
+    from .breaker.state import CircuitState
 
 __all__ = [
     "CallFailed",
@@ -26,6 +26,7 @@ __all__ = [
     "EventListener",
     "FaultInjected",
     "InstanceEjected",
+    "InstanceEvent",
     "InstanceHealthChanged",
     "InstancePicked",
     "InstanceReturned",
@@ -50,43 +51,13 @@ class Event:
 
 
 @dataclass(frozen=True, slots=True)
-class StateTransition(Event):
-    """A circuit breaker moved from ``old`` to ``new``."""
-
-    old: CircuitState
-    new: CircuitState
-
-
-@dataclass(frozen=True, slots=True)
-class ThresholdCrossed(Event):
-    """A METRICS_ONLY breaker's counts crossed the threshold that would have opened it.
-
-    Published once per crossing (again only after the counts fell back below), for
-    shadow-mode alerting. ``measure`` is ``"failures"`` (consecutive mode),
-    ``"failure_rate"`` or ``"slow_call_rate"`` (percentages, window mode).
-    """
-
-    measure: str
-    value: float
-    threshold: float
-
-
-@dataclass(frozen=True, slots=True)
-class CallSucceeded(Event):
-    """A call through a service proxy succeeded on ``instance_id`` after ``duration`` seconds."""
+class InstanceEvent(Event):
+    """Base class of the events about one instance of service ``source``."""
 
     instance_id: str
-    duration: float
-    attempts: int
 
 
-@dataclass(frozen=True, slots=True)
-class CallFailed(Event):
-    """One attempt of a call failed on ``instance_id``."""
-
-    instance_id: str
-    duration: float
-    error: BaseException
+# -- calls through a service proxy ---------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +74,75 @@ class CallRejected(Event):
     by_breaker: bool = False
     """True when a circuit breaker refused (``source`` is the breaker's name); False when
     a service proxy did (``source`` is the service's name)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallSucceeded(InstanceEvent):
+    """A call through a service proxy succeeded on ``instance_id``."""
+
+    duration: float
+    """Seconds the successful attempt took."""
+    attempts: int
+    """Attempts the call made, the successful one included."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallFailed(InstanceEvent):
+    """One attempt of a call failed on ``instance_id`` after ``duration`` seconds."""
+
+    duration: float
+    error: BaseException
+
+
+# -- instances of a load balancer ----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceReturned(InstanceEvent):
+    """An ejected instance is pickable again."""
+
+    reason: str
+    """Why: ``"ejection_time_elapsed"``, ``"reconfigured"`` (outlier detection turned
+    off) or the reason given to ``LoadBalancer.return_instance``."""
+
+
+@dataclass(frozen=True, slots=True)
+class InstancePicked(InstanceEvent):
+    """The load balancer of ``source`` picked ``instance_id``."""
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceHealthChanged(InstanceEvent):
+    """An instance was marked healthy or unhealthy."""
+
+    healthy: bool
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceEjected(InstanceEvent):
+    """An instance was taken out of its balancer's picks."""
+
+    reason: str
+    """Why: an outlier detection measure (``"consecutive_failures"``, ...) or the reason
+    given to ``LoadBalancer.eject`` (e.g. ``"instance_breaker"``)."""
+    duration: float
+    """Seconds until it returns (infinite until ``return_instance`` for ``eject``)."""
+
+
+# -- concurrency limits --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LimitChanged(Event):
+    """Adaptive concurrency limiter ``source`` moved its limit from ``old`` to ``new``;
+    ``in_flight`` calls were running then."""
+
+    old: int
+    new: int
+    in_flight: int
+
+
+# -- retries -------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,36 +166,7 @@ class RetryGaveUp(Event):
     error: BaseException | None
 
 
-@dataclass(frozen=True, slots=True)
-class InstancePicked(Event):
-    """The load balancer of ``source`` picked ``instance_id``."""
-
-    instance_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class InstanceHealthChanged(Event):
-    """An instance was marked healthy or unhealthy."""
-
-    instance_id: str
-    healthy: bool
-
-
-@dataclass(frozen=True, slots=True)
-class InstanceEjected(Event):
-    """Outlier detection ejected an instance for ``duration`` seconds."""
-
-    instance_id: str
-    reason: str
-    duration: float
-
-
-@dataclass(frozen=True, slots=True)
-class InstanceReturned(Event):
-    """An ejected instance is pickable again."""
-
-    instance_id: str
-    reason: str
+# -- chaos ---------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,14 +183,29 @@ class FaultInjected(Event):
     error: BaseException | None
 
 
-@dataclass(frozen=True, slots=True)
-class LimitChanged(Event):
-    """Adaptive concurrency limiter ``source`` moved its limit from ``old`` to ``new``;
-    ``in_flight`` calls were running then."""
+# -- circuit breakers ----------------------------------------------------------
 
-    old: int
-    new: int
-    in_flight: int
+
+@dataclass(frozen=True, slots=True)
+class ThresholdCrossed(Event):
+    """A METRICS_ONLY breaker's counts crossed the threshold that would have opened it.
+
+    Published once per crossing (again only after the counts fell back below), for
+    shadow-mode alerting. ``measure`` is ``"failures"`` (consecutive mode),
+    ``"failure_rate"`` or ``"slow_call_rate"`` (percentages, window mode).
+    """
+
+    measure: str
+    value: float
+    threshold: float
+
+
+@dataclass(frozen=True, slots=True)
+class StateTransition(Event):
+    """A circuit breaker moved from ``old`` to ``new``."""
+
+    old: CircuitState
+    new: CircuitState
 
 
 EventListener = Callable[[Event], None]

@@ -9,18 +9,17 @@ paths stay as cheap as with no mesh at all.
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Mapping
 from typing import Any, Protocol
 
 from ._equivalence import equivalent
-from ._validate import check_str
+from ._validate import check_instance, check_str
 from .circuit_breaker import CircuitBreaker, CircuitBreakerConfig, Clock
 from .discovery import Resolver, Source
-from .events import Event, EventListener, add_listener, publish, remove_listener
-from .load_balancer import LoadBalancer, ServiceInstance
+from .events import Event, EventListener, Publisher, publish
 from .proxy import ServiceProxy
+from .status import balancer_status, breaker_status, instance_status, service_status
 from .store import BreakerStore
 
 __all__ = [
@@ -42,11 +41,16 @@ class EventSource(Protocol):
     def unsubscribe(self, listener: EventListener) -> None: ...
 
 
-class Mesh:
+class Mesh(Publisher):
     """Thread-safe registry of services (name -> proxy) and circuit breakers (name -> breaker).
 
     The decorators use :func:`default_mesh`, so every ``@with_circuit_breaker``
     with the same name shares one breaker.
+
+    :meth:`subscribe` delivers the events of every component of the mesh: every
+    registered breaker, proxy (calls, retries) and its load balancer (picks, health,
+    ejections), those registered later included, and every component passed to
+    :meth:`watch`. When the last listener leaves, the mesh detaches from them all.
     """
 
     __slots__ = (
@@ -54,11 +58,11 @@ class Mesh:
         "_breakers",
         "_config",
         "_dispatch",
-        "_listeners",
         "_lock",
         "_resolvers",
         "_services",
         "_store",
+        "_subscribers",
         "_watched",
     )
 
@@ -69,7 +73,7 @@ class Mesh:
         self._breakers: dict[str, CircuitBreaker] = {}
         self._services: dict[str, ServiceProxy] = {}
         self._resolvers: dict[str, Resolver] = {}
-        self._listeners: tuple[EventListener, ...] = ()
+        self._subscribers: tuple[EventListener, ...] = ()
         self._watched: list[EventSource] = []
         # Components that currently carry ``_dispatch``, by id (kept alive here).
         self._attached: dict[int, EventSource] = {}
@@ -183,8 +187,7 @@ class Mesh:
 
     def add_circuit_breaker(self, breaker: CircuitBreaker) -> CircuitBreaker:
         """Register an existing breaker under its name (ValueError if the name is taken)."""
-        if not isinstance(breaker, CircuitBreaker):
-            raise TypeError(f"breaker must be a CircuitBreaker, got {breaker!r}")
+        check_instance("breaker", breaker, CircuitBreaker)
         with self._lock:
             current = self._breakers.setdefault(breaker.name, breaker)
             self._sync()
@@ -218,8 +221,7 @@ class Mesh:
         name would not share state. Build the proxy with
         ``circuit_breaker=mesh.circuit_breaker(name)`` to share it.
         """
-        if not isinstance(proxy, ServiceProxy):
-            raise TypeError(f"proxy must be a ServiceProxy, got {proxy!r}")
+        check_instance("proxy", proxy, ServiceProxy)
         breaker = proxy.circuit_breaker
         with self._lock:
             current = self._breakers.get(breaker.name)
@@ -235,14 +237,14 @@ class Mesh:
             self._sync()
         return proxy
 
-    def get_service(self, name: str) -> ServiceProxy | None:
-        """The proxy of service ``name``, or None."""
-        return self._services.get(name)
-
     def services(self) -> dict[str, ServiceProxy]:
         """A snapshot of all registered services by name."""
         with self._lock:
             return dict(self._services)
+
+    def get_service(self, name: str) -> ServiceProxy | None:
+        """The proxy of service ``name``, or None."""
+        return self._services.get(name)
 
     def remove_service(self, name: str) -> bool:
         """Forget service ``name`` (and its breaker, unless another service shares it).
@@ -308,27 +310,6 @@ class Mesh:
 
     # -- events -----------------------------------------------------------------
 
-    def subscribe(self, listener: EventListener) -> None:
-        """Deliver the events of every component of this mesh to ``listener``.
-
-        That is every registered breaker, proxy (calls, retries) and its load
-        balancer (picks, health, ejections), those registered later included,
-        and every component passed to :meth:`watch`. A listener that raises is
-        logged and never breaks the call that caused the event.
-        """
-        with self._lock:
-            self._listeners = add_listener(self._listeners, listener)
-            self._sync()
-
-    def unsubscribe(self, listener: EventListener) -> None:
-        """Stop delivering events to ``listener`` (compared with ``==``, so a bound method works).
-
-        When the last listener leaves, the mesh detaches from every component.
-        """
-        with self._lock:
-            self._listeners = remove_listener(self._listeners, listener)
-            self._sync()
-
     def watch(self, source: EventSource) -> None:
         """Also deliver the events of ``source`` (a standalone retry policy, a chaos
         strategy, ...) to the mesh's subscribers, until :meth:`unwatch`."""
@@ -348,7 +329,10 @@ class Mesh:
             self._sync()
 
     def _deliver(self, event: Event) -> None:
-        publish(self._listeners, event)
+        publish(self._subscribers, event)
+
+    def _subscribers_changed(self) -> None:
+        self._sync()
 
     def _sync(self) -> None:
         """Attach the dispatcher to exactly the mesh's components (none without listeners).
@@ -357,7 +341,7 @@ class Mesh:
         own lock, so taking theirs here cannot deadlock.
         """
         wanted: dict[int, EventSource] = {}
-        if self._listeners:
+        if self._subscribers:
             sources: list[EventSource] = list(self._breakers.values())
             for proxy in self._services.values():
                 sources += (proxy, proxy.circuit_breaker, proxy.load_balancer)
@@ -410,63 +394,3 @@ _DEFAULT = Mesh()
 def default_mesh() -> Mesh:
     """The process-wide mesh the decorators register their breakers in."""
     return _DEFAULT
-
-
-def instance_status(instance: ServiceInstance, *, ejected: bool = False) -> dict[str, Any]:
-    """One instance as plain JSON types; ``ejected`` says whether outlier detection ejected it."""
-    return {
-        "id": instance.id,
-        "host": instance.host,
-        "port": instance.port,
-        "address": instance.address,
-        "weight": instance.weight,
-        "healthy": instance.healthy,
-        "ejected": ejected,
-        "connections": instance.connections,
-        "metadata": dict(instance.metadata),
-    }
-
-
-def balancer_status(balancer: LoadBalancer, *, include_instances: bool = False) -> dict[str, Any]:
-    """A load balancer's strategy and counts as plain JSON types.
-
-    ``healthy_count`` counts the instances picks can choose from (healthy and
-    not ejected), ``ejected_count`` those outlier detection has ejected.
-    """
-    instances = balancer.instances
-    ejected = {i.id for i in balancer.ejected_instances}
-    status: dict[str, Any] = {
-        "strategy": balancer.strategy.value,
-        "instance_count": len(instances),
-        "healthy_count": sum(1 for i in instances if i.healthy and i.id not in ejected),
-        "ejected_count": len(ejected),
-    }
-    if include_instances:
-        status["instances"] = [instance_status(i, ejected=i.id in ejected) for i in instances]
-    return status
-
-
-def service_status(proxy: ServiceProxy, *, include_instances: bool = False) -> dict[str, Any]:
-    """One service as plain JSON types (the MCP ``service_mesh_status`` shape, plus
-    ``ejected_count``, ``circuit_breaker`` and each instance's ``ejected``)."""
-    return {
-        "name": proxy.service_name,
-        **balancer_status(proxy.load_balancer, include_instances=include_instances),
-        "circuit_breaker": proxy.circuit_breaker.name,
-    }
-
-
-def breaker_status(breaker: CircuitBreaker) -> dict[str, Any]:
-    """One breaker as plain JSON types (the MCP ``circuit_breaker_status`` shape, plus
-    ``retry_after``: seconds until a probe, null when FORCED_OPEN). ``state`` is the
-    breaker's own state, operator states included."""
-    last = breaker.last_failure_time
-    retry_after = breaker.retry_after()
-    return {
-        "name": breaker.name,
-        "state": breaker.state.value,
-        "failure_count": breaker.failure_count,
-        "failure_threshold": breaker.config.failure_threshold,
-        "last_failure_time": None if last is None else last.isoformat(),
-        "retry_after": None if math.isinf(retry_after) else round(retry_after, 6),
-    }

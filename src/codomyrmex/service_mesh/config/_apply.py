@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..bulkhead import Bulkhead
@@ -82,26 +82,21 @@ def _start(settings: ServiceSettings, balancer: LoadBalancer) -> Resolution | No
     return kind.start(settings.name, resolver, balancer)
 
 
+@dataclass(eq=False)
 class ConfigBinding:
     """What a mesh built from a configuration remembers: the source and its services."""
 
-    def __init__(
-        self,
-        config: MeshConfig,
-        source: Any,
-        *,
-        format: str | None = None,
-        environ: Mapping[str, str] | None = None,
-        env_prefix: str = ENV_PREFIX,
-    ) -> None:
-        self.config = config
-        self.source = source
-        self.format = format
-        self.environ = environ
-        self.env_prefix = env_prefix
-        self.managed: dict[str, _Managed] = {}
-        self.lock = threading.Lock()
-        self.listeners: list[Callable[[MeshConfig | None, BaseException | None], None]] = []
+    config: MeshConfig
+    source: Any
+    _: KW_ONLY
+    format: str | None = None
+    environ: Mapping[str, str] | None = None
+    env_prefix: str = ENV_PREFIX
+    managed: dict[str, _Managed] = field(default_factory=dict, init=False, repr=False)
+    lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    listeners: list[Callable[[MeshConfig | None, BaseException | None], None]] = field(
+        default_factory=list, init=False, repr=False
+    )
 
     def load(self, source: Any = None) -> MeshConfig:
         return load_config(

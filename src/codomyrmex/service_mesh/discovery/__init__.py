@@ -11,9 +11,10 @@ Standard library only.
 from .codec import instance_from_json, instance_to_json
 from .polling import PollingSource, Resolution
 from .resolver import Resolver, ResolverStatus, Source
-from .shutdown import close_at_shutdown, on_sigterm, sigterm_hooks
+from .shutdown import ClosedOnExit, close_at_shutdown, on_sigterm, sigterm_hooks
 
 __all__ = [
+    "ClosedOnExit",
     "PollingSource",
     "Resolution",
     "Resolver",

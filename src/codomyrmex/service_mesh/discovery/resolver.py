@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from .._validate import check_callable, check_number
+from .._validate import check_bool, check_callable, check_instance, check_number
 from ..load_balancer import LoadBalancer, MembershipChange, ServiceInstance
 
 __all__ = ["Resolver", "ResolverStatus", "Source"]
@@ -130,21 +130,14 @@ class Resolver:
         update_health: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not isinstance(source, Source):
+        if not isinstance(source, Source):  # a Protocol: no check_instance
             raise TypeError(f"source must be a discovery Source, got {source!r}")
-        if not isinstance(balancer, LoadBalancer):
-            raise TypeError(f"balancer must be a LoadBalancer, got {balancer!r}")
+        check_instance("balancer", balancer, LoadBalancer)
         self.removal_grace = check_number("removal_grace", removal_grace, 0.0)
-        for field_name, flag in (
-            ("allow_empty", allow_empty),
-            ("update_health", update_health),
-        ):
-            if not isinstance(flag, bool):
-                raise TypeError(f"{field_name} must be a bool, got {flag!r}")
+        self.allow_empty = check_bool("allow_empty", allow_empty)
+        self.update_health = check_bool("update_health", update_health)
         self.source = source
         self.balancer = balancer
-        self.allow_empty = allow_empty
-        self.update_health = update_health
         self._clock = check_callable("clock", clock)
         self._lock = threading.RLock()
         self._known: dict[str, _Fingerprint] = {}  # id -> what was applied
@@ -243,8 +236,7 @@ class Resolver:
 
     def upsert(self, instance: ServiceInstance) -> MembershipChange:
         """One instance added or changed."""
-        if not isinstance(instance, ServiceInstance):
-            raise TypeError(f"instance must be a ServiceInstance, got {instance!r}")
+        check_instance("instance", instance, ServiceInstance)
         with self._lock:
             self._held.pop(instance.id, None)
             if self._known.get(instance.id) == _fingerprint(instance, self.update_health):

@@ -25,9 +25,9 @@ import threading
 import weakref
 from collections.abc import Callable
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-__all__ = ["close_at_shutdown", "on_sigterm", "sigterm_hooks"]
+__all__ = ["ClosedOnExit", "close_at_shutdown", "on_sigterm", "sigterm_hooks"]
 
 logger = logging.getLogger("codomyrmex.service_mesh.discovery")
 
@@ -70,6 +70,26 @@ def on_sigterm(hook: Callable[[], object], *, timeout: float = 5.0) -> Callable[
 
 class _Closable(Protocol):
     def close(self) -> object: ...
+
+
+_C = TypeVar("_C", bound="ClosedOnExit")
+
+
+class ClosedOnExit:
+    """Mixin for what registers this process somewhere: ``with registry:`` closes it
+    (deregisters) on the way out, as :func:`close_at_shutdown` does at exit."""
+
+    __slots__ = ()
+
+    def close(self) -> None:
+        """Deregister and stop (idempotent)."""
+        raise NotImplementedError
+
+    def __enter__(self: _C) -> _C:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def close_at_shutdown(closable: _Closable, *, at_exit: bool, sigterm: bool) -> Callable[[], None]:

@@ -4,7 +4,6 @@ as measurements. Standard library only; each backend names and exports them its 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import NamedTuple
 
 from ..circuit_breaker import CircuitState
@@ -132,36 +131,71 @@ def failed_outcome(event: CallFailed) -> str:
     return "rejected" if isinstance(event.error, CircuitOpenError) else "failure"
 
 
-class BreakerReading(NamedTuple):
-    name: str
-    state: str
-    failure_count: int
+GAUGES: dict[str, tuple[tuple[str, ...], str]] = {
+    "circuit_breaker_state": (
+        ("breaker", "state"),
+        "1 for the state each circuit breaker is in, 0 for the others.",
+    ),
+    "circuit_breaker_failures": (
+        ("breaker",),
+        "Failures a circuit breaker counts now (consecutive, or in its window).",
+    ),
+    "instance_healthy": (("service", "instance"), "1 if an instance is marked healthy."),
+    "instance_ejected": (
+        ("service", "instance"),
+        "1 if outlier detection has ejected an instance.",
+    ),
+    "instance_connections": (("service", "instance"), "Calls in flight on an instance."),
+    "concurrency_limit": (
+        ("service",),
+        "The current concurrency limit of a service proxy's (adaptive) limiter.",
+    ),
+    "concurrency_in_flight": (
+        ("service",),
+        "Calls holding a place in a service proxy's concurrency limiter.",
+    ),
+}  # fmt: skip
+"""Every gauge read from the mesh when a backend collects: its labels and help text."""
+
+Sample = tuple[tuple[str, ...], int]
+"""One gauge sample: its label values (in the order of :data:`GAUGES`) and its value."""
 
 
-class InstanceReading(NamedTuple):
-    service: str
-    instance: str
-    healthy: bool
-    ejected: bool
-    connections: int
+def read_gauge(mesh: Mesh, metric: str) -> list[Sample]:
+    """The samples of gauge ``metric`` (a key of :data:`GAUGES`) as the mesh is now."""
+    samples: list[Sample] = []
+    if metric.startswith("circuit_breaker_"):
+        for name, breaker in sorted(mesh.circuit_breakers().items()):
+            state = breaker.state.value
+            if metric == "circuit_breaker_failures":
+                samples.append(((name,), breaker.failure_count))
+            else:
+                samples += [((name, value), int(value == state)) for value in BREAKER_STATES]
+    elif metric.startswith("instance_"):
+        for service, proxy in sorted(mesh.services().items()):
+            balancer = proxy.load_balancer
+            ejected = {instance.id for instance in balancer.ejected_instances}
+            for instance in balancer.instances:
+                if metric == "instance_healthy":
+                    value = int(instance.healthy)
+                elif metric == "instance_ejected":
+                    value = int(instance.id in ejected)
+                else:
+                    value = instance.connections
+                samples.append(((service, instance.id), value))
+    else:
+        for service, proxy in sorted(mesh.services().items()):
+            limiter = proxy.concurrency_limit
+            if limiter is not None:
+                value = limiter.limit if metric == "concurrency_limit" else limiter.in_flight
+                samples.append(((service,), value))
+    return samples
 
 
-def read_breakers(mesh: Mesh) -> Iterator[BreakerReading]:
-    """The mesh's breakers as they are now."""
-    for name, breaker in sorted(mesh.circuit_breakers().items()):
-        yield BreakerReading(name, breaker.state.value, breaker.failure_count)
-
-
-def read_instances(mesh: Mesh) -> Iterator[InstanceReading]:
-    """Every instance of every service of the mesh as it is now."""
-    for service, proxy in sorted(mesh.services().items()):
-        balancer = proxy.load_balancer
-        ejected = {instance.id for instance in balancer.ejected_instances}
-        for instance in balancer.instances:
-            yield InstanceReading(
-                service,
-                instance.id,
-                instance.healthy,
-                instance.id in ejected,
-                instance.connections,
-            )
+def live_instances(mesh: Mesh) -> set[tuple[str, str]]:
+    """``(service, instance id)`` of every instance of the mesh now."""
+    return {
+        (service, instance.id)
+        for service, proxy in mesh.services().items()
+        for instance in proxy.load_balancer.instances
+    }

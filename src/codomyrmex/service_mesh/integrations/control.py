@@ -35,15 +35,15 @@ import urllib.request
 from collections import deque
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+from .._validate import check_instance
 from ..errors import CircuitOpenError
 from ..events import (
     CallFailed,
     CallRejected,
     CallSucceeded,
     Event,
-    EventListener,
     InstanceEjected,
     InstanceHealthChanged,
     InstanceReturned,
@@ -51,6 +51,7 @@ from ..events import (
 )
 from ..load_balancer import LoadBalancerStrategy
 from ..mesh import Mesh
+from ._listening import MeshListener
 
 __all__ = [
     "WRITE_ACTIONS",
@@ -65,6 +66,8 @@ __all__ = [
     "handle_write",
     "status_url",
 ]
+
+_T = TypeVar("_T")
 
 WRITE_ACTIONS = ("force_open", "reset", "set_health", "set_strategy")
 """The actions :func:`apply_action` performs."""
@@ -98,6 +101,20 @@ def _text(action: Mapping[str, Any], field: str) -> str | dict[str, Any]:
     return value
 
 
+def _registered(
+    action: Mapping[str, Any], field: str, registered: Mapping[str, _T]
+) -> tuple[str, _T] | dict[str, Any]:
+    """The name in ``action[field]`` and what ``registered`` holds under it, or an error."""
+    name = _text(action, field)
+    if isinstance(name, dict):
+        return name
+    found = registered.get(name)
+    if found is None:
+        known = ", ".join(sorted(registered)) or "none"
+        return _error(f"unknown {field} {name!r} (registered: {known})")
+    return name, found
+
+
 def apply_action(mesh: Mesh, action: Mapping[str, Any]) -> dict[str, Any]:
     """Perform one write action on ``mesh``; ``{"status": "success", ...}`` or an error
     result ``{"status": "error", "message": ...}`` for any bad input (nothing changes)."""
@@ -107,26 +124,20 @@ def apply_action(mesh: Mesh, action: Mapping[str, Any]) -> dict[str, Any]:
     if name not in WRITE_ACTIONS:
         return _error(f"invalid action {name!r}: must be one of {', '.join(WRITE_ACTIONS)}")
     if name in ("force_open", "reset"):
-        breaker_name = _text(action, "breaker")
-        if isinstance(breaker_name, dict):
-            return breaker_name
-        breaker = mesh.get_circuit_breaker(breaker_name)
-        if breaker is None:
-            known = ", ".join(sorted(mesh.circuit_breakers())) or "none"
-            return _error(f"unknown breaker {breaker_name!r} (registered: {known})")
+        found_breaker = _registered(action, "breaker", mesh.circuit_breakers())
+        if isinstance(found_breaker, dict):
+            return found_breaker
+        breaker_name, breaker = found_breaker
         if name == "force_open":
             breaker.force_open()
         else:
             breaker.reset()
         return {"status": "success", "action": name, "breaker": breaker_name,
                 "state": breaker.state.value}  # fmt: skip
-    service = _text(action, "service")
-    if isinstance(service, dict):
-        return service
-    proxy = mesh.get_service(service)
-    if proxy is None:
-        known = ", ".join(sorted(mesh.services())) or "none"
-        return _error(f"unknown service {service!r} (registered: {known})")
+    found_service = _registered(action, "service", mesh.services())
+    if isinstance(found_service, dict):
+        return found_service
+    service, proxy = found_service
     balancer = proxy.load_balancer
     if name == "set_strategy":
         strategy = _text(action, "strategy")
@@ -179,7 +190,7 @@ class _Series:
             samples.popleft()
 
 
-class MeshMonitor:
+class MeshMonitor(MeshListener):
     """Rolling statistics and a timeline of one mesh, fed by its events.
 
     ``window`` seconds of attempts are kept per service (at most ``max_samples``);
@@ -192,13 +203,12 @@ class MeshMonitor:
         mesh: Mesh,
         *,
         window: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
         max_samples: int = 10_000,
         max_timeline: int = 200,
-        clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
-        if not isinstance(mesh, Mesh):
-            raise TypeError(f"mesh must be a Mesh, got {mesh!r}")
+        check_instance("mesh", mesh, Mesh)
         if isinstance(window, bool) or not isinstance(window, int | float) or not window > 0:
             raise ValueError(f"window must be a number > 0, got {window!r}")
         for field, value in (("max_samples", max_samples), ("max_timeline", max_timeline)):
@@ -206,7 +216,6 @@ class MeshMonitor:
                 raise ValueError(f"{field} must be an integer >= 1, got {value!r}")
         if not callable(clock) or not callable(wall):
             raise TypeError("clock and wall must be callables returning seconds")
-        self.mesh = mesh
         self.window = float(window)
         self._limit = max_samples
         self._clock = clock
@@ -217,15 +226,10 @@ class MeshMonitor:
         self._rejections: dict[str, deque[float]] = {}
         self._timeline: deque[dict[str, Any]] = deque(maxlen=max_timeline)
         self._sequence = 0
-        self._listener: EventListener = self.observe
-        mesh.subscribe(self._listener)
+        self._listen(mesh)
 
     def __repr__(self) -> str:
         return f"MeshMonitor({self.mesh!r}, window={self.window})"
-
-    def close(self) -> None:
-        """Stop recording the mesh's events."""
-        self.mesh.unsubscribe(self._listener)
 
     @property
     def sequence(self) -> int:
@@ -337,8 +341,7 @@ class LocalMesh:
     """A mesh of this process as a source (with live statistics when given a monitor)."""
 
     def __init__(self, mesh: Mesh, monitor: MeshMonitor | None = None) -> None:
-        if not isinstance(mesh, Mesh):
-            raise TypeError(f"mesh must be a Mesh, got {mesh!r}")
+        check_instance("mesh", mesh, Mesh)
         if monitor is not None and not isinstance(monitor, MeshMonitor):
             raise TypeError(f"monitor must be a MeshMonitor, got {monitor!r}")
         self.mesh = mesh

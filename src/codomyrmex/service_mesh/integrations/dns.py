@@ -64,7 +64,8 @@ class DnsSource(PollingSource):
     - ``nameservers`` and ``nameserver_port``: ask these servers instead of the
       system's (``/etc/resolv.conf``).
     - ``timeout``: seconds for one whole resolution.
-    - ``min_interval``, ``max_interval``, ``retry_interval``: see :class:`PollingSource`.
+    - ``min_interval``, ``max_interval``, ``retry_interval``: :class:`PollingSource`'s, with
+      its defaults.
     """
 
     def __init__(
@@ -77,13 +78,9 @@ class DnsSource(PollingSource):
         nameserver_port: int = 53,
         timeout: float = 2.0,
         backup_factor: float = 0.001,
-        min_interval: float = 1.0,
-        max_interval: float = 300.0,
-        retry_interval: float = 1.0,
+        **intervals: float,
     ) -> None:
-        super().__init__(
-            min_interval=min_interval, max_interval=max_interval, retry_interval=retry_interval
-        )
+        super().__init__(**intervals)  # min_interval, max_interval, retry_interval
         self.name = check_str("name", name)
         if record not in _RECORDS:
             raise ValueError(f"record must be one of {', '.join(_RECORDS)}; got {record!r}")

@@ -47,8 +47,8 @@ try:
 except ImportError as exc:
     raise missing_extra(__name__, "etcd", exc) from exc
 
-from .._validate import check_number, check_str
-from ..discovery import Resolver, close_at_shutdown
+from .._validate import check_bool, check_instance, check_number, check_str
+from ..discovery import ClosedOnExit, Resolver, close_at_shutdown
 from ..discovery.codec import instance_from_json, instance_to_json
 from ..errors import ServiceMeshError
 from ..load_balancer import LoadBalancer, ServiceInstance
@@ -231,8 +231,7 @@ class EtcdSource:
         resync_interval: float = 30.0,
         retry_interval: float = 0.5,
     ) -> None:
-        if not isinstance(gateway, EtcdGateway):
-            raise TypeError(f"gateway must be an EtcdGateway, got {gateway!r}")
+        check_instance("gateway", gateway, EtcdGateway)
         self.gateway = gateway
         self.service = check_str("service", service)
         self.keys = f"{check_str('prefix', prefix)}svc/{service}/"
@@ -321,7 +320,7 @@ class EtcdSource:
                 resolver.upsert(instance)
 
 
-class EtcdRegistry:
+class EtcdRegistry(ClosedOnExit):
     """This process's instances in etcd under one lease; followers for any service.
 
     - ``ttl``: seconds an instance outlives its process's last keepalive.
@@ -353,12 +352,8 @@ class EtcdRegistry:
                 f"keepalive_interval must be shorter than ttl ({ttl!r}), got {keepalive_interval!r}"
             )
         self.retry_interval = check_number("retry_interval", retry_interval, 0.001)
-        for name, flag in (
-            ("deregister_at_exit", deregister_at_exit),
-            ("deregister_on_sigterm", deregister_on_sigterm),
-        ):
-            if not isinstance(flag, bool):
-                raise TypeError(f"{name} must be a bool, got {flag!r}")
+        check_bool("deregister_at_exit", deregister_at_exit)
+        check_bool("deregister_on_sigterm", deregister_on_sigterm)
         self.gateway = EtcdGateway(endpoint, timeout=timeout)
         self._lock = threading.Lock()
         self._io_lock = threading.Lock()  # around lease and key writes, so a removal is last
@@ -375,12 +370,6 @@ class EtcdRegistry:
 
     def __repr__(self) -> str:
         return f"EtcdRegistry({self.gateway.endpoint!r}, ttl={self.ttl}, online={self._online})"
-
-    def __enter__(self) -> EtcdRegistry:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     @property
     def online(self) -> bool:
@@ -400,8 +389,7 @@ class EtcdRegistry:
     def register(self, service: str, instance: ServiceInstance) -> None:
         """Put ``instance`` under ``service`` and keep it alive until deregistered."""
         check_str("service", service)
-        if not isinstance(instance, ServiceInstance):
-            raise TypeError(f"instance must be a ServiceInstance, got {instance!r}")
+        check_instance("instance", instance, ServiceInstance)
         with self._lock:
             if self._closed:
                 raise RuntimeError("this registry is closed")
@@ -424,9 +412,9 @@ class EtcdRegistry:
     def close(self) -> None:
         """Revoke the lease (every key of this process goes at once) and stop the threads."""
         with self._lock:
-            if self._closed:
+            closed, self._closed = self._closed, True
+            if closed:
                 return
-            self._closed = True
             self._own.clear()
             resolvers, self._resolvers = self._resolvers, []
         self._stop.set()

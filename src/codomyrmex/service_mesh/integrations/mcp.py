@@ -27,10 +27,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal
 
+from ..circuit_breaker import CircuitBreaker, CircuitBreakerConfig, CircuitState
+from ..load_balancer import LoadBalancer, LoadBalancerStrategy, ServiceInstance
+from ..mesh import Mesh, default_mesh
+from ..proxy import ServiceProxy
 from ._extras import missing_extra
+from .control import LocalMesh, MeshSource, RemoteError, RemoteMesh
 
 try:  # pydantic and typing_extensions come with the SDK: guarded, so their absence names it too
     from mcp.server.mcpserver import MCPServer
@@ -40,12 +45,6 @@ try:  # pydantic and typing_extensions come with the SDK: guarded, so their abse
     from typing_extensions import NotRequired, TypedDict
 except ImportError as exc:
     raise missing_extra(__name__, "mcp", exc) from exc
-
-from ..circuit_breaker import CircuitBreaker, CircuitBreakerConfig, CircuitState
-from ..load_balancer import LoadBalancer, LoadBalancerStrategy, ServiceInstance
-from ..mesh import Mesh, default_mesh
-from ..proxy import ServiceProxy
-from .control import LocalMesh, MeshSource, RemoteError, RemoteMesh
 
 __all__ = [
     "ACTIONS",
@@ -337,8 +336,17 @@ _Text = str
 _Flag = bool
 
 
-def _failed(exc: Exception) -> CallToolResult:
-    return CallToolResult(content=[TextContent(type="text", text=str(exc))], is_error=True)
+def _one_of(choices: Sequence[str], description: str) -> Any:
+    """A strict string argument's metadata, its JSON schema listing ``choices``."""
+    return Field(strict=True, description=description, json_schema_extra={"enum": list(choices)})
+
+
+def _answer(read: Callable[[], Any]) -> CallToolResult:
+    """The result of a read-only tool: what ``read`` returns, or the error it raised."""
+    try:
+        return _result(read())
+    except (TypeError, RemoteError) as exc:
+        return CallToolResult(content=[TextContent(type="text", text=str(exc))], is_error=True)
 
 
 def _tools(mesh: Target, writable: bool) -> list[Tool]:
@@ -355,10 +363,7 @@ def _tools(mesh: Target, writable: bool) -> list[Tool]:
     ) -> Annotated[CallToolResult, MeshStatus]:
         """The mesh's services: strategy, instance and healthy counts, optionally the
         instances. A name that matches nothing gives an empty list."""
-        try:
-            return _result(status(mesh, service_name, include_instances))
-        except (TypeError, RemoteError) as exc:
-            return _failed(exc)
+        return _answer(lambda: status(mesh, service_name, include_instances))
 
     def circuit_breaker_status(
         breaker_name: Annotated[
@@ -367,30 +372,17 @@ def _tools(mesh: Target, writable: bool) -> list[Tool]:
     ) -> Annotated[CallToolResult, BreakerStatus]:
         """The circuit breakers: state, failure count and threshold, last failure time.
         An unknown name gives an empty list."""
-        try:
-            return _result(breakers(mesh, breaker_name))
-        except (TypeError, RemoteError) as exc:
-            return _failed(exc)
+        return _answer(lambda: breakers(mesh, breaker_name))
 
     def load_balancer_config(
         service_name: Annotated[
             _Text, Field(strict=True, description="The service (required).")
         ] = None,  # type: ignore[assignment]
         action: Annotated[
-            _Text,
-            Field(
-                strict=True,
-                description="What to do (required): get, set_strategy or set_health.",
-                json_schema_extra={"enum": list(ACTIONS)},
-            ),
+            _Text, _one_of(ACTIONS, "What to do (required): get, set_strategy or set_health.")
         ] = None,  # type: ignore[assignment]
         strategy: Annotated[
-            _Text,
-            Field(
-                strict=True,
-                description="The new strategy; required for set_strategy.",
-                json_schema_extra={"enum": _STRATEGIES},
-            ),
+            _Text, _one_of(_STRATEGIES, "The new strategy; required for set_strategy.")
         ] = None,  # type: ignore[assignment]
         instance_id: Annotated[
             _Text, Field(strict=True, description="The instance; required for set_health.")

@@ -36,26 +36,19 @@ Outcomes and the duration histogram's contents are as in the Prometheus collecto
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
+from .. import __version__
+from ..events import Event
+from ..mesh import Mesh
+from . import _metrics
 from ._extras import missing_extra
+from ._listening import MeshListener
 
 try:
     from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter
 except ImportError as exc:
     raise missing_extra(__name__, "otel", exc) from exc
-
-from .. import __version__
-from ..events import Event, EventListener
-from ..mesh import Mesh, default_mesh
-from ._metrics import (
-    BREAKER_STATES,
-    COUNTERS,
-    DURATION_BUCKETS,
-    measures,
-    read_breakers,
-    read_instances,
-)
 
 __all__ = ["METER_NAME", "MeshInstruments"]
 
@@ -63,8 +56,6 @@ METER_NAME = "codomyrmex.service_mesh"
 """The instrumentation scope of every instrument."""
 
 _SERVICE = "service_mesh.service"
-_INSTANCE = "service_mesh.instance"
-_BREAKER = "service_mesh.breaker"
 _OUTCOME = "service_mesh.outcome"
 
 _NAMES = {
@@ -79,11 +70,23 @@ _NAMES = {
     "instance_health_changes": ("service_mesh.instance.health_changes", "{change}"),
     "instance_ejections": ("service_mesh.instance.ejections", "{ejection}"),
     "faults_injected": ("service_mesh.chaos.faults", "{fault}"),
+    "circuit_breaker_state": ("service_mesh.circuit_breaker.state", "1"),
+    "circuit_breaker_failures": ("service_mesh.circuit_breaker.failures", "{failure}"),
+    "instance_healthy": ("service_mesh.instance.healthy", "1"),
+    "instance_ejected": ("service_mesh.instance.ejected", "1"),
+    "instance_connections": ("service_mesh.instance.connections", "{connection}"),
 }
-"""The OpenTelemetry name and unit of each counter of the shared table."""
+"""The OpenTelemetry name and unit of each counter and gauge of the shared tables (the
+concurrency limiter's gauges are Prometheus-only)."""
+
+_Callback = Callable[[CallbackOptions], Iterable[Observation]]
 
 
-class MeshInstruments:
+def _keys(labels: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(f"service_mesh.{label}" for label in labels)
+
+
+class MeshInstruments(MeshListener):
     """OpenTelemetry instruments over one :class:`Mesh` (default: the default mesh).
 
     It subscribes to the mesh when created; :meth:`close` unsubscribes and stops
@@ -93,53 +96,31 @@ class MeshInstruments:
     """
 
     def __init__(self, mesh: Mesh | None = None, *, meter_provider: MeterProvider | None = None):
-        self.mesh = mesh if mesh is not None else default_mesh()
         self._closed = threading.Event()
         meter = get_meter(METER_NAME, __version__, meter_provider)
         self._counters = {}
         self._keys: dict[str, tuple[str, ...]] = {}
-        for metric, (labels, documentation) in COUNTERS.items():
+        for metric, (labels, documentation) in _metrics.COUNTERS.items():
             name, unit = _NAMES[metric]
             self._counters[metric] = meter.create_counter(name, unit, documentation)
-            self._keys[metric] = tuple(f"service_mesh.{label}" for label in labels)
+            self._keys[metric] = _keys(labels)
         self._duration = meter.create_histogram(
             "service_mesh.call.duration",
             "s",
             "Duration of call attempts that ran, by outcome.",
-            explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
+            explicit_bucket_boundaries_advisory=list(_metrics.DURATION_BUCKETS),
         )
-        meter.create_observable_gauge(
-            "service_mesh.circuit_breaker.state",
-            [self._observe_breaker_states],
-            "1",
-            "1 for the state each circuit breaker is in, 0 for the others.",
-        )
-        meter.create_observable_gauge(
-            "service_mesh.circuit_breaker.failures",
-            [self._observe_breaker_failures],
-            "{failure}",
-            "Failures a circuit breaker counts now (consecutive, or in its window).",
-        )
-        meter.create_observable_gauge(
-            "service_mesh.instance.healthy",
-            [self._observe_healthy],
-            "1",
-            "1 if an instance is marked healthy.",
-        )
-        meter.create_observable_gauge(
-            "service_mesh.instance.ejected",
-            [self._observe_ejected],
-            "1",
-            "1 if outlier detection has ejected an instance.",
-        )
-        meter.create_observable_up_down_counter(
-            "service_mesh.instance.connections",
-            [self._observe_connections],
-            "{connection}",
-            "Calls in flight on an instance.",
-        )
-        self._listener: EventListener = self.observe
-        self.mesh.subscribe(self._listener)
+        for metric, (labels, documentation) in _metrics.GAUGES.items():
+            if metric not in _NAMES:
+                continue
+            name, unit = _NAMES[metric]
+            create = (
+                meter.create_observable_up_down_counter
+                if metric == "instance_connections"
+                else meter.create_observable_gauge
+            )
+            create(name, [self._observer(metric, _keys(labels))], unit, documentation)
+        self._listen(mesh)
 
     def __repr__(self) -> str:
         return f"MeshInstruments({self.mesh!r})"
@@ -147,13 +128,13 @@ class MeshInstruments:
     def close(self) -> None:
         """Stop recording the mesh's events and observing its state."""
         self._closed.set()
-        self.mesh.unsubscribe(self._listener)
+        super().close()
 
     # -- events -------------------------------------------------------------------
 
     def observe(self, event: Event) -> None:
         """Record one event (the mesh-wide listener; subscribe it to other components too)."""
-        counted, duration, labels = measures(event)
+        counted, duration, labels = _metrics.measures(event)
         for measure in counted:
             keys = self._keys[measure.metric]
             self._counters[measure.metric].add(1, dict(zip(keys, measure.labels, strict=True)))
@@ -162,39 +143,13 @@ class MeshInstruments:
 
     # -- observed state -------------------------------------------------------------
 
-    def _observe_breaker_states(self, options: CallbackOptions) -> Iterable[Observation]:
-        if self._closed.is_set():
-            return
-        for breaker in read_breakers(self.mesh):
-            for state in BREAKER_STATES:
-                yield Observation(
-                    int(state == breaker.state),
-                    {_BREAKER: breaker.name, "service_mesh.state": state},
-                )
+    def _observer(self, metric: str, keys: tuple[str, ...]) -> _Callback:
+        """The callback observing gauge ``metric``, whose attributes are ``keys``."""
 
-    def _observe_breaker_failures(self, options: CallbackOptions) -> Iterable[Observation]:
-        if self._closed.is_set():
-            return
-        for breaker in read_breakers(self.mesh):
-            yield Observation(breaker.failure_count, {_BREAKER: breaker.name})
+        def observe(options: CallbackOptions) -> Iterable[Observation]:
+            if self._closed.is_set():
+                return
+            for values, value in _metrics.read_gauge(self.mesh, metric):
+                yield Observation(value, dict(zip(keys, values, strict=True)))
 
-    def _observe_healthy(self, options: CallbackOptions) -> Iterable[Observation]:
-        if self._closed.is_set():
-            return
-        for instance in read_instances(self.mesh):
-            attributes = {_SERVICE: instance.service, _INSTANCE: instance.instance}
-            yield Observation(int(instance.healthy), attributes)
-
-    def _observe_ejected(self, options: CallbackOptions) -> Iterable[Observation]:
-        if self._closed.is_set():
-            return
-        for instance in read_instances(self.mesh):
-            attributes = {_SERVICE: instance.service, _INSTANCE: instance.instance}
-            yield Observation(int(instance.ejected), attributes)
-
-    def _observe_connections(self, options: CallbackOptions) -> Iterable[Observation]:
-        if self._closed.is_set():
-            return
-        for instance in read_instances(self.mesh):
-            attributes = {_SERVICE: instance.service, _INSTANCE: instance.instance}
-            yield Observation(instance.connections, attributes)
+        return observe

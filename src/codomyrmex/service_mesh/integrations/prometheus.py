@@ -7,31 +7,20 @@ time. Register it like any custom collector::
     collector = MeshCollector(mesh)
     REGISTRY.register(collector)      # or instrument_mesh(mesh)
 
-Metric names (with the default ``namespace="service_mesh"``):
+Metric names, each prefixed ``service_mesh_`` (the default ``namespace``), with their labels:
 
-=======================================================  =========  ==============================
-name                                                     type       labels
-=======================================================  =========  ==============================
-``service_mesh_calls_total``                             counter    service, outcome
-``service_mesh_attempts_total``                          counter    service, outcome
-``service_mesh_call_duration_seconds``                   histogram  service, outcome
-``service_mesh_rejections_total``                        counter    service, reason
-``service_mesh_retries_total``                           counter    service
-``service_mesh_retry_give_ups_total``                    counter    service
-``service_mesh_circuit_breaker_rejections_total``        counter    breaker, reason
-``service_mesh_circuit_breaker_transitions_total``       counter    breaker, from_state, to_state
-``service_mesh_circuit_breaker_state``                   gauge      breaker, state
-``service_mesh_circuit_breaker_failures``                gauge      breaker
-``service_mesh_instance_picks_total``                    counter    service, instance
-``service_mesh_instance_health_changes_total``           counter    service, instance, healthy
-``service_mesh_instance_ejections_total``                counter    service, instance, reason
-``service_mesh_instance_healthy``                        gauge      service, instance
-``service_mesh_instance_ejected``                        gauge      service, instance
-``service_mesh_instance_connections``                    gauge      service, instance
-``service_mesh_faults_injected_total``                   counter    source, kind
-``service_mesh_concurrency_limit``                       gauge      service
-``service_mesh_concurrency_in_flight``                   gauge      service
-=======================================================  =========  ==============================
+- calls: counters ``calls_total``, ``attempts_total`` and the histogram
+  ``call_duration_seconds`` (service, outcome); ``rejections_total`` (service, reason);
+  ``retries_total`` and ``retry_give_ups_total`` (service).
+- circuit breakers: counters ``circuit_breaker_rejections_total`` (breaker, reason) and
+  ``circuit_breaker_transitions_total`` (breaker, from_state, to_state); gauges
+  ``circuit_breaker_state`` (breaker, state) and ``circuit_breaker_failures`` (breaker).
+- instances: counters ``instance_picks_total`` (service, instance),
+  ``instance_health_changes_total`` (..., healthy) and ``instance_ejections_total``
+  (..., reason); gauges ``instance_healthy``, ``instance_ejected`` and
+  ``instance_connections`` (service, instance).
+- chaos: counter ``faults_injected_total`` (source, kind).
+- concurrency limits: gauges ``concurrency_limit`` and ``concurrency_in_flight`` (service).
 
 ``calls_total`` counts each call once, by how it ended: ``success``, ``failure``
 (every attempt it was allowed failed) or ``rejected`` (refused by the proxy: its
@@ -53,7 +42,12 @@ import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
+from ..events import Event
+from ..mesh import Mesh
+from . import _metrics
 from ._extras import missing_extra
+from ._listening import MeshListener
+from ._metrics import COUNTERS, DURATION_BUCKETS
 
 try:
     from prometheus_client.core import (
@@ -66,17 +60,6 @@ try:
     )
 except ImportError as exc:
     raise missing_extra(__name__, "prometheus", exc) from exc
-
-from ..events import Event, EventListener
-from ..mesh import Mesh, default_mesh
-from ._metrics import (
-    BREAKER_STATES,
-    COUNTERS,
-    DURATION_BUCKETS,
-    measures,
-    read_breakers,
-    read_instances,
-)
 
 __all__ = ["MeshCollector", "instrument_mesh"]
 
@@ -93,10 +76,11 @@ class _Histogram:
         self.sum = 0.0
 
 
-class MeshCollector:
+class MeshCollector(MeshListener):
     """A ``prometheus_client`` custom collector over one :class:`Mesh` (default: the default mesh).
 
-    It subscribes to the mesh when created; :meth:`close` unsubscribes. Events of
+    It subscribes to the mesh when created; :meth:`close` unsubscribes (the gauges
+    keep reading the mesh). Events of
     other components (a chaos strategy, a standalone retry policy) are counted
     too when they reach :meth:`observe`, e.g. through ``mesh.watch(chaos)``.
     """
@@ -111,28 +95,22 @@ class MeshCollector:
         bounds = [float(b) for b in buckets]
         if not bounds or bounds != sorted(set(bounds)) or bounds[0] < 0:
             raise ValueError(f"buckets must be increasing non-negative bounds, got {buckets!r}")
-        self.mesh = mesh if mesh is not None else default_mesh()
         self.namespace = namespace
         self._prefix = f"{namespace}_" if namespace else ""
         self._bounds = bounds
         self._lock = threading.Lock()
         self._counts: dict[str, Counter[_Labels]] = {name: Counter() for name in COUNTERS}
         self._durations: dict[_Labels, _Histogram] = {}
-        self._listener: EventListener = self.observe
-        self.mesh.subscribe(self._listener)
+        self._listen(mesh)
 
     def __repr__(self) -> str:
         return f"MeshCollector({self.mesh!r}, namespace={self.namespace!r})"
-
-    def close(self) -> None:
-        """Stop counting the mesh's events (the gauges keep reading the mesh)."""
-        self.mesh.unsubscribe(self._listener)
 
     # -- events -------------------------------------------------------------------
 
     def observe(self, event: Event) -> None:
         """Count one event (the mesh-wide listener; subscribe it to other components too)."""
-        counted, duration, labels = measures(event)
+        counted, duration, labels = _metrics.measures(event)
         if not counted:
             return
         with self._lock:
@@ -161,9 +139,7 @@ class MeshCollector:
     def _families(self, *, with_samples: bool) -> list[Metric]:
         p = self._prefix
         families: list[Metric] = []
-        live = (
-            {(i.service, i.instance) for i in read_instances(self.mesh)} if with_samples else set()
-        )
+        live = _metrics.live_instances(self.mesh) if with_samples else set()
         with self._lock:
             for metric, (labels, documentation) in COUNTERS.items():
                 counter = CounterMetricFamily(f"{p}{metric}", documentation, labels=labels)
@@ -197,58 +173,14 @@ class MeshCollector:
         return buckets
 
     def _gauges(self, *, with_samples: bool) -> list[Metric]:
-        p = self._prefix
-        state = GaugeMetricFamily(
-            f"{p}circuit_breaker_state",
-            "1 for the state each circuit breaker is in, 0 for the others.",
-            labels=("breaker", "state"),
-        )
-        failures = GaugeMetricFamily(
-            f"{p}circuit_breaker_failures",
-            "Failures a circuit breaker counts now (consecutive, or in its window).",
-            labels=("breaker",),
-        )
-        healthy = GaugeMetricFamily(
-            f"{p}instance_healthy",
-            "1 if an instance is marked healthy.",
-            labels=("service", "instance"),
-        )
-        ejected = GaugeMetricFamily(
-            f"{p}instance_ejected",
-            "1 if outlier detection has ejected an instance.",
-            labels=("service", "instance"),
-        )
-        connections = GaugeMetricFamily(
-            f"{p}instance_connections",
-            "Calls in flight on an instance.",
-            labels=("service", "instance"),
-        )
-        limit = GaugeMetricFamily(
-            f"{p}concurrency_limit",
-            "The current concurrency limit of a service proxy's (adaptive) limiter.",
-            labels=("service",),
-        )
-        in_flight = GaugeMetricFamily(
-            f"{p}concurrency_in_flight",
-            "Calls holding a place in a service proxy's concurrency limiter.",
-            labels=("service",),
-        )
-        if with_samples:
-            for service, proxy in sorted(self.mesh.services().items()):
-                limiter = proxy.concurrency_limit
-                if limiter is not None:
-                    limit.add_metric((service,), limiter.limit)
-                    in_flight.add_metric((service,), limiter.in_flight)
-            for breaker in read_breakers(self.mesh):
-                for value in BREAKER_STATES:
-                    state.add_metric((breaker.name, value), float(value == breaker.state))
-                failures.add_metric((breaker.name,), breaker.failure_count)
-            for instance in read_instances(self.mesh):
-                labels = (instance.service, instance.instance)
-                healthy.add_metric(labels, float(instance.healthy))
-                ejected.add_metric(labels, float(instance.ejected))
-                connections.add_metric(labels, instance.connections)
-        return [state, failures, healthy, ejected, connections, limit, in_flight]
+        families: list[Metric] = []
+        for metric, (labels, documentation) in _metrics.GAUGES.items():
+            gauge = GaugeMetricFamily(f"{self._prefix}{metric}", documentation, labels=labels)
+            if with_samples:
+                for values, value in _metrics.read_gauge(self.mesh, metric):
+                    gauge.add_metric(values, value)
+            families.append(gauge)
+        return families
 
 
 def instrument_mesh(

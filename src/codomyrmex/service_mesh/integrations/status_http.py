@@ -18,6 +18,7 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from .._validate import check_instance
 from ..mesh import Mesh
 from .control import LocalMesh, MeshMonitor, handle_write
 
@@ -40,8 +41,7 @@ class StatusServer:
         monitor: MeshMonitor | bool = False,
         token: str | None = None,
     ) -> None:
-        if not isinstance(mesh, Mesh):
-            raise TypeError(f"mesh must be a Mesh, got {mesh!r}")
+        check_instance("mesh", mesh, Mesh)
         if token is not None and (not isinstance(token, str) or not token):
             raise ValueError("token must be a non-empty string or None")
         self._own_monitor = monitor is True
@@ -110,16 +110,7 @@ class StatusServer:
             self.monitor.close()
 
 
-def serve_status(
-    mesh: Mesh,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    *,
-    monitor: MeshMonitor | bool = False,
-    token: str | None = None,
-) -> StatusServer:
-    """Serve ``mesh.status()`` on ``host:port`` (0: any free port) until the server is closed.
-
-    ``monitor`` adds live statistics; ``token`` enables write actions (see :class:`StatusServer`).
-    """
-    return StatusServer(mesh, host, port, monitor=monitor, token=token)
+serve_status = StatusServer
+"""``serve_status(mesh, host, port, *, monitor=False, token=None)``: serve ``mesh.status()``
+on ``host:port`` (0: any free port) until the server is closed. ``monitor`` adds live
+statistics; ``token`` enables write actions (see :class:`StatusServer`)."""

@@ -37,28 +37,21 @@ from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from contextlib import contextmanager
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+from .. import __version__
+from ..errors import ServiceMeshError
+from ..events import CallRejected, Event, InstanceEjected, RetryScheduled, StateTransition
+from ..load_balancer import ServiceInstance
+from ..mesh import Mesh
+from ..proxy import ServiceProxy
 from ._extras import missing_extra
+from ._listening import MeshListener
+from .protocol import set_trace_injector
 
 try:
     from opentelemetry import propagate, trace
     from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 except ImportError as exc:
     raise missing_extra(__name__, "otel", exc) from exc
-
-from .. import __version__
-from ..errors import ServiceMeshError
-from ..events import (
-    CallRejected,
-    Event,
-    EventListener,
-    InstanceEjected,
-    RetryScheduled,
-    StateTransition,
-)
-from ..load_balancer import ServiceInstance
-from ..mesh import Mesh, default_mesh
-from ..proxy import ServiceProxy
-from .protocol import set_trace_injector
 
 _PROXY_REFUSALS = frozenset({"no_healthy_instance", "bulkhead_full"})
 """Refusals a proxy makes itself (it also echoes its breaker's, which are not repeated)."""
@@ -114,29 +107,21 @@ def _fail(span: Span, exc: BaseException, outcome: str) -> None:
         span.set_status(Status(StatusCode.ERROR, str(exc) or type(exc).__qualname__))
 
 
-class MeshTracer:
+class MeshTracer(MeshListener):
     """Traces calls through the services of one :class:`Mesh` (default: the default mesh).
 
     It subscribes to the mesh when created (for the span events); :meth:`close`
-    unsubscribes. :meth:`call` and :meth:`call_async` trace one call each.
+    unsubscribes (no more span events). :meth:`call` and :meth:`call_async` trace one call each.
     """
 
     def __init__(
         self, mesh: Mesh | None = None, *, tracer_provider: TracerProvider | None = None
     ) -> None:
-        self.mesh = mesh if mesh is not None else default_mesh()
-        if not isinstance(self.mesh, Mesh):
-            raise TypeError(f"mesh must be a Mesh, got {self.mesh!r}")
         self._tracer = trace.get_tracer(TRACER_NAME, __version__, tracer_provider)
-        self._listener: EventListener = self.observe
-        self.mesh.subscribe(self._listener)
+        self._listen(mesh)
 
     def __repr__(self) -> str:
         return f"MeshTracer({self.mesh!r})"
-
-    def close(self) -> None:
-        """Stop adding span events for the mesh's events."""
-        self.mesh.unsubscribe(self._listener)
 
     # -- calls -------------------------------------------------------------------
 

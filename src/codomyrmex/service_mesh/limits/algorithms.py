@@ -31,7 +31,7 @@ import math
 import random
 from collections.abc import Callable
 
-from .._validate import check_callable, check_int, check_number
+from .._validate import check_callable, check_instance, check_int, check_number
 
 __all__ = [
     "AIMDLimit",
@@ -92,7 +92,11 @@ class FixedLimit(Limit):
         return f"FixedLimit({self._limit})"
 
 
-def _check_bounds(initial: int, minimum: int, maximum: int, max_name: str) -> None:
+def _check_bounds(initial: int, minimum: int, maximum: int, max_name: str) -> tuple[int, int]:
+    """``(minimum, maximum)``, all three whole numbers >= 1 with ``initial`` between them."""
+    check_int("initial_limit", initial, 1)
+    check_int("min_limit", minimum, 1)
+    check_int(max_name, maximum, 1)
     if minimum > maximum:
         raise ValueError(f"min_limit must be <= {max_name}, got {minimum!r} > {maximum!r}")
     if not minimum <= initial <= maximum:
@@ -100,6 +104,7 @@ def _check_bounds(initial: int, minimum: int, maximum: int, max_name: str) -> No
             f"initial_limit must be between min_limit and {max_name}, got {initial!r} "
             f"(min_limit={minimum!r}, {max_name}={maximum!r})"
         )
+    return minimum, maximum
 
 
 class AIMDLimit(Limit):
@@ -122,10 +127,8 @@ class AIMDLimit(Limit):
         backoff_ratio: float = 0.9,
         timeout: float = 5.0,
     ) -> None:
-        check_int("initial_limit", initial_limit, 1)
-        self.min_limit = check_int("min_limit", min_limit, 1)
-        self.max_limit = check_int("max_limit", max_limit, 1)
-        _check_bounds(initial_limit, min_limit, max_limit, "max_limit")
+        bounds = _check_bounds(initial_limit, min_limit, max_limit, "max_limit")
+        self.min_limit, self.max_limit = bounds
         ratio = check_number("backoff_ratio", backoff_ratio, 0.5)
         if ratio >= 1.0:
             raise ValueError(f"backoff_ratio must be in [0.5, 1.0), got {backoff_ratio!r}")
@@ -232,9 +235,8 @@ class VegasLimit(Limit):
         probe_multiplier: int = 30,
         rng: random.Random | None = None,
     ) -> None:
-        check_int("initial_limit", initial_limit, 1)
-        self.max_concurrency = check_int("max_concurrency", max_concurrency, 1)
-        _check_bounds(initial_limit, 1, max_concurrency, "max_concurrency")
+        bounds = _check_bounds(initial_limit, 1, max_concurrency, "max_concurrency")
+        self.max_concurrency = bounds[1]
         self.smoothing = _check_fraction("smoothing", smoothing)
         for field, fn in (
             ("alpha", alpha),
@@ -380,10 +382,8 @@ class Gradient2Limit(Limit):
         rtt_tolerance: float = 1.5,
         long_window: int = 600,
     ) -> None:
-        check_int("initial_limit", initial_limit, 1)
-        self.min_limit = check_int("min_limit", min_limit, 1)
-        self.max_concurrency = check_int("max_concurrency", max_concurrency, 1)
-        _check_bounds(initial_limit, min_limit, max_concurrency, "max_concurrency")
+        bounds = _check_bounds(initial_limit, min_limit, max_concurrency, "max_concurrency")
+        self.min_limit, self.max_concurrency = bounds
         self.smoothing = _check_fraction("smoothing", smoothing)
         if callable(queue_size):
             self.queue_size: Callable[[int], float] = queue_size
@@ -472,8 +472,7 @@ class WindowedLimit(Limit):
         window_size: int = 10,
         min_rtt_threshold: float = 0.0001,
     ) -> None:
-        if not isinstance(delegate, Limit):
-            raise TypeError(f"delegate must be a Limit, got {delegate!r}")
+        check_instance("delegate", delegate, Limit)
         self.delegate = delegate
         if check_number("min_window_time", min_window_time, 0.0) <= 0.0:
             raise ValueError(f"min_window_time must be > 0, got {min_window_time!r}")

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from .._validate import check_callable
+from .._validate import check_callable, check_instance
 from ..errors import LimitExceededError, ServiceMeshError
 from ..events import EventListener, LimitChanged, Publisher, publish
 from .algorithms import Limit
@@ -106,10 +106,8 @@ class ConcurrencyLimiter(Publisher):
         ignored_on: tuple[type[BaseException], ...] = _IGNORED_ON,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not isinstance(limit, Limit):
-            raise TypeError(f"limit must be a Limit (AIMDLimit, VegasLimit, ...), got {limit!r}")
-        if not isinstance(name, str):
-            raise TypeError(f"name must be a str, got {name!r}")
+        check_instance("limit", limit, Limit, "a Limit (AIMDLimit, VegasLimit, ...)")
+        check_instance("name", name, str)
         for field, value in (("dropped_on", dropped_on), ("ignored_on", ignored_on)):
             if not isinstance(value, tuple) or not all(
                 isinstance(t, type) and issubclass(t, BaseException) for t in value
@@ -127,25 +125,18 @@ class ConcurrencyLimiter(Publisher):
         self.rejected = 0
         """Calls refused so far."""
 
-    def __repr__(self) -> str:
-        return (
-            f"ConcurrencyLimiter({self.algorithm!r}, name={self.name!r}, "
-            f"in_flight={self._in_flight})"
-        )
-
     @property
     def limit(self) -> int:
         """The current concurrency limit."""
         return self._limit
 
-    @property
-    def in_flight(self) -> int:
-        """Calls holding a place now."""
-        return self._in_flight
-
     def describe(self) -> str:
         """A label for ``ServiceProxy.describe()``."""
         return f"concurrency limit({self.algorithm.describe()}, limit={self._limit})"
+
+    def __repr__(self) -> str:
+        state = f"name={self.name!r}, in_flight={self._in_flight}"
+        return f"ConcurrencyLimiter({self.algorithm!r}, {state})"
 
     def try_acquire(self) -> Permit | None:
         """A place for one call, or None when ``limit`` calls are already in flight."""
@@ -162,16 +153,15 @@ class ConcurrencyLimiter(Publisher):
 
     def acquire(self) -> Permit:
         """A place for one call; raise :class:`LimitExceededError` when there is none."""
-        lock = self._lock
-        lock.acquire()
-        in_flight = self._in_flight
-        if in_flight >= self._limit:
-            self.rejected += 1
-            lock.release()
-            raise LimitExceededError(self.name, "concurrency_limit", in_flight)
-        self._in_flight = in_flight = in_flight + 1
-        lock.release()
-        return Permit(self, self.clock(), in_flight)
+        permit = self.try_acquire()
+        if permit is None:
+            raise LimitExceededError(self.name, "concurrency_limit", self._limit)
+        return permit
+
+    @property
+    def in_flight(self) -> int:
+        """Calls holding a place now."""
+        return self._in_flight
 
     def _classify(self, error: BaseException | None) -> int:
         if error is None:

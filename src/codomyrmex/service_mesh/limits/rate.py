@@ -22,10 +22,21 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol, runtime_checkable
 
-from .._validate import check_callable, check_number
+from .._validate import check_callable, check_instance, check_number
 from ..errors import LimitExceededError
 
-__all__ = ["RateLimit", "RateLimiter"]
+__all__ = ["RateLimit", "RateLimiter", "check_rate"]
+
+
+def check_rate(rate: float, burst: float) -> tuple[float, float]:
+    """``(rate, burst)`` as floats if ``rate > 0`` per second and ``burst >= 1``, else the
+    error naming the field. Internal API: every rate limiter (local or shared) checks its
+    arguments with it."""
+    if check_number("rate", rate, 0.0) <= 0.0:
+        raise ValueError(f"rate must be > 0, got {rate!r}")
+    if check_number("burst", burst, 0.0) < 1.0:
+        raise ValueError(f"burst must be >= 1, got {burst!r}")
+    return float(rate), float(burst)
 
 
 @runtime_checkable
@@ -82,14 +93,8 @@ class RateLimiter:
         sleep: Callable[[float], None] = time.sleep,
         async_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        if check_number("rate", rate, 0.0) <= 0.0:
-            raise ValueError(f"rate must be > 0, got {rate!r}")
-        if check_number("burst", burst, 0.0) < 1.0:
-            raise ValueError(f"burst must be >= 1, got {burst!r}")
-        if not isinstance(name, str):
-            raise TypeError(f"name must be a str, got {name!r}")
-        self.rate = float(rate)
-        self.burst = float(burst)
+        self.rate, self.burst = check_rate(rate, burst)
+        check_instance("name", name, str)
         self.name = name
         self.clock = check_callable("clock", clock)
         self.sleep = check_callable("sleep", sleep)

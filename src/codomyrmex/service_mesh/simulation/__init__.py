@@ -22,35 +22,17 @@ Build your own scenario::
     print(simulate(scenario, Policy("peak_ewma")).p99)
 """
 
+from . import model
 from .cli import build_parser, main
 from .clock import VirtualTimeLoop, run_virtual
 from .engine import BackendError, Result, percentile, simulate
-from .model import (
-    Backend,
-    Constant,
-    Distribution,
-    Exponential,
-    Fault,
-    LogNormal,
-    Policy,
-    Scenario,
-    Uniform,
-)
+from .model import *  # noqa: F403  (the model's __all__ is part of this one)
 from .report import format_table, plot
 from .scenarios import linkerd_stuck_backend, power_of_two_choices, supermarket_time_in_system
 
 __all__ = [
-    "Backend",
     "BackendError",
-    "Constant",
-    "Distribution",
-    "Exponential",
-    "Fault",
-    "LogNormal",
-    "Policy",
     "Result",
-    "Scenario",
-    "Uniform",
     "VirtualTimeLoop",
     "build_parser",
     "format_table",
@@ -63,3 +45,4 @@ __all__ = [
     "simulate",
     "supermarket_time_in_system",
 ]
+__all__ += model.__all__

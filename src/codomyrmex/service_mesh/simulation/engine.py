@@ -16,6 +16,7 @@ import random
 import time
 from dataclasses import dataclass
 
+from .._validate import check_instance
 from ..circuit_breaker import CircuitBreaker
 from ..load_balancer import LoadBalancer, LoadBalancerStrategy, ServiceInstance
 from ..proxy import ServiceProxy
@@ -98,10 +99,8 @@ class _Server:
 
 def simulate(scenario: Scenario, policy: Policy, seed: int = 0) -> Result:
     """Run ``scenario`` once under ``policy`` with ``seed``; deterministic for a given seed."""
-    if not isinstance(scenario, Scenario):
-        raise TypeError(f"scenario must be a Scenario, got {scenario!r}")
-    if not isinstance(policy, Policy):
-        raise TypeError(f"policy must be a Policy, got {policy!r}")
+    check_instance("scenario", scenario, Scenario)
+    check_instance("policy", policy, Policy)
     began = time.perf_counter()
     loop = VirtualTimeLoop()
     try:

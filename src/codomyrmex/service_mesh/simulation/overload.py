@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .._validate import check_int, check_number
+from .._validate import check_instance, check_int, check_number
 from ..bulkhead import Bulkhead
 from ..circuit_breaker import CircuitBreaker
 from ..limits import (
@@ -227,10 +227,8 @@ class _Backend:
 
 def simulate_overload(scenario: OverloadScenario, setup: Setup, seed: int = 1) -> OverloadResult:
     """Run ``setup`` through ``scenario`` once; deterministic for a given seed."""
-    if not isinstance(scenario, OverloadScenario):
-        raise TypeError(f"scenario must be an OverloadScenario, got {scenario!r}")
-    if not isinstance(setup, Setup):
-        raise TypeError(f"setup must be a Setup, got {setup!r}")
+    check_instance("scenario", scenario, OverloadScenario)
+    check_instance("setup", setup, Setup)
     loop = VirtualTimeLoop()
     try:
         return loop.run_until_complete(_run(scenario, setup, seed, loop))

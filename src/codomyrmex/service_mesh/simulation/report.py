@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .engine import Result
 from .model import Scenario
@@ -54,6 +55,18 @@ def format_table(scenario: Scenario, results: Sequence[Result]) -> str:
     return "\n".join(out)
 
 
+def _label_bars(ax: Any, bars: Any, labels: Sequence[str]) -> None:
+    """Write each label above its bar."""
+    for bar, label in zip(bars, labels, strict=True):
+        ax.annotate(
+            label,
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
+
+
 def plot(runs: Sequence[tuple[Scenario, Sequence[Result]]], path: str | Path) -> str | None:
     """Write a PNG with one panel per scenario; return a note instead if matplotlib is missing."""
     try:
@@ -71,26 +84,12 @@ def plot(runs: Sequence[tuple[Scenario, Sequence[Result]]], path: str | Path) ->
             bars = ax.bar(names, values, color="#4c72b0")
             ax.set_yscale("log")
             ax.set_ylabel("p99 latency (ms, log scale)")
-            for bar, r in zip(bars, results, strict=True):
-                ax.annotate(
-                    f"{100 * r.success_rate:.2f}% ok",
-                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                    ha="center",
-                    va="bottom",
-                    fontsize=8,
-                )
+            _label_bars(ax, bars, [f"{100 * r.success_rate:.2f}% ok" for r in results])
         else:
             values = [r.mean for r in results]
             bars = ax.bar(names, values, color="#55a868")
             ax.set_ylabel(f"mean time in system ({scenario.unit})")
-            for bar, value in zip(bars, values, strict=True):
-                ax.annotate(
-                    f"{value:.2f}",
-                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                    ha="center",
-                    va="bottom",
-                    fontsize=8,
-                )
+            _label_bars(ax, bars, [f"{value:.2f}" for value in values])
             top = max([*values, *(level for _, level in scenario.expected)])
             ax.set_ylim(0, top * 1.18)
             for label, level in scenario.expected:

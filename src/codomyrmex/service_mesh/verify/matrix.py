@@ -294,38 +294,28 @@ def run_cell(
 
     limits = httpx.Limits(max_connections=load.concurrency * 4)
     if load.flavour == "sync":
-        if setup is None:
-            client = httpx.Client(
-                transport=_Counting(counter), limits=limits, timeout=client_timeout
-            )
-            call = _plain_sync if contender == "plain" else _loop_sync
-        else:
-            mesh_transport = MeshTransport(
-                setup(_instances(ports)), transport=_Counting(counter), **_transport_options(setup)
-            )
-            client = httpx.Client(transport=mesh_transport, limits=limits, timeout=client_timeout)
+        transport: httpx.BaseTransport = _Counting(counter)
+        call = _plain_sync if contender == "plain" else _loop_sync
+        if setup is not None:
+            options = _transport_options(setup)
+            transport = MeshTransport(setup(_instances(ports)), transport=transport, **options)
             call = _mesh_sync
-        with client:
+        with httpx.Client(transport=transport, limits=limits, timeout=client_timeout) as client:
             _drive_sync(load, lambda: call(client, ports, locked_rng()), cell, clock)
     else:
 
         async def main() -> None:
-            if setup is None:
-                aclient = httpx.AsyncClient(
-                    transport=_AsyncCounting(counter), limits=limits, timeout=client_timeout
-                )
-                acall = _plain_async if contender == "plain" else _loop_async
-            else:
-                transport = AsyncMeshTransport(
-                    setup(_instances(ports)),
-                    transport=_AsyncCounting(counter),
-                    **_transport_options(setup),
-                )
-                aclient = httpx.AsyncClient(
-                    transport=transport, limits=limits, timeout=client_timeout
+            atransport: httpx.AsyncBaseTransport = _AsyncCounting(counter)
+            acall = _plain_async if contender == "plain" else _loop_async
+            if setup is not None:
+                options = _transport_options(setup)
+                atransport = AsyncMeshTransport(
+                    setup(_instances(ports)), transport=atransport, **options
                 )
                 acall = _mesh_async
-            async with aclient:
+            async with httpx.AsyncClient(
+                transport=atransport, limits=limits, timeout=client_timeout
+            ) as aclient:
                 await _drive_async(load, lambda: acall(aclient, ports, locked_rng()), cell, clock)
 
         asyncio.run(main())
