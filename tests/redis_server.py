@@ -106,9 +106,13 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def redis_url() -> Iterator[str]:
-    """A URL of a reachable Redis for the whole session."""
+    """A URL of a reachable Redis for one test module.
+
+    Per module, not per session: a private server is stopped when the module ends, so
+    it is never a leftover child process while other modules' tests run.
+    """
     url = os.environ.get("REDIS_URL")
     if url:
         client = redis.Redis.from_url(url, socket_timeout=1.0)

@@ -38,7 +38,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 from ._extras import missing_extra
 
@@ -53,35 +53,14 @@ except ImportError as exc:
 from .._validate import check_callable, check_number, check_str
 from ..errors import LimitExceededError
 from ..limits import RateLimiter
-from .redis import _make_client
+from .redis.connection import OutageMode, check_outage_mode, check_prefix, make_client
+from .redis.scripts import lua_source
 
 __all__ = ["OutageMode", "RedisRateLimiter"]
 
 logger = logging.getLogger("codomyrmex.service_mesh.redis")
 
-OutageMode = Literal["local", "fail_open", "fail_closed"]
-
-_GCRA = """
--- KEYS[1]: theoretical arrival time (TAT), microseconds of Redis TIME, as a decimal
--- ARGV[1]: microseconds per unit (1e6 / rate); ARGV[2]: tolerance (burst * ARGV[1]);
--- ARGV[3]: cost in units. Returns {1, "0"} (taken) or {0, wait in microseconds}.
-local interval = tonumber(ARGV[1])
-local tolerance = tonumber(ARGV[2])
-local cost = tonumber(ARGV[3])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local ok, stored = pcall(redis.call, 'GET', KEYS[1])
-local tat = ok and stored and tonumber(stored) or now
-if tat < now or tat > now + tolerance + interval * cost then tat = now end
-local new_tat = tat + interval * cost
-local wait = new_tat - now - tolerance
-if wait > 0 then
-  return {0, string.format('%.0f', math.ceil(wait))}
-end
-local ttl = math.max(1, math.ceil((new_tat - now) / 1000))
-redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', ttl)
-return {1, '0'}
-"""
+_GCRA = lua_source("gcra")
 
 
 class RedisRateLimiter:
@@ -114,20 +93,14 @@ class RedisRateLimiter:
             raise ValueError(f"rate must be > 0, got {rate!r}")
         if check_number("burst", burst, 0.0) < 1.0:
             raise ValueError(f"burst must be >= 1, got {burst!r}")
-        if not isinstance(prefix, str):
-            raise TypeError(f"prefix must be a str, got {prefix!r}")
-        if on_outage not in ("local", "fail_open", "fail_closed"):
-            raise ValueError(
-                f"on_outage must be 'local', 'fail_open' or 'fail_closed', got {on_outage!r}"
-            )
         self.rate = float(rate)
         self.burst = float(burst)
-        self.prefix = prefix
-        self.on_outage: OutageMode = on_outage
+        self.prefix = check_prefix(prefix)
+        self.on_outage: OutageMode = check_outage_mode(on_outage)
         self.reconnect_interval = check_number("reconnect_interval", reconnect_interval, 0.0)
         timeout = check_number("socket_timeout", socket_timeout, 0.001)
         self._own_client = isinstance(client, str)
-        self.client = _make_client(client, timeout)
+        self.client = make_client(client, timeout)
         if async_client is not None and not isinstance(async_client, redis.asyncio.Redis):
             raise TypeError(f"async_client must be a redis.asyncio.Redis, got {async_client!r}")
         self.async_client = async_client

@@ -126,10 +126,18 @@ def test_failures_in_one_breaker_open_every_breaker_of_the_name(
     a = CircuitBreaker("dep", config, store=stores())
     b = CircuitBreaker("dep", config, store=stores())
     seen: list[tuple[CircuitState, CircuitState]] = []
-    b.add_listener(lambda _cb, old, new: seen.append((old, new)))
+    heard = threading.Event()
+
+    def listener(_cb: CircuitBreaker, old: CircuitState, new: CircuitState) -> None:
+        seen.append((old, new))
+        heard.set()
+
+    b.add_listener(listener)
     fail(a, 3)
     assert a.state is OPEN  # the reporting breaker adopts the trip before execute returns
-    assert wait_for(lambda: b.state is OPEN, WAIT)
+    # b's listener thread adopts the state first and announces it after: wait for the announcement
+    assert heard.wait(WAIT)
+    assert b.state is OPEN
     assert seen == [(CLOSED, OPEN)]
     with pytest.raises(CircuitOpenError) as info:
         b.execute(ok)
@@ -292,7 +300,7 @@ def test_window_mode_judges_the_fleet_rate(
     b.execute(ok)
     b.execute(ok)
     window = store_a.keys("rates")[2]
-    assert wait_for(lambda: client.hget(window, "c") == "2", WAIT)
+    assert wait_for(lambda: client.hget(window, "o") == "00", WAIT)  # two successes, in order
     fail(a, 1)
     assert a.state is CLOSED  # 1 of 3
     fail(a, 1)
@@ -306,7 +314,10 @@ def test_half_open_probe_slots_are_fleet_wide(stores: Callable[..., RedisStore])
     )
     a = CircuitBreaker("probe", config, store=stores())
     b = CircuitBreaker("probe", config, store=stores())
+    left_closed = threading.Event()
+    b.add_listener(lambda _cb, old, _new: old is CLOSED and left_closed.set())
     fail(a, 1)
+    assert left_closed.wait(WAIT)  # b has heard that the fleet's breaker opened
     permit = a.permit()
     permit.__enter__()  # a holds the fleet's only probe slot
     assert a.state is HALF_OPEN
@@ -317,6 +328,19 @@ def test_half_open_probe_slots_are_fleet_wide(stores: Callable[..., RedisStore])
     assert a.state is CLOSED
     assert wait_for(lambda: b.state is CLOSED, WAIT)
     assert b.execute(ok) == "ok"
+
+
+def test_a_manual_record_after_the_open_period_is_a_probe_for_the_fleet(
+    stores: Callable[..., RedisStore],
+) -> None:
+    config = CircuitBreakerConfig(failure_threshold=1, success_threshold=1, timeout_seconds=0.0)
+    a = CircuitBreaker("manual", config, store=stores())
+    b = CircuitBreaker("manual", config, store=stores())
+    a.record_failure()
+    assert wait_for(lambda: b.stored_state is OPEN, WAIT)
+    a.record_success()  # no probe was admitted, yet the breaker judges it in HALF_OPEN
+    assert a.state is CLOSED
+    assert wait_for(lambda: b.stored_state is CLOSED, WAIT)
 
 
 def test_probe_failure_reopens_with_backoff_for_everyone(stores: Callable[..., RedisStore]) -> None:
@@ -399,14 +423,14 @@ def test_fleet_messages_do_not_override_the_outage_fallback(
     for name in scripts:  # a's commands time out; its pub/sub connection still works
         setattr(store_a, name, timeout)
     heard_open = threading.Event()
-    deliver = store_a._backend._on_message
+    deliver = store_a._backend.on_message
 
     def on_message(data: Any) -> None:
         deliver(data)
         if json.loads(data)["s"] == "open":
             heard_open.set()
 
-    store_a._backend._on_message = on_message
+    store_a._backend.on_message = on_message
     store_a._backend.failed(redis.TimeoutError("Timeout reading from socket"))
     assert a.state is during
     fail(b, 2)  # another process opens the fleet's breaker
@@ -423,7 +447,7 @@ def test_closing_while_reconciling_leaves_the_store_closed(
 ) -> None:
     store = stores(reconnect_interval=0.01)
     cb = CircuitBreaker("closing", CircuitBreakerConfig(failure_threshold=100), store=store)
-    reconnect = store._backend._on_reconnect
+    reconnect = store._backend.on_reconnect
     reconciling, proceed = threading.Event(), threading.Event()
 
     def slow_reconnect() -> None:  # reconciling takes a while (many breakers, a slow Redis)
@@ -431,7 +455,7 @@ def test_closing_while_reconciling_leaves_the_store_closed(
         proceed.wait(2.0)
         reconnect()
 
-    store._backend._on_reconnect = slow_reconnect
+    store._backend.on_reconnect = slow_reconnect
     store._backend.failed(redis.TimeoutError("blip"))
     assert reconciling.wait(2.0)
     closer = threading.Thread(target=store.close)
@@ -857,9 +881,11 @@ def test_a_breaker_that_adopted_open_reports_the_fleets_failures(
     config = CircuitBreakerConfig(failure_threshold=3, timeout_seconds=60.0)
     a = CircuitBreaker("dep", config, store=stores())
     b = CircuitBreaker("dep", config, store=stores())
+    opened = threading.Event()  # announced once b has adopted all of the fleet's state
+    b.add_listener(lambda _cb, _old, new: new is OPEN and opened.set())
     before = datetime.now(timezone.utc) - timedelta(seconds=1)
     fail(a, 3)
-    assert wait_for(lambda: b.state is OPEN, WAIT)
+    assert opened.wait(WAIT)
     assert b.failure_count == 3
     seen = b.last_failure_time
     assert seen is not None
@@ -883,7 +909,13 @@ def test_an_older_fleet_message_never_replaces_a_newer_state(
     assert wait_for(lambda: b.state is OPEN, WAIT)
     version = int(state_hash(client, store, "dep")["version"])
     seen: list[tuple[CircuitState, CircuitState]] = []
-    b.add_listener(lambda _cb, old, new: seen.append((old, new)))
+    heard = threading.Event()
+
+    def listener(_cb: CircuitBreaker, old: CircuitState, new: CircuitState) -> None:
+        seen.append((old, new))
+        heard.set()
+
+    b.add_listener(listener)
     channel = f"{store.prefix}cb:events"
 
     def message(state: str, v: int) -> str:
@@ -891,5 +923,6 @@ def test_an_older_fleet_message_never_replaces_a_newer_state(
 
     client.publish(channel, message("closed", version - 1))  # stale: must be ignored
     client.publish(channel, message("forced_open", version + 1))  # newer: adopted after it
-    assert wait_for(lambda: b.state is CircuitState.FORCED_OPEN, WAIT)
+    assert heard.wait(WAIT)  # the announcement follows the adopted state: wait for it
+    assert b.state is CircuitState.FORCED_OPEN
     assert seen == [(OPEN, CircuitState.FORCED_OPEN)]

@@ -51,13 +51,21 @@ def ids(balancer: LoadBalancer) -> set[str]:
 
 
 def registering_worker(
-    url: str, prefix: str, ttl: float, instance_id: str, registered: Any, then: str
+    url: str,
+    prefix: str,
+    ttl: float,
+    instance_id: str,
+    registered: Any,
+    then: str,
+    proceed: Any = None,
 ) -> None:
-    """Worker: register one instance, report when, then exit cleanly or hang (to be killed)."""
+    """Worker: register one instance, report when, then hang (to be killed) or, once
+    ``proceed`` is set, exit cleanly."""
     registry = RedisRegistry(url, prefix=prefix, ttl=ttl)
     registry.register("orders", ServiceInstance(instance_id, "10.0.0.7", 8080, weight=2))
     registered.put(time.time())
     if then == "exit":
+        proceed.wait(WAIT)
         return  # interpreter exit deregisters (atexit)
     time.sleep(60)
 
@@ -97,13 +105,16 @@ def test_clean_shutdown_deregisters_at_once(
 ) -> None:
     balancer = LoadBalancer()
     registries(resync_interval=5.0).follow("orders", balancer)
-    registered = SPAWN.Queue()
+    registered, proceed = SPAWN.Queue(), SPAWN.Event()
     worker = SPAWN.Process(
-        target=registering_worker, args=(redis_url, prefix, 30.0, "orders-8", registered, "exit")
+        target=registering_worker,
+        args=(redis_url, prefix, 30.0, "orders-8", registered, "exit", proceed),
     )
     worker.start()
     registered.get(timeout=30)
+    # the worker exits only once the instance was seen: its up and down never come together
     assert wait_for(lambda: ids(balancer) == {"orders-8"}, WAIT)
+    proceed.set()
     worker.join(timeout=30)
     assert worker.exitcode == 0
     # Long TTL and slow resync: only the published deregistration can remove it this fast.
