@@ -1,6 +1,6 @@
 """Safe defaults (issue 14): what each default protects against, one behaviour per test.
 
-The fault matrix against real backends is in tests/test_fault_matrix.py; these
+The fault matrix against real backends is in tests/integrations/clients/test_fault_matrix.py; these
 tests pin down the individual defaults with injected clocks and no network.
 """
 

@@ -345,8 +345,6 @@ class CircuitBreaker(BreakerMachine, Publisher):
             self._take(shared, self._clock(), changes)
         return changes
 
-    _adopt = adopt  # the name the Redis store used before ``adopt`` was public
-
     def announce(self, changes: StateChanges) -> None:
         """Log and publish transitions returned by :meth:`adopt` (internal API for stores)."""
         self._notify(changes)
