@@ -33,20 +33,23 @@ __all__ = ["Contention", "ModeResult", "Run", "compare", "format_table", "main",
 
 @dataclass(frozen=True, slots=True)
 class Contention:
-    """The experiment's parameters (seconds), after the AWS simulator's."""
+    """The experiment's parameters (seconds), after the AWS simulator's.
+
+    - ``clients``: clients that all start at time 0 and each need one success;
+    - ``window``: how long an attempt keeps the resource busy (later attempts within
+      it fail);
+    - ``latency``: the round trip, how long a client takes to learn that its attempt
+      failed;
+    - ``base`` and ``cap``: the retry policy's ``initial_delay`` and ``max_delay``;
+    - ``max_attempts``: attempts after which a client gives up (bounds every run).
+    """
 
     clients: int = 100
-    """Clients that all start at time 0 and each need one success."""
     window: float = 0.001
-    """How long an attempt keeps the resource busy: later attempts within it fail."""
     latency: float = 0.02
-    """Round trip: how long a client takes to learn that its attempt failed."""
     base: float = 0.005
-    """The retry policy's ``initial_delay``."""
     cap: float = 2.0
-    """The retry policy's ``max_delay``."""
     max_attempts: int = 10_000
-    """Attempts after which a client gives up (bounds every run)."""
 
     def __post_init__(self) -> None:
         check_int("clients", self.clients, 1)

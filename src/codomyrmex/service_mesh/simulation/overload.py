@@ -56,43 +56,43 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class OverloadScenario:
-    """The backend, the load and the capacity drop (times in seconds of virtual time)."""
+    """The backend, the load and the capacity drop (times in seconds of virtual time).
+
+    - ``servers`` servers, each taking ``service_time`` per request, uniform within
+      ``service_time * (1 +/- jitter)``;
+    - ``load``: the offered rate as a multiple of the initial capacity
+      (``servers / service_time``), for ``duration``;
+    - ``drop_at``: when half of the servers go away;
+    - ``timeout``: the client gives up after this long (its queued work is still done);
+    - ``warmup``, then ``window``: the width of the time series' windows and of the
+      recovery check.
+    """
 
     servers: int = 8
     service_time: float = 0.010
     jitter: float = 0.2
-    """Service times are uniform within ``service_time * (1 +/- jitter)``."""
     load: float = 2.0
-    """Offered rate as a multiple of the initial capacity (``servers / service_time``)."""
     duration: float = 20.0
     drop_at: float = 10.0
-    """When half of the servers go away."""
     timeout: float = 1.0
-    """The client gives up after this long (its queued work is still done)."""
     warmup: float = 1.0
     window: float = 0.25
-    """Width of the time series' windows and of the recovery check."""
 
     def __post_init__(self) -> None:
         if check_int("servers", self.servers, 2) % 2:
             raise ValueError(f"servers must be even (it halves), got {self.servers!r}")
-        if check_number("service_time", self.service_time, 0.0) <= 0.0:
-            raise ValueError(f"service_time must be > 0, got {self.service_time!r}")
+        for name in ("service_time", "load", "timeout", "window"):  # each must be > 0
+            if check_number(name, getattr(self, name), 0.0) <= 0.0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if not 0.0 <= check_number("jitter", self.jitter, 0.0) < 1.0:
             raise ValueError(f"jitter must be in [0, 1), got {self.jitter!r}")
-        if check_number("load", self.load, 0.0) <= 0.0:
-            raise ValueError(f"load must be > 0, got {self.load!r}")
         check_number("duration", self.duration, 0.0)
+        check_number("warmup", self.warmup, 0.0)
         if not self.warmup < check_number("drop_at", self.drop_at, 0.0) < self.duration:
             raise ValueError(
                 f"drop_at must be between warmup and duration, got {self.drop_at!r} "
                 f"(warmup={self.warmup!r}, duration={self.duration!r})"
             )
-        if check_number("timeout", self.timeout, 0.0) <= 0.0:
-            raise ValueError(f"timeout must be > 0, got {self.timeout!r}")
-        check_number("warmup", self.warmup, 0.0)
-        if check_number("window", self.window, 0.0) <= 0.0:
-            raise ValueError(f"window must be > 0, got {self.window!r}")
 
     @property
     def capacity(self) -> float:
