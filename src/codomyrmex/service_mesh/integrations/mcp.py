@@ -24,6 +24,23 @@ a mesh returning JSON-ready dicts, usable without MCP.
 
 from __future__ import annotations
 
+__all__ = [
+    "ACTIONS",
+    "SERVER_NAME",
+    "RemoteMesh",
+    "Target",
+    "add_arguments",
+    "add_tools",
+    "breakers",
+    "configure",
+    "create_server",
+    "demo_mesh",
+    "main",
+    "serve_stdio",
+    "status",
+    "target_from",
+]
+
 import argparse
 import json
 import os
@@ -45,23 +62,6 @@ try:  # pydantic and typing_extensions come with the SDK: guarded, so their abse
     from typing_extensions import NotRequired, TypedDict
 except ImportError as exc:
     raise missing_extra(__name__, "mcp", exc) from exc
-
-__all__ = [
-    "ACTIONS",
-    "SERVER_NAME",
-    "RemoteMesh",
-    "Target",
-    "add_arguments",
-    "add_tools",
-    "breakers",
-    "configure",
-    "create_server",
-    "demo_mesh",
-    "main",
-    "serve_stdio",
-    "status",
-    "target_from",
-]
 
 SERVER_NAME = "codomyrmex-service-mesh"
 ACTIONS = ("get", "set_strategy", "set_health")
