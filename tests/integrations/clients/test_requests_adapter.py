@@ -57,6 +57,28 @@ def test_routes_to_each_instance_and_keeps_the_service_host(backends, session) -
     assert {i["headers"]["Host"] for i in a.seen} == {"orders"}
 
 
+def test_the_callers_request_is_left_as_it_is_and_its_own_host_is_kept(backends, session) -> None:
+    a = backends()
+    s = session(make_proxy(a.instance("a")))
+    prepared = s.prepare_request(requests.Request("GET", "http://orders/x", headers={"X-A": "1"}))
+    before = dict(prepared.headers)
+    for _ in range(2):  # the same prepared request, sent twice
+        assert s.send(prepared).status_code == 200
+    assert dict(prepared.headers) == before and "Host" not in prepared.headers
+    assert prepared.url == "http://orders/x"
+    assert [i["headers"]["Host"] for i in a.seen] == ["orders", "orders"]
+    assert {i["headers"]["X-A"] for i in a.seen} == {"1"}
+    assert s.get("http://orders/y", headers={"host": "orders.example"}).status_code == 200
+    sent = {k.lower(): v for k, v in a.seen[-1]["headers"].items()}
+    assert sent["host"] == "orders.example"  # the caller's own Host wins
+    plain = requests.PreparedRequest()  # headers of another mapping type: copied the public way
+    plain.prepare(method="GET", url="http://orders/z")
+    plain.headers = {"X-B": "2"}  # type: ignore[assignment]
+    assert s.send(plain).status_code == 200
+    assert plain.headers == {"X-B": "2"}
+    assert a.seen[-1]["headers"]["Host"] == "orders" and a.seen[-1]["headers"]["X-B"] == "2"
+
+
 def test_host_header_can_name_the_instance(backends, session) -> None:
     a = backends()
     s = session(make_proxy(a.instance("a")), host_header="instance")

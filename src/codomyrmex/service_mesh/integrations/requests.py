@@ -48,6 +48,7 @@ it is). urllib3 waits nothing before the first retry; the mesh waits up to
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
@@ -57,6 +58,7 @@ try:
     import requests
     from requests.adapters import HTTPAdapter
     from urllib3.util.retry import Retry
+    from urllib3.util.timeout import Timeout
 except ImportError as exc:
     raise missing_extra(__name__, "requests", exc) from exc
 
@@ -87,6 +89,7 @@ _ALL_METHODS = frozenset(
     {"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE", "POST", "PATCH", "CONNECT"}
 )
 _PREPARED = requests.PreparedRequest
+_HEADERS = requests.structures.CaseInsensitiveDict
 _CALLER_ERRORS: tuple[type[BaseException], ...] = (
     requests.exceptions.InvalidURL,
     requests.exceptions.InvalidSchema,
@@ -178,28 +181,41 @@ def _client_timeout(timeout: Any) -> float | None:
     return max(numbers) if numbers else None
 
 
-class _Request:
-    """One call's request and what every attempt reuses."""
+def _capped(timeout: Any, limit: float) -> Any:
+    """The caller's requests timeout with each part capped at the attempt's ``limit``."""
+    if isinstance(timeout, tuple) and len(timeout) == 2:
+        connect, read = timeout
+        return (
+            limit if connect is None else min(connect, limit),
+            limit if read is None else min(read, limit),
+        )
+    if isinstance(timeout, (int, float)):
+        return min(float(timeout), limit)
+    return limit
 
-    __slots__ = ("authority", "headers", "kwargs", "prepared", "rest", "scheme", "timeout")
 
-    def __init__(
-        self, prepared: requests.PreparedRequest, scheme: str, authority: str, rest: str,
-        timeout: Any, kwargs: dict[str, Any],
-    ) -> None:  # fmt: skip
-        self.prepared = prepared
-        self.scheme = scheme
-        self.authority = authority
-        self.rest = rest
-        self.timeout = timeout
-        self.kwargs = kwargs
-        # The headers every attempt sends: the Host header names the service (one copy
-        # per call, not per attempt; the caller's request is left as it is).
-        headers = prepared.headers
-        if "Host" not in headers:
-            headers = headers.copy()
-            headers["Host"] = authority.rpartition("@")[2]
-        self.headers = headers
+def _with_host(headers: Any, host: str) -> Any:
+    """``headers`` with a ``Host`` header naming the service: a copy, once per call, so the
+    caller's request is left as it is (``headers`` itself when it already has one).
+
+    requests' ``CaseInsensitiveDict`` keeps ``(name, value)`` pairs by lower-case name in
+    an ``OrderedDict``; copying that in one C call costs a tenth of ``.copy()``, which sets
+    each header again through Python. Any other mapping takes the public way.
+    """
+    if type(headers) is _HEADERS:
+        store = headers.__dict__.get("_store")
+        if type(store) is OrderedDict:
+            if "host" in store:
+                return headers
+            copied = _HEADERS.__new__(_HEADERS)
+            copied.__dict__["_store"] = fresh = store.copy()
+            fresh["host"] = ("Host", host)
+            return copied
+    if "Host" in headers:
+        return headers
+    copied = headers.copy()
+    copied["Host"] = host
+    return copied
 
 
 class MeshAdapter(HTTPAdapter):
@@ -257,6 +273,8 @@ class MeshAdapter(HTTPAdapter):
         self._mapped: dict[int, tuple[ServiceProxy, ServiceProxy]] = {}
         self._addresses: dict[tuple[str, int], str] = {}
         self._urls: dict[str, tuple[str, str, str, str]] = {}  # URLs split (bounded)
+        self._timeouts: dict[float, Timeout] = {}  # urllib3 Timeouts by limit (bounded)
+        self._failure_statuses = self._semantics.failure_statuses
 
     def _proxy_for(self, proxy: ServiceProxy) -> ServiceProxy:
         """The service's proxy, with its retry policy replaced when ``max_retries`` says so."""
@@ -295,12 +313,12 @@ class MeshAdapter(HTTPAdapter):
         proxies: Mapping[str, str] | None = None,
     ) -> requests.Response:
         url = request.url
-        if not isinstance(url, str):
-            raise requests.exceptions.InvalidURL(f"request has no URL: {request!r}")
-        parts = self._urls.get(url)
+        parts = self._urls.get(url)  # type: ignore[arg-type]
         if parts is None:
+            if not isinstance(url, str):
+                raise requests.exceptions.InvalidURL(f"request has no URL: {request!r}")
             scheme, authority, rest = _split(url)
-            parts = (scheme, authority, rest, _hostname(authority))
+            parts = (scheme, authority.rpartition("@")[2], rest, _hostname(authority))
             if len(self._urls) >= 1024:
                 self._urls.clear()
             self._urls[url] = parts
@@ -309,30 +327,28 @@ class MeshAdapter(HTTPAdapter):
         proxy = self._http.route(host, UnknownServiceError, request)
         if proxy is None:
             return super().send(request, stream, timeout, verify, cert, proxies)
-        proxy = self._proxy_for(proxy)
+        if self._urllib3_retry is not None:
+            proxy = self._proxy_for(proxy)
         kwargs = {"stream": stream, "verify": verify, "cert": cert, "proxies": proxies}
-        one = _Request(request, scheme, authority, rest, timeout, kwargs)
-        call = core.start(proxy, one, _client_timeout(timeout))
+        one = (request, scheme, rest, _with_host(request.headers, authority), timeout, kwargs)
+        call = core.start(proxy, one, None if timeout is None else _client_timeout(timeout))
+        body = request.body
         may_retry = self._semantics.may_retry(
-            request.method or "GET", body_replayable(request.body)
+            request.method or "GET", body is None or body_replayable(body)
         )
-        result = core.run(self._attempt, call, may_retry)
-        return core.unwrap(result)  # type: ignore[no-any-return]
+        return core.unwrap(core.run(self._attempt, call, may_retry))  # type: ignore[no-any-return]
 
-    def _attempt(self, instance: ServiceInstance, call: CallState) -> requests.Response:
-        one: _Request = call.request
+    def _attempt(self, instance: ServiceInstance, call: CallState) -> Any:
+        source, scheme, rest, headers, timeout, kwargs = call.request
         limit = call.limit()
         # A shallow copy: ``PreparedRequest.copy`` would also copy the cookie jar, which
         # the adapter never reads (the session has already put cookies in the headers).
         prepared = _PREPARED.__new__(_PREPARED)
-        prepared.__dict__.update(one.prepared.__dict__)
-        host, port = instance.host, instance.port
-        address = self._addresses.get((host, port))
+        prepared.__dict__.update(source.__dict__)
+        address = self._addresses.get((instance.host, instance.port))
         if address is None:
-            address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            self._addresses[(host, port)] = address
-        prepared.url = f"{one.scheme}://{address}{one.rest}"
-        headers = one.headers
+            address = self._address(instance)
+        prepared.url = f"{scheme}://{address}{rest}"
         traced = trace_headers()
         if self._instance_host or traced is not None:
             headers = headers.copy()
@@ -341,28 +357,48 @@ class MeshAdapter(HTTPAdapter):
             if traced is not None:  # W3C trace context, once tracing is imported
                 headers.update(traced)
         prepared.headers = headers
-        timeout = one.timeout
-        if isinstance(timeout, tuple) and len(timeout) == 2:
-            connect, read = timeout
-            attempt_timeout: Any = (
-                limit if connect is None else min(connect, limit),
-                limit if read is None else min(read, limit),
-            )
-        elif isinstance(timeout, (int, float)):
-            attempt_timeout = min(float(timeout), limit)
+        if timeout is None:
+            # urllib3's Timeout for the whole attempt, made once per limit (the first
+            # attempt's limit is the attempt timeout; a later one's is what is left).
+            attempt_timeout: Any = self._timeouts.get(limit)
+            if attempt_timeout is None:
+                attempt_timeout = self._timeout(limit, limit == call.attempt)
         else:
-            attempt_timeout = limit
-        if prepared.body is not None and hasattr(prepared.body, "seek"):
-            prepared.body.seek(0)
-        return self._core.guard(instance, call, self._send, prepared, attempt_timeout, call)
+            attempt_timeout = _capped(timeout, limit)
+        body = prepared.body
+        if body is not None and hasattr(body, "seek"):
+            body.seek(0)
+        if not self._core.guarded:
+            return self._send(prepared, attempt_timeout, call, kwargs)
+        return self._core.guard(
+            instance, call, self._send, prepared, attempt_timeout, call, kwargs
+        )  # fmt: skip
 
-    def _send(self, prepared: requests.PreparedRequest, timeout: Any, call: CallState) -> Any:
-        one: _Request = call.request
+    def _address(self, instance: ServiceInstance) -> str:
+        host, port = instance.host, instance.port
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if len(self._addresses) >= 1024:
+            self._addresses.clear()
+        self._addresses[(host, port)] = address
+        return address
+
+    def _timeout(self, limit: float, keep: bool) -> Timeout:
+        made = Timeout(connect=limit, read=limit)
+        if keep:
+            if len(self._timeouts) >= 64:
+                self._timeouts.clear()
+            self._timeouts[limit] = made
+        return made
+
+    def _send(
+        self, prepared: requests.PreparedRequest, timeout: Any, call: CallState,
+        kwargs: dict[str, Any],
+    ) -> Any:  # fmt: skip
         try:
-            response = super().send(prepared, timeout=timeout, **one.kwargs)
+            response = super().send(prepared, timeout=timeout, **kwargs)
         except _CALLER_ERRORS as exc:
             return self._core.passed(exc)
-        if response.status_code not in self._semantics.failure_statuses:
+        if response.status_code not in self._failure_statuses:
             return response
         try:
             response.content  # noqa: B018 - read it all: frees the connection
