@@ -386,3 +386,75 @@ def test_mesh_channel_future_and_with_call(servers) -> None:
     assert response == b"good:x" and rpc.code() == grpc.StatusCode.OK
     assert call.future(b"y", timeout=5).result() == b"good:y"
     channel.close()
+
+
+def test_metadata_trace_context_and_options_reach_the_server(servers) -> None:
+    from codomyrmex.service_mesh.integrations.protocol import propagation, set_trace_injector
+
+    seen: list[dict[str, str]] = []
+
+    def record(request: bytes, context: Any) -> bytes:
+        seen.append(dict(context.invocation_metadata()))
+        return b"seen"
+
+    backend = servers(record, "m")
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    before = propagation._trace_injector
+    try:
+        channel = mesh_channel(make_proxy(backend.instance()), "orders")
+        call = channel.unary_unary(UNARY)
+        assert call(b"x", timeout=5, metadata=(("k", "v"),), wait_for_ready=True) == b"seen"
+        set_trace_injector(lambda headers: headers.__setitem__("traceparent", parent))
+        assert call(b"x", 5, (("k", "w"),), None, True) == b"seen"
+        assert call(b"x") == b"seen"
+        assert len(list(channel.unary_stream(STREAM)(b"x", metadata=(("k", "s"),)))) == 3
+
+        async def aio() -> None:
+            async with aio_mesh_channel(make_proxy(backend.instance()), "orders") as channel:
+                assert await channel.unary_unary(UNARY)(b"x", metadata=(("k", "a"),)) == b"seen"
+                stream = channel.unary_stream(STREAM)(b"x", wait_for_ready=True)
+                assert len([m async for m in stream]) == 3
+
+        asyncio.run(aio())
+        channel.close()
+    finally:
+        set_trace_injector(before)
+    assert seen[0]["k"] == "v" and "traceparent" not in seen[0]
+    assert [s.get("k") for s in seen[1:]] == ["w", None, "s", "a", None]
+    assert all(s["traceparent"] == parent for s in seen[1:])
+
+
+def test_an_unknown_service_is_refused_until_it_is_registered(servers) -> None:
+    from codomyrmex.service_mesh.integrations.protocol import UnknownService
+
+    good = servers(name="good")
+    mesh = Mesh()
+    channel = mesh_channel(mesh, "orders")
+    call = channel.unary_unary(UNARY)
+    with pytest.raises(UnknownService):
+        call(b"x")
+    mesh.register_service(make_proxy(good.instance()))
+    assert call(b"x", timeout=5) == b"good:x"
+    mesh.remove_service("orders")
+    with pytest.raises(UnknownService):
+        call(b"x")
+    mesh.register_service(make_proxy(good.instance()))  # a new proxy: routed anew
+    assert call(b"y", timeout=5) == b"good:y"
+    channel.close()
+
+
+def test_aio_per_instance_breakers_eject_through_the_balancer(servers) -> None:
+    bad, good = servers(unavailable, "bad"), servers(name="good")
+    mesh = Mesh()
+    proxy = mesh.register_service(make_proxy(bad.instance(), good.instance()))
+
+    async def main() -> None:
+        breaker = CircuitBreakerConfig(failure_threshold=1)
+        async with aio_mesh_channel(mesh, "orders", instance_breaker=breaker) as channel:
+            call = channel.unary_unary(UNARY)
+            assert [await call(b"x", timeout=5) for _ in range(4)] == [b"good:x"] * 4
+            assert mesh.get_circuit_breaker("orders/bad").state is CircuitState.OPEN
+            assert proxy.load_balancer.is_ejected("bad")
+            assert bad.hits == 1
+
+    asyncio.run(main())

@@ -19,9 +19,31 @@ import grpc.aio
 
 from ...circuit_breaker import CircuitBreakerConfig
 from ...load_balancer import ServiceInstance
-from ..protocol import CallState, GrpcSemantics, Services, Timeouts, UnknownService, within
+from ...proxy import ServiceProxy
+from ..protocol import (
+    CallState,
+    GrpcSemantics,
+    Services,
+    Timeouts,
+    UnknownService,
+    trace_headers,
+    within,
+)
 from .config import GrpcServiceConfig
-from .engine import _commit, _Committed, _cut, _Engine, _Pool, _SyncChannel, _traced, _unwrap
+from .engine import (
+    NO_ROUTE,
+    Route,
+    _Answer,
+    _commit,
+    _Committed,
+    _cut,
+    _Engine,
+    _Pool,
+    _SyncChannel,
+    _traced,
+    _unwrap,
+    _with_trace,
+)
 
 __all__ = ["AioMeshChannel", "MeshChannel", "aio_mesh_channel", "mesh_channel"]
 
@@ -77,47 +99,76 @@ class _Channels(_Pool):
 
 
 class _Callable:
-    """One method of a mesh channel: per call, the engine; per attempt, the instance's rpc."""
+    """One method of a mesh channel: per call, the route and the call's state; per attempt,
+    the instance's rpc.
+
+    Per call the work is the service lookup, :meth:`.ClientCore.start` and the stack; the
+    method's route (its proxy, semantics and timeouts), each instance's multicallable and
+    whether attempts go through per-instance breakers are worked out once.
+    """
 
     __slots__ = (
+        "_attempt",
         "_channels",
+        "_core",
         "_deserializer",
         "_engine",
         "_kind",
+        "_last",
         "_method",
         "_real",
+        "_route",
         "_serializer",
+        "_service",
     )
 
     def __init__(self, channels: _Channels, kind: str, method: str, ser: Any, deser: Any) -> None:
         self._channels = channels
-        self._engine = channels._engine
+        engine = self._engine = channels._engine
+        core = self._core = engine.core
+        self._service = engine.service
         self._kind = kind
         self._method = method
         self._serializer = ser
         self._deserializer = deser
-        self._real: dict[tuple[str, int], Any] = {}
+        self._route: Route = NO_ROUTE
+        # By id(instance): the instance and this method's multicallable on its channel.
+        self._real: dict[int, tuple[ServiceInstance, Any]] = {}
+        self._last: tuple[object, Any] = (None, None)  # the last instance sent to
+        # One attempt: through the instance's breaker, or straight to the send.
+        self._attempt: Any
+        if core.guarded:
+            self._attempt = self._guarded_async if self._is_async else self._guarded
+        else:
+            self._attempt = self._send_async if self._is_async else self._send
 
-    def _rpc(self, instance: ServiceInstance) -> Any:
-        """The real multicallable of this method on ``instance`` (made once)."""
-        key = (instance.host, instance.port)
-        rpc = self._real.get(key)
-        if rpc is None:
-            rpc = getattr(self._channels.channel_for(instance), self._kind)(
-                self._method,
-                request_serializer=self._serializer,
-                response_deserializer=self._deserializer,
-            )
-            self._real[key] = rpc
-        return rpc
+    _is_async = False
 
-    def _start(
-        self, request: Any, timeout: float | None, metadata: Any, options: Any, flag: bool
-    ) -> CallState:
-        """The call's state; its ``request`` holds what every attempt sends."""
-        call, semantics = self._engine.start(self._method, timeout, request)
-        call.request = (request, metadata, options, semantics, flag)
-        return call
+    def _reroute(self, proxy: ServiceProxy | None) -> Route:
+        """The route of this method on the service's current proxy (kept for the next call)."""
+        route = self._route = self._engine.route(proxy, self._method)
+        return route
+
+    def _rpc(self, instance: ServiceInstance) -> tuple[ServiceInstance, Any]:
+        """``instance`` and this method's multicallable on its channel (made once)."""
+        rpc = getattr(self._channels.channel_for(instance), self._kind)(
+            self._method,
+            request_serializer=self._serializer,
+            response_deserializer=self._deserializer,
+        )
+        real = self._real
+        if len(real) >= 256:  # instances replaced over time: forget the old ones
+            real.clear()
+        known = real[id(instance)] = (instance, rpc)
+        return known
+
+    def _rpc_of(self, instance: ServiceInstance) -> Any:
+        """The real multicallable of this method on ``instance`` (the last one kept)."""
+        known = self._real.get(id(instance))
+        if known is None or known[0] is not instance:
+            known = self._rpc(instance)
+        self._last = known
+        return known[1]
 
     def _failed(self, state: CallState, error: Any, limit: float) -> Any:
         """An attempt ended with a status: the caller's answer, or raised as a failure."""
@@ -135,23 +186,32 @@ class _Callable:
             raise result
         return result
 
-    def _attempt(self, instance: ServiceInstance, state: CallState) -> Any:
-        limit = state.limit()
-        return self._engine.core.guard(instance, state, self._send, instance, state, limit)
+    def _guarded(self, instance: ServiceInstance, state: CallState) -> Any:
+        limit = state.limit()  # outside the breaker: the deadline is not the instance's
+        return self._core.guard(instance, state, self._send, instance, state, limit)
 
-    async def _attempt_async(self, instance: ServiceInstance, state: CallState) -> Any:
+    async def _guarded_async(self, instance: ServiceInstance, state: CallState) -> Any:
         limit = state.limit()
-        core = self._engine.core
-        return await core.guard_async(instance, state, self._send_async, instance, state, limit)
+        return await self._core.guard_async(
+            instance, state, self._send_async, instance, state, limit
+        )
 
-    def _send(self, instance: ServiceInstance, state: CallState, limit: float) -> Any:
+    def _send(self, instance: ServiceInstance, state: CallState, limit: float | None = None) -> Any:
+        """One attempt (``limit``: its timeout, None: worked out here)."""
         raise NotImplementedError
 
-    async def _send_async(self, instance: ServiceInstance, state: CallState, limit: float) -> Any:
+    async def _send_async(
+        self, instance: ServiceInstance, state: CallState, limit: float | None = None
+    ) -> Any:
         raise NotImplementedError
+
+
+_SPECIAL = (_Answer, grpc.RpcError)
+"""Results that are not the response itself (see :meth:`_Callable._answer`)."""
 
 
 def _options(credentials: Any, wait_for_ready: Any, compression: Any) -> dict[str, Any]:
+    """The call's other gRPC options (None instead when none is given, the usual case)."""
     return {
         "credentials": credentials,
         "wait_for_ready": wait_for_ready,
@@ -174,9 +234,25 @@ def _sync_call(with_call: bool) -> Any:
         wait_for_ready: Any = None,
         compression: Any = None,
     ) -> Any:
-        options = _options(credentials, wait_for_ready, compression)
-        state = self._start(request, timeout, metadata, options, with_call)
-        return self._answer(self._engine.core.run(self._attempt, state, True))
+        core = self._core
+        proxy = core.lookup(self._service)
+        route = self._route
+        if route[0] is not proxy:
+            route = self._reroute(proxy)
+        options = (
+            None
+            if credentials is None and wait_for_ready is None and compression is None
+            else _options(credentials, wait_for_ready, compression)
+        )
+        sent = (request, metadata, options, route[2], with_call)
+        state = core.start(route[1], sent, timeout, True, route[3])
+        try:
+            result = state.proxy.call(self._attempt, state)
+        except Exception as exc:
+            result = core.settle(exc, state)
+        if isinstance(result, _SPECIAL):
+            return self._answer(result)
+        return result
 
     return call
 
@@ -194,12 +270,21 @@ class _UnaryUnary(_Callable):
         except grpc.RpcError as error:
             return error
 
-    def _send(self, instance: ServiceInstance, state: CallState, limit: float) -> Any:
+    def _send(self, instance: ServiceInstance, state: CallState, limit: float | None = None) -> Any:
+        if limit is None:
+            limit = state.limit()
         request, metadata, options, _, with_call = state.request
-        rpc = self._rpc(instance)
-        send = rpc.with_call if with_call else rpc
+        last = self._last
+        rpc = last[1] if last[0] is instance else self._rpc_of(instance)
+        if with_call:
+            rpc = rpc.with_call
+        traced = trace_headers()  # this attempt's trace context (None: not tracing)
+        if traced is not None:
+            metadata = _with_trace(metadata, traced)
         try:
-            return send(request, timeout=limit, metadata=_traced(metadata), **options)
+            if options is None:
+                return rpc(request, timeout=limit, metadata=metadata)
+            return rpc(request, timeout=limit, metadata=metadata, **options)
         except grpc.RpcError as error:
             return self._failed(state, error, limit)
 
@@ -211,11 +296,13 @@ class _UnaryStream(_Callable):
 
     __call__ = _sync_call(False)
 
-    def _send(self, instance: ServiceInstance, state: CallState, limit: float) -> Any:
+    def _send(self, instance: ServiceInstance, state: CallState, limit: float | None = None) -> Any:
+        if limit is None:
+            limit = state.limit()
         request, metadata, options, _, _ = state.request
         remaining = state.deadline_at - state.clock()  # the stream outlives its first message
-        stream: Iterator[Any] = self._rpc(instance)(
-            request, timeout=remaining, metadata=_traced(metadata), **options
+        stream: Iterator[Any] = self._rpc_of(instance)(
+            request, timeout=remaining, metadata=_traced(metadata), **(options or {})
         )
         try:
             return _commit(stream, limit)
@@ -257,6 +344,30 @@ def mesh_channel(
 class _AioCallable(_Callable):
     __slots__ = ()
 
+    _is_async = True
+
+    def _start(self, request: Any, timeout: float | None, metadata: Any, options: Any) -> Any:
+        core = self._core
+        proxy = core.lookup(self._service)
+        route = self._route
+        if route[0] is not proxy:
+            route = self._reroute(proxy)
+        sent = (request, metadata, options or None, route[2], False)
+        return core.start(route[1], sent, timeout, True, route[3])
+
+    async def _run(self, state: CallState) -> Any:
+        try:
+            result = await state.proxy.call_async(self._attempt, state)
+        except Exception as exc:
+            result = self._core.settle(exc, state)
+        if isinstance(result, _SPECIAL):
+            return self._answer(result)
+        return result
+
+
+class _AioUnaryUnary(_AioCallable):
+    __slots__ = ()
+
     def __call__(
         self,
         request: Any,
@@ -265,23 +376,23 @@ class _AioCallable(_Callable):
         metadata: Sequence[tuple[str, Any]] | None = None,
         **options: Any,
     ) -> Any:
-        return self._invoke(self._start(request, timeout, metadata, options, False))
+        return self._run(self._start(request, timeout, metadata, options))
 
-    def _invoke(self, call: CallState) -> Any:
-        raise NotImplementedError
-
-
-class _AioUnaryUnary(_AioCallable):
-    __slots__ = ()
-
-    async def _invoke(self, call: CallState) -> Any:
-        return self._answer(await self._engine.core.run_async(self._attempt_async, call, True))
-
-    async def _send_async(self, instance: ServiceInstance, state: CallState, limit: float) -> Any:
+    async def _send_async(
+        self, instance: ServiceInstance, state: CallState, limit: float | None = None
+    ) -> Any:
+        if limit is None:
+            limit = state.limit()
         request, metadata, options, _, _ = state.request
-        rpc = self._rpc(instance)
+        last = self._last
+        rpc = last[1] if last[0] is instance else self._rpc_of(instance)
+        traced = trace_headers()  # this attempt's trace context (None: not tracing)
+        if traced is not None:
+            metadata = _with_trace(metadata, traced)
         try:
-            return await rpc(request, timeout=limit, metadata=_traced(metadata), **options)
+            if options is None:
+                return await rpc(request, timeout=limit, metadata=metadata)
+            return await rpc(request, timeout=limit, metadata=metadata, **options)
         except grpc.aio.AioRpcError as error:
             return self._failed(state, error, limit)
 
@@ -289,22 +400,32 @@ class _AioUnaryUnary(_AioCallable):
 class _AioUnaryStream(_AioCallable):
     __slots__ = ()
 
-    def _invoke(self, call: CallState) -> AsyncIterator[Any]:
-        return self._stream(call)
+    def __call__(
+        self,
+        request: Any,
+        *,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, Any]] | None = None,
+        **options: Any,
+    ) -> AsyncIterator[Any]:
+        return self._stream(self._start(request, timeout, metadata, options))
 
     async def _stream(self, call: CallState) -> AsyncIterator[Any]:
-        result = self._answer(await self._engine.core.run_async(self._attempt_async, call, True))
-        iterator, head = result
+        iterator, head = await self._run(call)
         for message in head:
             yield message
         async for message in iterator:
             yield message
 
-    async def _send_async(self, instance: ServiceInstance, state: CallState, limit: float) -> Any:
+    async def _send_async(
+        self, instance: ServiceInstance, state: CallState, limit: float | None = None
+    ) -> Any:
+        if limit is None:
+            limit = state.limit()
         request, metadata, options, _, _ = state.request
         remaining = state.deadline_at - state.clock()  # the stream outlives its first message
-        stream = self._rpc(instance)(
-            request, timeout=remaining, metadata=_traced(metadata), **options
+        stream = self._rpc_of(instance)(
+            request, timeout=remaining, metadata=_traced(metadata), **(options or {})
         )
         iterator = stream.__aiter__()
         try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextvars
 import threading
 from collections.abc import Iterator, Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import grpc
 
@@ -64,8 +64,15 @@ def _pushback(trailing: Any) -> float | None:
     return None
 
 
-_Configured = tuple["ServiceProxy", "ServiceProxy", tuple[GrpcSemantics, "Timeouts | None"]]
-"""Per method: (the service's proxy, the proxy the method's config makes, its settings)."""
+Route = tuple["ServiceProxy | None", "ServiceProxy", GrpcSemantics, "Timeouts | None"]
+"""Per method: (the service's proxy, the proxy its calls run on, its semantics, its timeouts).
+
+The proxy calls run on is the service's own, or the one the method's service config makes
+(on the service's balancer and breaker); the timeouts are the config's (None: derived)."""
+
+NO_ROUTE = cast(Route, (object(), None, None, None))
+"""A route no lookup matches (``route[0] is proxy`` is False even for a proxy not found):
+worked out on first use."""
 
 
 class _Engine:
@@ -92,7 +99,7 @@ class _Engine:
         if service_config is not None and not isinstance(service_config, GrpcServiceConfig):
             service_config = load_service_config(service_config)
         self.config = service_config
-        self._per_method: dict[tuple[int, str], _Configured] = {}
+        self._per_method: dict[tuple[int, str], Route] = {}
 
     def proxy(self) -> ServiceProxy:
         proxy = self.core.lookup(self.service)
@@ -102,27 +109,28 @@ class _Engine:
 
     def start(self, method: str, timeout: float | None, request: Any) -> tuple[CallState, Any]:
         """The call's state and its semantics, from the method's config when there is one."""
-        proxy = self.proxy()
-        semantics = self.semantics
-        timeouts = None
-        if self.config is not None:
-            key = (id(proxy), method)
-            known = self._per_method.get(key)
-            if known is None or known[0] is not proxy:
-                known = self._configure(proxy, method)
-                self._per_method[key] = known
-            chosen: ServiceProxy = known[1]
-            semantics, timeouts = known[2]
-        else:
-            chosen = proxy
+        _, chosen, semantics, timeouts = self.route(self.proxy(), method)
         call = self.core.start(chosen, request, timeout, True, timeouts)
         return call, semantics
 
-    def _configure(self, proxy: ServiceProxy, method: str) -> _Configured:
+    def route(self, proxy: ServiceProxy | None, method: str) -> Route:
+        """The route of ``method`` on the service's current ``proxy`` (None: not found)."""
+        if proxy is None:
+            raise UnknownService(self.service)
+        if self.config is None:
+            return (proxy, proxy, self.semantics, None)
+        key = (id(proxy), method)
+        known = self._per_method.get(key)
+        if known is None or known[0] is not proxy:
+            known = self._configure(proxy, method)
+            self._per_method[key] = known
+        return known
+
+    def _configure(self, proxy: ServiceProxy, method: str) -> Route:
         assert self.config is not None
         config = self.config.for_method(method)
         if config is None:
-            return (proxy, proxy, (self.semantics, None))
+            return (proxy, proxy, self.semantics, None)
         hedging = config.hedging_max_attempts is not None
         mapped = ServiceProxy(
             proxy.service_name,
@@ -136,7 +144,7 @@ class _Engine:
             clock=proxy.clock,
         )
         timeouts = Timeouts(deadline=config.timeout) if config.timeout else None
-        return (proxy, mapped, (config.semantics, timeouts))
+        return (proxy, mapped, config.semantics, timeouts)
 
     def judge(
         self,
@@ -246,6 +254,11 @@ def _traced(metadata: Any) -> Any:
     traced = trace_headers()
     if traced is None:
         return metadata
+    return _with_trace(metadata, traced)
+
+
+def _with_trace(metadata: Any, traced: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """``metadata`` (None: none) followed by the trace-context entries."""
     return (*(metadata or ()), *traced.items())
 
 
