@@ -168,6 +168,24 @@ def test_a_hung_instance_is_left_after_the_attempt_timeout() -> None:
     run(body, hang, None)
 
 
+def test_a_hung_instance_is_cut_off_at_the_middlewares_attempt_timeout() -> None:
+    async def hang(request: web.Request) -> web.StreamResponse:
+        await request.app[BACKEND].release.wait()  # until the backend stops
+        return web.Response(text="late")
+
+    async def body(hung: WebBackend, fast: WebBackend) -> None:
+        proxy = make_proxy(hung.instance("hung"), fast.instance("fast"))
+        middleware = MeshMiddleware(proxy, timeouts=Timeouts(attempt=0.3))
+        no_timeout = aiohttp.ClientTimeout(total=None)  # only the mesh bounds the attempts
+        async with aiohttp.ClientSession(middlewares=(middleware,), timeout=no_timeout) as s:
+            for _ in range(2):  # the second call: the timer armed by the first still serves
+                async with s.get("http://orders/") as response:
+                    assert await response.text() == "ok"
+        assert hung.hits >= 1 and fast.hits == 2
+
+    run(body, hang, None)
+
+
 def test_unknown_service_and_passthrough() -> None:
     async def body(a: WebBackend) -> None:
         async with session(make_proxy(a.instance("a"))) as s:
