@@ -107,6 +107,21 @@ def test_routes_to_each_instance_and_keeps_the_service_host() -> None:
     run(body, None, None)
 
 
+def test_an_instance_moved_in_place_is_reached_at_its_new_address() -> None:
+    async def body(a: WebBackend, b: WebBackend) -> None:
+        instance = a.instance("only")
+        async with session(make_proxy(instance)) as s:
+            for _ in range(2):
+                async with s.get("http://orders/x") as response:
+                    assert await response.text() == "ok"
+            instance.update_from(b.instance("only"))  # as discovery updates a member
+            async with s.get("http://orders/x") as response:
+                assert await response.text() == "ok"
+        assert (a.hits, b.hits) == (2, 1)
+
+    run(body, None, None)
+
+
 def test_a_503_moves_on_after_retry_after_and_a_post_gets_one_attempt() -> None:
     async def body(bad: WebBackend, good: WebBackend) -> None:
         recorder = Recorder()

@@ -91,7 +91,10 @@ class MeshMiddleware:
     name to proxy. See the module docstring for the rules.
     """
 
-    __slots__ = ("_core", "_http", "_semantics", "_timer", "_urls")
+    __slots__ = (
+        "_core", "_guarded", "_http", "_last_url", "_retry_methods", "_semantics", "_timer",
+        "_urls",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -110,7 +113,10 @@ class MeshMiddleware:
         )  # fmt: skip
         self._core = self._http.core
         self._semantics = self._http.semantics
+        self._retry_methods = semantics.retry_methods
+        self._guarded = self._core.guarded
         self._urls: dict[tuple[URL, str, int], URL] = {}  # instance URLs made (bounded)
+        self._last_url: tuple[URL | None, str, int, URL] = (None, "", 0, URL())
         self._timer = AttemptTimer()  # one loop timer bounds every running attempt
 
     def _instance_url(self, url: URL, instance: ServiceInstance) -> URL:
@@ -129,6 +135,8 @@ class MeshMiddleware:
             if len(self._urls) >= _MAX_CACHED:
                 self._urls.clear()
             self._urls[key] = made
+        # the next attempt most likely repeats it (instances change address in place)
+        self._last_url = (url, instance.host, instance.port, made)
         return made
 
     async def __call__(self, req: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
@@ -137,9 +145,11 @@ class MeshMiddleware:
         if proxy is None:
             return await handler(req)
         core = self._core
-        call = core.start(proxy, (req, handler, url), _client_timeout(req.session.timeout))
-        # core.run_async's steps, inlined (one coroutine frame less per request)
-        if self._semantics.may_retry(req.method, _replayable(req)):
+        timeout = req.session.timeout
+        client_timeout = None if timeout is _SESSION_DEFAULT else _client_timeout(timeout)
+        call = core.start(proxy, (req, handler, url), client_timeout)
+        # semantics.may_retry and core.run_async, inlined (two frames less per request)
+        if req.method.upper() in self._retry_methods and _replayable(req):
             run = proxy.call_async
         else:
             run = proxy.call_once_async
@@ -155,10 +165,16 @@ class MeshMiddleware:
         """One attempt, aimed at ``instance``: the awaitable sending it (under its limit)."""
         limit = call.limit()
         req, _, url = call.request
-        req.url = self._instance_url(url, instance)
+        last = self._last_url  # identity implies equality: a hit is the URL the dict holds
+        if last[0] is url and last[1] is instance.host and last[2] is instance.port:
+            req.url = last[3]
+        else:
+            req.url = self._instance_url(url, instance)
         traced = trace_headers()
         if traced is not None:  # W3C trace context, once tracing is imported
             req.headers.update(traced)
+        if not self._guarded:  # no per-instance breakers: no guard to go through
+            return self._timer.run(limit, self._send, call)
         return self._core.guard_async(instance, call, self._timer.run, limit, self._send, call)
 
     async def _send(self, call: CallState) -> ClientResponse:

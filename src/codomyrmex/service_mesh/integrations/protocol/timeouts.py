@@ -67,6 +67,9 @@ async def within(seconds: float, awaitable: Awaitable[R]) -> R:
 
 
 _NATIVE_TIMEOUT = sys.version_info >= (3, 11)  # Task.uncancel(): cancellation told apart
+_running_loop = asyncio.get_running_loop
+_current_task = asyncio.current_task
+_monotonic = time.monotonic
 
 
 class AttemptTimer:
@@ -94,9 +97,9 @@ class AttemptTimer:
 
     async def run(self, seconds: float, send: Callable[..., Awaitable[R]], *args: Any) -> R:
         """``await send(*args)`` for at most ``seconds``; running out raises ``TimeoutError``."""
-        loop = asyncio.get_running_loop()
-        task: Any = asyncio.current_task(loop)  # Any: cancelling/uncancel are 3.11+
-        due = time.monotonic() + seconds
+        loop = _running_loop()
+        task: Any = _current_task(loop)  # Any: cancelling/uncancel are 3.11+
+        due = _monotonic() + seconds
         running = self._running
         if (
             task is None
