@@ -107,6 +107,21 @@ def test_routes_to_each_instance_and_keeps_the_service_host() -> None:
     run(body, None, None)
 
 
+def test_an_instance_moved_in_place_is_reached_at_its_new_address() -> None:
+    async def body(a: WebBackend, b: WebBackend) -> None:
+        instance = a.instance("only")
+        async with session(make_proxy(instance)) as s:
+            for _ in range(2):
+                async with s.get("http://orders/x") as response:
+                    assert await response.text() == "ok"
+            instance.update_from(b.instance("only"))  # as discovery updates a member
+            async with s.get("http://orders/x") as response:
+                assert await response.text() == "ok"
+        assert (a.hits, b.hits) == (2, 1)
+
+    run(body, None, None)
+
+
 def test_a_503_moves_on_after_retry_after_and_a_post_gets_one_attempt() -> None:
     async def body(bad: WebBackend, good: WebBackend) -> None:
         recorder = Recorder()
@@ -164,6 +179,24 @@ def test_a_hung_instance_is_left_after_the_attempt_timeout() -> None:
             async with s.get("http://orders/") as response:
                 assert await response.text() == "ok"
         assert (hung.hits, fast.hits) == (1, 1)
+
+    run(body, hang, None)
+
+
+def test_a_hung_instance_is_cut_off_at_the_middlewares_attempt_timeout() -> None:
+    async def hang(request: web.Request) -> web.StreamResponse:
+        await request.app[BACKEND].release.wait()  # until the backend stops
+        return web.Response(text="late")
+
+    async def body(hung: WebBackend, fast: WebBackend) -> None:
+        proxy = make_proxy(hung.instance("hung"), fast.instance("fast"))
+        middleware = MeshMiddleware(proxy, timeouts=Timeouts(attempt=0.3))
+        no_timeout = aiohttp.ClientTimeout(total=None)  # only the mesh bounds the attempts
+        async with aiohttp.ClientSession(middlewares=(middleware,), timeout=no_timeout) as s:
+            for _ in range(2):  # the second call: the timer armed by the first still serves
+                async with s.get("http://orders/") as response:
+                    assert await response.text() == "ok"
+        assert hung.hits >= 1 and fast.hits == 2
 
     run(body, hang, None)
 

@@ -1,7 +1,8 @@
 """Timeouts: the client's own timeout turned into an attempt timeout and a call deadline.
 
 :class:`Timeouts` holds the rule, :class:`CallState` one call's deadline on its way
-through the stack, :func:`within` bounds one async attempt. Standard library only.
+through the stack, :func:`within` bounds one async attempt, :class:`AttemptTimer` many of
+them with one event-loop timer. Standard library only.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -23,6 +25,7 @@ __all__ = [
     "DEADLINE_FACTOR",
     "DEFAULT_ATTEMPT_TIMEOUT",
     "DEFAULT_DEADLINE",
+    "AttemptTimer",
     "CallDeadlineExceeded",
     "CallState",
     "Timeouts",
@@ -61,6 +64,98 @@ async def within(seconds: float, awaitable: Awaitable[R]) -> R:
         async with asyncio.timeout(seconds):
             return await awaitable
     return await asyncio.wait_for(awaitable, seconds)  # pragma: no cover - Python 3.10
+
+
+_NATIVE_TIMEOUT = sys.version_info >= (3, 11)  # Task.uncancel(): cancellation told apart
+_running_loop = asyncio.get_running_loop
+_current_task = asyncio.current_task
+_monotonic = time.monotonic
+
+
+class AttemptTimer:
+    """Bounds async attempts as :func:`within` does, with one event-loop timer for all.
+
+    ``asyncio.timeout`` schedules and cancels a timer handle per attempt, and each
+    cancelled handle stays in the loop's heap until it would have been due (the attempt
+    limit, seconds away), slowing every timer operation of the loop. This keeps the due
+    time of each running attempt in a dict and one handle due at the earliest of them;
+    when it fires it cancels the attempts past their limit, which then raise
+    ``TimeoutError`` (a cancellation from elsewhere stays a cancellation, as under
+    ``asyncio.timeout``), and waits for the next. One timer serves one event loop at a
+    time: an attempt on another loop while attempts of the first are running (or before
+    Python 3.11, or outside a task) is bounded by :func:`within` instead.
+    """
+
+    __slots__ = ("_handle", "_loop", "_running", "_wake")
+
+    def __init__(self) -> None:
+        # running attempts' tasks: their due time (time.monotonic), None once expired
+        self._running: dict[asyncio.Task[Any], float | None] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._wake = math.inf  # when the handle is due
+
+    async def run(self, seconds: float, send: Callable[..., Awaitable[R]], *args: Any) -> R:
+        """``await send(*args)`` for at most ``seconds``; running out raises ``TimeoutError``."""
+        loop = _running_loop()
+        task: Any = _current_task(loop)  # Any: cancelling/uncancel are 3.11+
+        due = _monotonic() + seconds
+        running = self._running
+        if (
+            task is None
+            or (loop is not self._loop and not self._adopt(loop))
+            or running.setdefault(task, due) is not due  # nested in one of ours: not twice
+        ):
+            return await within(seconds, send(*args))
+        if due < self._wake:
+            self._schedule(due)
+        cancelling = task.cancelling()
+        try:
+            return await send(*args)
+        except asyncio.CancelledError as exc:
+            if running.pop(task, 0.0) is None and task.uncancel() <= cancelling:
+                raise TimeoutError(f"attempt took over {seconds:g}s") from exc
+            raise
+        finally:
+            if running.pop(task, 0.0) is None:  # expired, yet not left by cancellation
+                task.uncancel()
+
+    def _adopt(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Serve ``loop`` from now on, unless attempts of another loop are running."""
+        if not _NATIVE_TIMEOUT or self._running:
+            return False
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._wake = math.inf
+        self._loop = loop
+        return True
+
+    def _schedule(self, due: float) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        loop = self._loop
+        assert loop is not None
+        self._wake = due
+        self._handle = loop.call_later(max(0.0, due - time.monotonic()), self._fire)
+
+    def _fire(self) -> None:
+        """Expire the attempts past their limit; wait for the earliest of the others."""
+        self._handle = None
+        self._wake = math.inf
+        now = time.monotonic()
+        soonest = math.inf
+        running = self._running
+        for task, due in list(running.items()):
+            if due is None:
+                continue
+            if due <= now:
+                running[task] = None
+                task.cancel()
+            elif due < soonest:
+                soonest = due
+        if soonest < math.inf:
+            self._schedule(soonest)
 
 
 @dataclass(frozen=True, slots=True)
