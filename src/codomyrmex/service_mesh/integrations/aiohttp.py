@@ -92,9 +92,15 @@ class MeshMiddleware:
     """
 
     __slots__ = (
-        "_core", "_guarded", "_http", "_last_url", "_retry_methods", "_semantics", "_timer",
+        "_core",
+        "_guarded",
+        "_http",
+        "_last_url",
+        "_retry_methods",
+        "_semantics",
+        "_timer",
         "_urls",
-    )  # fmt: skip
+    )
 
     def __init__(
         self,

@@ -206,6 +206,14 @@ class _Callable:
         raise NotImplementedError
 
 
+def _stream_attempt(state: CallState, limit: float | None) -> tuple[Any, Any, Any, float, float]:
+    """(request, metadata, options, limit of the first message, time the stream may run)."""
+    request, metadata, options, _, _ = state.request
+    if limit is None:
+        limit = state.limit()
+    return request, metadata, options, limit, state.deadline_at - state.clock()
+
+
 _SPECIAL = (_Answer, grpc.RpcError)
 """Results that are not the response itself (see :meth:`_Callable._answer`)."""
 
@@ -297,10 +305,7 @@ class _UnaryStream(_Callable):
     __call__ = _sync_call(False)
 
     def _send(self, instance: ServiceInstance, state: CallState, limit: float | None = None) -> Any:
-        if limit is None:
-            limit = state.limit()
-        request, metadata, options, _, _ = state.request
-        remaining = state.deadline_at - state.clock()  # the stream outlives its first message
+        request, metadata, options, limit, remaining = _stream_attempt(state, limit)
         stream: Iterator[Any] = self._rpc_of(instance)(
             request, timeout=remaining, metadata=_traced(metadata), **(options or {})
         )
@@ -355,6 +360,21 @@ class _AioCallable(_Callable):
         sent = (request, metadata, options or None, route[2], False)
         return core.start(route[1], sent, timeout, True, route[3])
 
+    def __call__(
+        self,
+        request: Any,
+        *,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, Any]] | None = None,
+        **options: Any,
+    ) -> Any:
+        """The unary answer (awaitable) or the stream (async iterator) of one call."""
+        return self._invoke(self._start(request, timeout, metadata, options))
+
+    def _invoke(self, state: CallState) -> Any:
+        """The call's answer: awaited (unary) or streamed (unary-stream)."""
+        raise NotImplementedError
+
     async def _run(self, state: CallState) -> Any:
         try:
             result = await state.proxy.call_async(self._attempt, state)
@@ -368,15 +388,7 @@ class _AioCallable(_Callable):
 class _AioUnaryUnary(_AioCallable):
     __slots__ = ()
 
-    def __call__(
-        self,
-        request: Any,
-        *,
-        timeout: float | None = None,
-        metadata: Sequence[tuple[str, Any]] | None = None,
-        **options: Any,
-    ) -> Any:
-        return self._run(self._start(request, timeout, metadata, options))
+    _invoke = _AioCallable._run
 
     async def _send_async(
         self, instance: ServiceInstance, state: CallState, limit: float | None = None
@@ -400,17 +412,7 @@ class _AioUnaryUnary(_AioCallable):
 class _AioUnaryStream(_AioCallable):
     __slots__ = ()
 
-    def __call__(
-        self,
-        request: Any,
-        *,
-        timeout: float | None = None,
-        metadata: Sequence[tuple[str, Any]] | None = None,
-        **options: Any,
-    ) -> AsyncIterator[Any]:
-        return self._stream(self._start(request, timeout, metadata, options))
-
-    async def _stream(self, call: CallState) -> AsyncIterator[Any]:
+    async def _invoke(self, call: CallState) -> AsyncIterator[Any]:
         iterator, head = await self._run(call)
         for message in head:
             yield message
@@ -420,10 +422,7 @@ class _AioUnaryStream(_AioCallable):
     async def _send_async(
         self, instance: ServiceInstance, state: CallState, limit: float | None = None
     ) -> Any:
-        if limit is None:
-            limit = state.limit()
-        request, metadata, options, _, _ = state.request
-        remaining = state.deadline_at - state.clock()  # the stream outlives its first message
+        request, metadata, options, limit, remaining = _stream_attempt(state, limit)
         stream = self._rpc_of(instance)(
             request, timeout=remaining, metadata=_traced(metadata), **(options or {})
         )
