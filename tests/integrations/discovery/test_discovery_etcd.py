@@ -207,3 +207,23 @@ def test_registry_errors_and_options(etcd: Etcd) -> None:
     with pytest.raises(RuntimeError, match="closed"):
         registry.register("orders", ServiceInstance("a", "10.0.0.1", 80))
     assert NoHealthyInstanceError  # the error callers would see if the pool emptied
+
+
+def test_a_write_or_delete_lost_to_an_outage_is_redone_once_etcd_is_back(etcd: Etcd) -> None:
+    owner = EtcdRegistry(etcd.url, ttl=60.0, retry_interval=0.05, deregister_at_exit=False)
+    follower = EtcdRegistry(etcd.url, retry_interval=0.05, deregister_at_exit=False)
+    balancer = LoadBalancer()
+    try:
+        owner.register("orders", ServiceInstance("a", "10.0.0.1", 80))
+        owner.register("orders", ServiceInstance("c", "10.0.0.3", 80))  # the lease is held
+        etcd.stop()
+        owner.register("orders", ServiceInstance("b", "10.0.0.2", 80))  # its put fails
+        assert owner.deregister("orders", "c")  # its delete fails
+        assert not owner.online
+        etcd.start()  # same data directory: the lease and a, c are still there
+        assert wait_for(lambda: owner.online)
+        follower.follow("orders", balancer)
+        assert wait_for(lambda: ids(balancer) == {"a", "b"}), ids(balancer)
+    finally:
+        owner.close()
+        follower.close()

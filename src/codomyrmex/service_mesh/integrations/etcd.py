@@ -358,6 +358,9 @@ class EtcdRegistry(ClosedOnExit):
         self._lock = threading.Lock()
         self._io_lock = threading.Lock()  # around lease and key writes, so a removal is last
         self._own: dict[tuple[str, str], str] = {}
+        # Writes and deletes that failed (etcd unreachable) while a lease was held: the
+        # next keepalive beat redoes them, since the lease it renews would not.
+        self._unsynced: set[tuple[str, str]] = set()
         self._lease: int | None = None
         self._online = True
         self._closed = False
@@ -504,30 +507,40 @@ class EtcdRegistry(ClosedOnExit):
             self.gateway.put(self.key(service, instance_id), value, lease)
         return lease
 
+    def _sync(self, service: str, instance_id: str) -> None:
+        """Make etcd hold what ``_own`` says of one key (io lock held); on an outage,
+        remember the key for the next beat."""
+        self._unsynced.add((service, instance_id))
+        with self._lock:
+            value = self._own.get((service, instance_id))
+        if value is not None:
+            self.gateway.put(self.key(service, instance_id), value, self._ensure_lease())
+        else:  # deregistered (meanwhile): writing it would bring it back
+            self.gateway.delete(self.key(service, instance_id))
+        self._unsynced.discard((service, instance_id))
+
     def _write(self, service: str, instance_id: str) -> None:
         with self._io_lock:
-            if self._closed:
-                return
-            lease = self._ensure_lease()
-            with self._lock:
-                value = self._own.get((service, instance_id))
-            if value is not None:  # deregistered meanwhile: writing it would bring it back
-                self.gateway.put(self.key(service, instance_id), value, lease)
+            if not self._closed:
+                self._sync(service, instance_id)
 
     def _delete(self, service: str, instance_id: str) -> None:
         with self._io_lock:
-            self.gateway.delete(self.key(service, instance_id))
+            self._sync(service, instance_id)
 
     def _beat(self) -> None:
         with self._io_lock:
             if self._closed:
                 return
-            if self._lease is not None and self.gateway.keepalive(self._lease) > 0:
-                return
-            if self._lease is not None:
-                logger.warning("etcd registry: lease %x expired; registering again", self._lease)
-            self._lease = None
-            self._ensure_lease()
+            if self._lease is None or self.gateway.keepalive(self._lease) <= 0:
+                if self._lease is not None:
+                    logger.warning("etcd registry: lease %x expired; putting back", self._lease)
+                self._lease = None
+                self._ensure_lease()  # every key put again under the new lease
+                with self._lock:
+                    self._unsynced = {key for key in self._unsynced if key not in self._own}
+            for service, instance_id in list(self._unsynced):
+                self._sync(service, instance_id)
 
     def _keepalive(self) -> None:
         while True:
